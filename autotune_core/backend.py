@@ -1,0 +1,178 @@
+"""The backend plugin API: what a model server can do, and how a Plan becomes a wire request.
+
+A backend declares, per knob, *how* it can be honoured (research/backend-knobs.md §9):
+
+- ``per_request``: can change on every call without a reload;
+- ``at_load``: fixed when the model is loaded; a change means a reload (``reloads=True``);
+- ``server_env``: only the server's environment/flags can set it: we give advice instead;
+- ``unsupported``: no way to set it.
+
+The core uses this to annotate the plan's trace (:func:`reconcile_plan`), so a knob the
+backend cannot honour is never sent as if it could.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from .messages import ChatRequest, ChatResult, LoadedModel, ModelEntry, StreamChunk
+from .modelinfo import ModelInfo
+from .plan import Plan
+
+
+class KnobScope(StrEnum):
+    PER_REQUEST = "per_request"
+    AT_LOAD = "at_load"
+    SERVER_ENV = "server_env"
+    UNSUPPORTED = "unsupported"
+
+
+#: The knobs every backend must classify.
+KNOBS: tuple[str, ...] = ("num_ctx", "kv_type", "flash_attn", "num_batch", "keep_alive", "num_keep", "parallel")
+
+
+class KnobSupport(BaseModel):
+    scope: KnobScope
+    reloads: bool = False
+    #: how to set it when the scope is server_env (e.g. "OLLAMA_KV_CACHE_TYPE")
+    how: str = ""
+
+
+class Capabilities(BaseModel):
+    """What a backend honours, per knob, and which extra services it offers."""
+
+    dialect: str
+    knobs: dict[str, KnobSupport]
+    can_tokenize: bool = False
+    can_embed: bool = False
+    prefix_cache: bool = True
+
+    def scope(self, knob: str) -> KnobScope:
+        support = self.knobs.get(knob)
+        return support.scope if support else KnobScope.UNSUPPORTED
+
+    def honours(self, knob: str) -> bool:
+        return self.scope(knob) in (KnobScope.PER_REQUEST, KnobScope.AT_LOAD)
+
+
+class Availability(BaseModel):
+    ok: bool
+    reason: str = ""
+    version: str | None = None
+
+
+class EmbeddingResult(BaseModel):
+    vectors: list[list[float]]
+    prompt_tokens: int = 0
+    model: str = ""
+
+
+class Backend(abc.ABC):
+    """Base class for backend plugins. Instances are per host; all I/O is async."""
+
+    #: short name used in config (``[backends.<name>]``) and in ``autotune backends``
+    name: ClassVar[str]
+    #: a human label for tables
+    label: ClassVar[str] = ""
+
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        self.settings: dict[str, Any] = dict(settings or {})
+        #: number of model reloads this backend caused or observed
+        self.reloads = 0
+
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities:
+        """Per-knob scopes. Must not do I/O (call :meth:`refresh` first if they depend on the server)."""
+
+    async def refresh(self) -> None:  # noqa: B027 - optional hook for subclasses
+        """Learn facts that shape capabilities (server version, flavour). Called on start-up."""
+
+    @abc.abstractmethod
+    async def available(self) -> Availability:
+        """Whether the backend can serve now, and if not, why."""
+
+    @abc.abstractmethod
+    async def list_models(self) -> list[ModelEntry]: ...
+
+    @abc.abstractmethod
+    async def model_info(self, model: str) -> ModelInfo: ...
+
+    @abc.abstractmethod
+    async def chat(self, request: ChatRequest, plan: Plan) -> ChatResult:
+        """A non-streaming chat/completion honouring the plan's knobs as the capabilities say."""
+
+    @abc.abstractmethod
+    def stream_chat(self, request: ChatRequest, plan: Plan) -> AsyncIterator[StreamChunk]:
+        """A streaming chat; the last chunk has ``done=True`` with usage and timings.
+
+        Closing the iterator (client gone) must cancel the upstream request.
+        """
+
+    async def embed(self, model: str, inputs: list[str]) -> EmbeddingResult:
+        raise NotImplementedError(f"backend {self.name!r} does not offer embeddings")
+
+    async def loaded_models(self) -> list[LoadedModel]:
+        return []
+
+    async def unload(self, model: str) -> bool:
+        return False
+
+    async def version(self) -> str | None:
+        return None
+
+    async def count_tokens(self, model: str, request: ChatRequest, plan: Plan) -> int | None:
+        """Exact prompt tokens with the model's own tokenizer and template, or None if unknown."""
+        return None
+
+    def wire_options(self, plan: Plan) -> dict[str, Any]:
+        """The knobs of ``plan`` this backend would send, for tests and ``autotune plan``."""
+        return {}
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook for subclasses
+        """Release connections, threads and loaded models."""
+
+
+def reconcile_plan(plan: Plan, caps: Capabilities, *, backend: str) -> None:
+    """Record in the trace how each decided knob will really be applied by this backend.
+
+    Knobs the backend cannot honour are cleared from the plan (so nobody sends them) and, where
+    a server setting could achieve the same, turned into advice.
+    """
+    for knob in KNOBS:
+        value = getattr(plan, knob, None)
+        if value is None:
+            continue
+        support = caps.knobs.get(knob, KnobSupport(scope=KnobScope.UNSUPPORTED))
+        if support.scope in (KnobScope.PER_REQUEST, KnobScope.AT_LOAD):
+            plan.applied[knob] = support.scope.value
+            continue
+        plan.applied[knob] = support.scope.value
+        if support.scope is KnobScope.SERVER_ENV:
+            hint = support.how or f"the {backend} server's start-up flags"
+            plan.advise(f"{knob}={value} cannot be set per request on {backend}; set {hint}", knob=knob)
+        plan.record("core", knob, value, None,
+                    f"{backend} cannot honour {knob} ({support.scope.value}); not sent")
+        setattr(plan, knob, None)
+
+
+BackendFactory = type[Backend]
+RegisteredBackends = dict[str, BackendFactory]
+
+__all__ = [
+    "KNOBS",
+    "Availability",
+    "Backend",
+    "BackendFactory",
+    "Capabilities",
+    "EmbeddingResult",
+    "KnobScope",
+    "KnobSupport",
+    "RegisteredBackends",
+    "reconcile_plan",
+]
+

@@ -1,0 +1,457 @@
+"""PluginHost: a fresh pluggy manager per instance, deterministic discovery, folds with a trace,
+fault isolation. The CLI, the server and library users are all just users of a host.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import reduce
+from importlib import import_module, metadata
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+from pydantic import BaseModel, ValidationError
+
+from . import hookspecs
+from .backend import Backend
+from .config import Settings, load_settings
+from .context import STAGES, Choice
+from .errors import AutotuneError, ConfigError, PluginError
+from .markers import PROJECT
+
+if TYPE_CHECKING:
+    from .hardware import HardwareSnapshot, Pressure
+    from .plan import Plan
+
+log = logging.getLogger("autotune.host")
+
+#: plugins that cannot be disabled
+ESSENTIAL: frozenset[str] = frozenset({"core"})
+#: hooks whose implementations fold a proposal
+FOLD_HOOKS: frozenset[str] = frozenset({"choose_num_ctx", "choose_kv_type"})
+#: hooks that describe a request and may be narrowed by the server's stack
+REQUEST_HOOKS: frozenset[str] = frozenset(
+    {"pre_request", "choose_num_ctx", "choose_kv_type", "post_response", "on_pressure"})
+
+
+@dataclass
+class PluginRecord:
+    """What ``autotune plugins list`` shows for one plugin."""
+
+    name: str
+    source: str
+    module: str
+    version: str | None = None
+    tier: str = "default"
+    status: str = "loaded"  # loaded | disabled | opt-in | error
+    reason: str = ""
+    hooks: list[str] = field(default_factory=list)
+    registered: list[str] = field(default_factory=list)
+    failures: int = 0
+    last_failure: str = ""
+    fold_positions: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.status == "loaded"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "version": self.version, "source": self.source, "module": self.module,
+            "enabled": self.enabled, "status": self.status, "reason": self.reason, "tier": self.tier,
+            "hooks": self.hooks, "fold_positions": self.fold_positions, "registered": self.registered,
+            "failures": self.failures, "last_failure": self.last_failure, "description": self.description,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Impl:
+    plugin: str
+    function: Callable[..., Any]
+    argnames: tuple[str, ...]
+    stage: str
+
+
+def _names(value: str | None) -> set[str] | None:
+    if value is None:
+        return None
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+def _describe_plugin(obj: object) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc else ""
+
+
+class PluginHost:
+    """A fresh plugin manager with the autotune hook contract.
+
+    >>> host = PluginHost(plugins=[MyPlugin()], load_entrypoints=False)
+    """
+
+    def __init__(self, config: Settings | None = None, plugins: Iterable[object] = (), *,
+                 load_entrypoints: bool = True, env: dict[str, str] | None = None,
+                 hardware: HardwareSnapshot | None = None, stack: Iterable[str] | None = None) -> None:
+        self.config = config if config is not None else load_settings()
+        self.env = dict(os.environ if env is None else env)
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.records: dict[str, PluginRecord] = {}
+        self.backend_classes: dict[str, tuple[type[Backend], str]] = {}
+        self.archetype_sets: list[tuple[str, Any]] = []
+        self._backends: dict[str, Backend] = {}
+        self._settings_cache: dict[str, BaseModel] = {}
+        self._impl_cache: dict[str, list[_Impl]] = {}
+        self._hardware = hardware
+        self.pressure: Pressure | None = None
+        self.trace_hooks = self.env.get("AUTOTUNE_TRACE_PLUGINS", "") not in ("", "0", "false")
+        stack_names = list(stack) if stack is not None else self.config.server.plugins
+        self.stack: frozenset[str] | None = frozenset(stack_names) if stack_names is not None else None
+        self._allow = _names(self.env.get("AUTOTUNE_LOAD_PLUGINS"))
+        self._block = (_names(self.env.get("AUTOTUNE_DISABLE_PLUGINS")) or set()) | set(
+            self.config.plugins.disabled)
+        started = time.perf_counter()
+        from . import core_plugin
+
+        self._register(core_plugin.CorePlugin(), "core", source="core", module=core_plugin.__name__,
+                       strict=True)
+        if load_entrypoints:
+            self._load_entrypoints()
+        for spec in self.config.plugins.load:
+            self._load_spec(spec)
+        for obj in plugins:
+            name = str(getattr(obj, "name", None) or getattr(obj, "__name__", type(obj).__name__))
+            self._register(obj, name, source="programmatic", module=type(obj).__module__, strict=True)
+        self._collect_registrations()
+        self.startup_ms = (time.perf_counter() - started) * 1000
+
+    # -- discovery ------------------------------------------------------------------------------
+
+    def _allowed(self, name: str) -> tuple[bool, str]:
+        if name in ESSENTIAL:
+            return True, ""
+        if self._allow is not None and name not in self._allow:
+            return False, "not in AUTOTUNE_LOAD_PLUGINS"
+        if name in self._block:
+            where = "AUTOTUNE_DISABLE_PLUGINS" if name in (
+                _names(self.env.get("AUTOTUNE_DISABLE_PLUGINS")) or set()) else "config [plugins] disabled"
+            return False, f"disabled by {where}"
+        return True, ""
+
+    def _load_entrypoints(self) -> None:
+        eps = sorted(metadata.entry_points(group=PROJECT), key=lambda ep: ep.name)
+        seen: set[str] = set()
+        for ep in eps:
+            if ep.name in seen:
+                continue
+            seen.add(ep.name)
+            dist = getattr(ep, "dist", None)
+            dist_name = dist.metadata["Name"] if dist is not None else None
+            source = "builtin" if dist_name == PROJECT else "entry point"
+            version = dist.version if dist is not None else None
+            record = PluginRecord(name=ep.name, source=source, module=ep.value, version=version)
+            ok, reason = self._allowed(ep.name)
+            if not ok:
+                record.status, record.reason = "disabled", reason
+                self.records[ep.name] = record
+                continue
+            try:
+                loaded = ep.load()
+            except Exception as exc:  # a broken third-party plugin must not take the host down
+                log.error("plugin %s failed to import: %s", ep.name, exc)
+                record.status, record.reason = "error", f"import failed: {exc}"
+                self.records[ep.name] = record
+                continue
+            self._register(loaded, ep.name, source=source, module=ep.value, version=version, strict=False)
+
+    def _load_spec(self, spec: str) -> None:
+        module_name, _, attr = spec.partition(":")
+        try:
+            obj: Any = import_module(module_name)
+            for part in filter(None, attr.split(".")):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as exc:
+            raise PluginError(f"cannot load plugin {spec!r} named in [plugins] load: {exc}") from exc
+        name = str(getattr(obj, "name", None) or spec)
+        ok, reason = self._allowed(name)
+        if not ok:
+            self.records[name] = PluginRecord(name=name, source="config", module=spec, status="disabled",
+                                              reason=reason)
+            return
+        self._register(obj, name, source="config", module=spec, strict=True)
+
+    def _register(self, obj: object, name: str, *, source: str, module: str, version: str | None = None,
+                  strict: bool) -> None:
+        plugin = obj() if inspect.isclass(obj) else obj
+        tier = str(getattr(plugin, "tier", "essential" if name in ESSENTIAL else "default"))
+        record = PluginRecord(name=name, source=source, module=module, version=version, tier=tier,
+                              description=_describe_plugin(plugin))
+        if tier == "opt-in" and name not in self.config.plugins.enabled and not (
+                self._allow and name in self._allow):
+            record.status, record.reason = "opt-in", "opt-in: enable with `autotune plugins enable`"
+            self.records[name] = record
+            return
+        if self.pm.has_plugin(name):
+            raise PluginError(f"a plugin named {name!r} is already registered")
+        try:
+            self.pm.register(plugin, name=name)
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            if self.pm.has_plugin(name):
+                self.pm.unregister(name=name)
+            message = f"plugin {name!r} ({module}) is invalid: {exc}"
+            if strict:
+                raise PluginError(message) from exc
+            log.error("%s", message)
+            record.status, record.reason = "error", message
+            self.records[name] = record
+            return
+        record.hooks = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [])
+        self.records[name] = record
+        self._impl_cache.clear()
+        self.plugin_settings(name)  # invalid settings are the user's to fix: fail loudly, naming the key
+
+    def _collect_registrations(self) -> None:
+        for hook, kind in (("register_backends", "backend"), ("register_archetypes", "archetypes")):
+            for impl in self._impls(hook):
+                def register(item: Any, _plugin: str = impl.plugin, _kind: str = kind) -> None:
+                    self._add_registration(_plugin, _kind, item)
+
+                self._invoke(impl, hook, {"register": register}, isolate=True)
+        for record in self.records.values():
+            record.fold_positions = {
+                hook: f"{impl.stage} #{index}"
+                for hook in sorted(FOLD_HOOKS)
+                for index, impl in enumerate(self._impls(hook), start=1) if impl.plugin == record.name}
+
+    def _add_registration(self, plugin: str, kind: str, item: Any) -> None:
+        if kind == "backend":
+            if not (inspect.isclass(item) and issubclass(item, Backend)):
+                raise PluginError(f"plugin {plugin!r} registered {item!r}, which is not a Backend subclass")
+            self.backend_classes[item.name] = (item, plugin)
+            self.records[plugin].registered.append(f"backend:{item.name}")
+        else:
+            self.archetype_sets.append((plugin, item))
+            label = getattr(item, "name", None) or type(item).__name__
+            self.records[plugin].registered.append(f"archetypes:{label}")
+
+    # -- hook dispatch ----------------------------------------------------------------------------
+
+    def _impls(self, hook: str) -> list[_Impl]:
+        cached = self._impl_cache.get(hook)
+        if cached is not None:
+            return cached
+        caller = getattr(self.pm.hook, hook)
+        ordered = [
+            _Impl(plugin=impl.plugin_name, function=impl.function, argnames=tuple(impl.argnames),
+                  stage=getattr(impl.function, "autotune_stage", "adjust"))
+            for impl in reversed(caller.get_hookimpls())
+        ]
+        if hook in FOLD_HOOKS:
+            ordered.sort(key=lambda impl: STAGES.index(impl.stage))
+        self._impl_cache[hook] = ordered
+        return ordered
+
+    def hook_order(self, hook: str) -> list[str]:
+        """Plugin names in the order they run for ``hook`` (what ``plugins list`` shows)."""
+        return [impl.plugin for impl in self._impls(hook)]
+
+    def _skipped(self, hook: str, skip: frozenset[str]) -> frozenset[str]:
+        if hook in REQUEST_HOOKS and self.stack is not None:
+            return skip | frozenset(name for name in self.records if name not in self.stack
+                                    and name not in ESSENTIAL)
+        return skip
+
+    def _invoke(self, impl: _Impl, hook: str, kwargs: dict[str, Any], *, isolate: bool) -> Any:
+        args = {name: kwargs[name] for name in impl.argnames if name in kwargs}
+        started = time.perf_counter() if self.trace_hooks else 0.0
+        try:
+            result = impl.function(**args)
+        except AutotuneError:
+            raise
+        except Exception as exc:
+            if not isolate:
+                raise
+            self.record_failure(impl.plugin, hook, exc)
+            raise _Isolated from exc
+        if self.trace_hooks:
+            took = (time.perf_counter() - started) * 1000
+            print(f"autotune: {hook} -> {impl.plugin} ({took:.3f} ms) = {result!r}"[:300], file=sys.stderr)
+        return result
+
+    def record_failure(self, plugin: str, hook: str, exc: BaseException) -> None:
+        """Count and log a plugin failure; the request goes on without it."""
+        record = self.records.get(plugin)
+        if record is not None:
+            record.failures += 1
+            record.last_failure = f"{hook}: {type(exc).__name__}: {exc}"[:300]
+        log.warning("plugin %s failed in %s: %s: %s", plugin, hook, type(exc).__name__, exc)
+
+    def call(self, hook: str, skip: frozenset[str] = frozenset(), **kwargs: Any) -> list[Any]:
+        """Run every implementation of a collect-all hook synchronously, isolating failures."""
+        results = []
+        skipped = self._skipped(hook, skip)
+        for impl in self._impls(hook):
+            if impl.plugin in skipped:
+                continue
+            try:
+                result = self._invoke(impl, hook, kwargs, isolate=True)
+            except _Isolated:
+                continue
+            if inspect.isawaitable(result):
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+                self.record_failure(impl.plugin, hook, TypeError("returned an awaitable to a sync call"))
+                continue
+            if result is not None:
+                results.append(result)
+        return results
+
+    async def acall(self, hook: str, skip: frozenset[str] = frozenset(), **kwargs: Any) -> list[Any]:
+        """Run every implementation in order, awaiting awaitable results before the next plugin."""
+        results = []
+        skipped = self._skipped(hook, skip)
+        for impl in self._impls(hook):
+            if impl.plugin in skipped:
+                continue
+            try:
+                result = self._invoke(impl, hook, kwargs, isolate=True)
+                if inspect.isawaitable(result):
+                    result = await result
+            except _Isolated:
+                continue
+            except AutotuneError:
+                raise
+            except Exception as exc:
+                self.record_failure(impl.plugin, hook, exc)
+                continue
+            if result is not None:
+                results.append(result)
+        return results
+
+    def fold(self, hook: str, *, knob: str, plan: Plan, initial: Choice[Any] | None,
+             conservative: Callable[[Any, Any], Any], skip: frozenset[str] = frozenset(),
+             **kwargs: Any) -> Choice[Any] | None:
+        """Fold ``hook`` over its stages; every change is recorded in ``plan.trace``.
+
+        A failing guard keeps the most conservative value seen so far in this fold.
+        """
+        proposal = initial
+        seen: list[Any] = [initial.value] if initial is not None else []
+        skipped = self._skipped(hook, skip)
+        for impl in self._impls(hook):
+            if impl.plugin in skipped:
+                continue
+            try:
+                result = self._invoke(impl, hook, {**kwargs, "plan": plan, "proposal": proposal},
+                                      isolate=True)
+                if result is not None and not isinstance(result, Choice):
+                    raise TypeError(f"{hook} must return Choice or None, got {type(result).__name__}")
+            except _Isolated:
+                result = None
+                if impl.stage == "guard" and seen:
+                    safest = reduce(conservative, seen)
+                    if proposal is None or proposal.value != safest:
+                        plan.record(impl.plugin, knob, proposal.value if proposal else None, safest,
+                                    "guard failed; kept the most conservative value")
+                        proposal = Choice(safest, "guard failed")
+                continue
+            except TypeError as exc:
+                self.record_failure(impl.plugin, hook, exc)
+                continue
+            if result is None:
+                continue
+            old = proposal.value if proposal is not None else None
+            if result.value != old:
+                plan.record(impl.plugin, knob, old, result.value, result.reason)
+            proposal = result
+            seen.append(result.value)
+        return proposal
+
+    # -- services for plugins and users -------------------------------------------------------------
+
+    def plugin(self, name: str) -> Any:
+        return self.pm.get_plugin(name)
+
+    def plugin_settings(self, name: str) -> BaseModel:
+        """A plugin's validated settings (its ``Settings`` model over ``[plugins.<name>]``)."""
+        cached = self._settings_cache.get(name)
+        if cached is not None:
+            return cached
+        plugin = self.pm.get_plugin(name)
+        model: type[BaseModel] = getattr(plugin, "Settings", None) or _NoSettings
+        raw = self.config.plugins.settings.get(name, {})
+        try:
+            settings = model.model_validate(raw)
+        except ValidationError as exc:
+            lines = [f"invalid settings for plugin {name!r} in {self.config.source}:"]
+            for item in exc.errors():
+                key = ".".join(str(part) for part in item["loc"])
+                got = item.get("input")
+                lines.append(f"  plugins.{name}.{key}: {item['msg']}"
+                             + ("" if isinstance(got, dict) else f" (got {got!r})"))
+            raise ConfigError("\n".join(lines)) from None
+        self._settings_cache[name] = settings
+        return settings
+
+    def enabled(self, name: str) -> bool:
+        record = self.records.get(name)
+        return record is not None and record.enabled and (
+            self.stack is None or name in self.stack or name in ESSENTIAL)
+
+    def backend(self, name: str) -> Backend:
+        """The backend instance of this host (created on first use with ``[backends.<name>]``)."""
+        instance = self._backends.get(name)
+        if instance is None:
+            if name not in self.backend_classes:
+                known = ", ".join(sorted(self.backend_classes)) or "none"
+                raise PluginError(f"no backend named {name!r}; registered: {known}")
+            cls, _plugin = self.backend_classes[name]
+            instance = cls(self.config.backend_settings(name))
+            self._backends[name] = instance
+        return instance
+
+    @property
+    def hardware(self) -> HardwareSnapshot:
+        if self._hardware is None:
+            from .hardware_detect import detect_hardware
+
+            self._hardware = detect_hardware()
+        return self._hardware
+
+    @hardware.setter
+    def hardware(self, snapshot: HardwareSnapshot) -> None:
+        self._hardware = snapshot
+
+    def plugins_info(self) -> list[dict[str, Any]]:
+        return [self.records[name].as_dict() for name in self.records]
+
+    async def start(self) -> None:
+        await self.acall("on_startup", host=self)
+
+    async def stop(self) -> None:
+        await self.acall("on_shutdown", host=self)
+        for instance in list(self._backends.values()):
+            try:
+                await instance.aclose()
+            except Exception as exc:
+                log.warning("backend %s failed to close: %s", instance.name, exc)
+        self._backends.clear()
+
+
+class _Isolated(Exception):
+    """Internal: a plugin failed and was skipped."""
+
+
+class _NoSettings(BaseModel):
+    """Plugins without settings accept none."""
+
+    model_config = {"extra": "forbid"}

@@ -1,0 +1,180 @@
+"""The request path: resolve → gather facts → pre_request → choose_num_ctx → choose_kv_type →
+reconcile with the backend's capabilities → send → post_response.
+
+Front doors (server, CLI, library) all go through :class:`Pipeline`, so a request is tuned the
+same way whichever door it came in by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from .backend import Backend, reconcile_plan
+from .context import Choice, HookContext
+from .errors import ContextOverflow
+from .hardware import Pressure
+from .host import PluginHost
+from .messages import ChatRequest, ChatResult, StreamChunk, Usage
+from .modelinfo import ModelInfo, smaller_kv_type
+from .plan import Plan
+from .profiles import get_profile
+from .resolver import ModelResolver
+from .tokens import estimate_message_tokens
+
+log = logging.getLogger("autotune.pipeline")
+
+MODEL_INFO_TTL = 300.0
+
+
+@dataclass
+class Prepared:
+    """A planned request, ready to send."""
+
+    request: ChatRequest
+    plan: Plan
+    ctx: HookContext
+    backend: Backend
+    skip: frozenset[str]
+    planning_ms: float
+
+
+class Pipeline:
+    """Plans and runs requests for one host."""
+
+    def __init__(self, host: PluginHost) -> None:
+        self.host = host
+        self.resolver = ModelResolver(host)
+        self._info: dict[tuple[str, str], tuple[float, ModelInfo | None]] = {}
+
+    async def model_info(self, backend: Backend, model: str) -> ModelInfo | None:
+        key = (backend.name, model)
+        cached = self._info.get(key)
+        if cached is not None and time.monotonic() - cached[0] < MODEL_INFO_TTL:
+            return cached[1]
+        try:
+            info: ModelInfo | None = await backend.model_info(model)
+        except Exception as exc:
+            log.warning("model info for %s on %s unavailable: %s", model, backend.name, exc)
+            info = None
+        self._info[key] = (time.monotonic(), info)
+        return info
+
+    def skip_for(self, model: str) -> frozenset[str]:
+        override = self.host.config.server.models.get(model)
+        if override is None:
+            return frozenset()
+        skip = set(override.disabled)
+        if override.plugins is not None:
+            skip |= {name for name in self.host.records if name not in override.plugins}
+        skip.discard("core")
+        return frozenset(skip)
+
+    def profile_for(self, request: ChatRequest) -> str:
+        override = self.host.config.server.models.get(request.model)
+        return request.profile or (override.profile if override and override.profile else None) or \
+            self.host.config.profile
+
+    async def prepare(self, request: ChatRequest) -> Prepared:
+        backend, upstream_model = await self.resolver.resolve(request.model)
+        if upstream_model != request.model:
+            request = request.model_copy(update={"model": upstream_model})
+        info = await self.model_info(backend, upstream_model)
+        return await self.plan(request, backend, info)
+
+    async def plan(self, request: ChatRequest, backend: Backend, info: ModelInfo | None) -> Prepared:
+        """Run the hooks for an already resolved request (also used by ``autotune plan``)."""
+        started = time.perf_counter()
+        profile = get_profile(self.profile_for(request))
+        caps = backend.capabilities()
+        plan = Plan(model=request.model, backend=backend.name, profile=profile.name,
+                    messages=list(request.messages))
+        ctx = HookContext(host=self.host, hardware=self.host.hardware, capabilities=caps,
+                          backend_name=backend.name, profile=profile, model=info,
+                          pressure=self.host.pressure or Pressure())
+        skip = self.skip_for(request.model)
+        await self.host.acall("pre_request", skip=skip, ctx=ctx, request=request, plan=plan)
+        exact = None
+        if caps.can_tokenize:
+            with contextlib.suppress(Exception):
+                exact = await backend.count_tokens(request.model, request, plan)
+        plan.prompt_tokens = exact if exact is not None else estimate_message_tokens(plan.messages)
+        plan.prompt_tokens_exact = exact is not None
+        num_ctx = self.host.fold("choose_num_ctx", knob="num_ctx", plan=plan, initial=None, conservative=min,
+                                 skip=skip, ctx=ctx, request=request)
+        plan.num_ctx = num_ctx.value if num_ctx is not None else None
+        kv: Choice[str] | None = self.host.fold("choose_kv_type", knob="kv_type", plan=plan, initial=None,
+                                                conservative=smaller_kv_type, skip=skip, ctx=ctx,
+                                                request=request)
+        plan.kv_type = kv.value if kv is not None else None
+        self._check_fit(plan)
+        reconcile_plan(plan, caps, backend=backend.name)
+        return Prepared(request=request, plan=plan, ctx=ctx, backend=backend, skip=skip,
+                        planning_ms=(time.perf_counter() - started) * 1000)
+
+    @staticmethod
+    def _check_fit(plan: Plan) -> None:
+        """Never a silent cut: a prompt that cannot fit the context it will get is refused."""
+        if plan.num_ctx is None or plan.prompt_tokens is None:
+            return
+        if plan.prompt_tokens >= plan.num_ctx:
+            raise ContextOverflow(
+                f"the prompt is about {plan.prompt_tokens} tokens but the context for {plan.model} is "
+                f"{plan.num_ctx}; shorten the conversation or enable the context-compressor plugin")
+
+    async def run(self, prepared: Prepared) -> ChatResult:
+        """Send a non-streaming request and run post_response."""
+        started = time.perf_counter()
+        result = await prepared.backend.chat(prepared.request, prepared.plan)
+        if result.timings.total_ms is None:
+            result.timings.total_ms = (time.perf_counter() - started) * 1000
+        await self.finish(prepared, result)
+        return result
+
+    async def stream(self, prepared: Prepared) -> AsyncIterator[StreamChunk]:
+        """Stream chunks through unchanged; assemble the result for post_response at the end.
+
+        If the consumer stops early (client gone), the upstream iterator is closed, which cancels
+        the upstream request, and post_response still runs with what was received.
+        """
+        started = time.perf_counter()
+        text: list[str] = []
+        result = ChatResult(model=prepared.request.model, backend=prepared.backend.name, finish_reason=None)
+        upstream = prepared.backend.stream_chat(prepared.request, prepared.plan)
+        first = True
+        try:
+            async for chunk in upstream:
+                if first:
+                    first = False
+                    result.timings.ttft_ms = (time.perf_counter() - started) * 1000
+                if chunk.content:
+                    text.append(chunk.content)
+                if chunk.tool_calls:
+                    result.tool_calls.extend(chunk.tool_calls)
+                if chunk.done:
+                    result.finish_reason = chunk.finish_reason or "stop"
+                    result.usage = chunk.usage or Usage()
+                    if chunk.timings is not None:
+                        ttft = result.timings.ttft_ms
+                        result.timings = chunk.timings
+                        result.timings.ttft_ms = chunk.timings.ttft_ms or ttft
+                yield chunk
+        finally:
+            aclose = getattr(upstream, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+            result.content = "".join(text)
+            if result.timings.total_ms is None:
+                result.timings.total_ms = (time.perf_counter() - started) * 1000
+            # post_response must run even when the client went away; shield it from cancellation
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.finish(prepared, result))
+
+    async def finish(self, prepared: Prepared, result: ChatResult) -> None:
+        await self.host.acall("post_response", skip=prepared.skip, ctx=prepared.ctx, request=prepared.request,
+                              plan=prepared.plan, result=result)

@@ -1,0 +1,86 @@
+"""The Plan: every knob autotune decides for one request, plus the trace of who decided what and why.
+
+Nobody should have to guess why a request got the context it got: every change goes through
+:meth:`Plan.record`, which is what ``autotune plan`` prints and ``X-Autotune-Plan`` carries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .messages import Message
+
+
+class TraceEntry(BaseModel):
+    plugin: str
+    knob: str
+    old: Any = None
+    new: Any = None
+    reason: str = ""
+
+    def compact(self) -> str:
+        return f"{self.plugin}:{self.knob}={self.new}"
+
+
+class Plan(BaseModel):
+    """The decided knobs for one request. ``None`` means "leave it to the backend"."""
+
+    model: str
+    backend: str = ""
+    profile: str = "balanced"
+    num_ctx: int | None = None
+    kv_type: str | None = None
+    flash_attn: bool | None = None
+    num_batch: int | None = None
+    num_keep: int | None = None
+    #: seconds; negative means "keep loaded forever", 0 means "unload after this request"
+    keep_alive: float | None = None
+    parallel: int | None = None
+    max_tokens: int | None = None
+    #: sampling defaults to use only where the client sent none
+    sampling: dict[str, Any] = Field(default_factory=dict)
+    messages: list[Message] = Field(default_factory=list)
+    #: prompt tokens as counted (tokenizer) or estimated before sending
+    prompt_tokens: int | None = None
+    prompt_tokens_exact: bool = False
+    #: knob -> how the backend applies it ("per_request", "at_load", "server_env", "unsupported")
+    applied: dict[str, str] = Field(default_factory=dict)
+    advice: list[str] = Field(default_factory=list)
+    trace: list[TraceEntry] = Field(default_factory=list)
+    #: free-form flags plugins raise for the server to expose (e.g. "truncated": True)
+    flags: dict[str, Any] = Field(default_factory=dict)
+    #: allow a load that pre-flight says will not fit
+    force: bool = False
+
+    def record(self, plugin: str, knob: str, old: Any, new: Any, reason: str) -> None:
+        """Append one decision to the trace."""
+        self.trace.append(TraceEntry(plugin=plugin, knob=knob, old=old, new=new, reason=reason))
+
+    def set(self, plugin: str, knob: str, value: Any, reason: str) -> None:
+        """Change a knob and record it; a no-op change is not recorded."""
+        old = getattr(self, knob)
+        if old == value:
+            return
+        setattr(self, knob, value)
+        self.record(plugin, knob, old, value, reason)
+
+    def advise(self, text: str, *, knob: str = "") -> None:
+        """Add advice the user can act on (shown in the trace, ``autotune plan`` and ``doctor``)."""
+        if text not in self.advice:
+            self.advice.append(text)
+
+    def steps(self, knob: str) -> list[TraceEntry]:
+        return [entry for entry in self.trace if entry.knob == knob]
+
+    def compact_trace(self, limit: int = 1024) -> str:
+        """A header-safe summary: the final value of each knob and the chain that led to it."""
+        parts: list[str] = []
+        for knob in ("num_ctx", "kv_type", "num_keep", "num_batch", "keep_alive", "flash_attn", "messages"):
+            chain = [f"{e.plugin}>{e.new}" for e in self.steps(knob)]
+            if chain:
+                parts.append(f"{knob}=" + ",".join(chain))
+        text = ";".join(parts)
+        text = "".join(ch for ch in text if 32 <= ord(ch) < 127)
+        return text[:limit]
