@@ -14,3 +14,6 @@ def _isolated_autotune_home(tmp_path_factory: pytest.TempPathFactory, monkeypatc
                 "AUTOTUNE_PROFILE", "AUTOTUNE_BACKEND", "AUTOTUNE_OLLAMA_URL", "AUTOTUNE_OPENAI_URL",
                 "AUTOTUNE_API_KEY"):
         monkeypatch.delenv(var, raising=False)
+
+
+from fakes.fixtures import *  # noqa: E402,F403  (fake Ollama / OpenAI-compatible servers on loopback)
