@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from .backend import Availability, Backend, Capabilities, EmbeddingResult, KnobScope, KnobSupport
-from .hardware import GiB, CpuInfo, HardwareSnapshot
+from .hardware import CpuInfo, GiB, HardwareSnapshot
 from .messages import ChatRequest, ChatResult, LoadedModel, ModelEntry, StreamChunk, Timings, Usage
 from .modelinfo import ModelInfo
 from .plan import Plan

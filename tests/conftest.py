@@ -6,7 +6,9 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _isolated_autotune_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_autotune_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     home = tmp_path_factory.mktemp("autotune-home")
     monkeypatch.setenv("AUTOTUNE_CONFIG", str(home / "config.toml"))
     monkeypatch.setenv("AUTOTUNE_DATA_DIR", str(home / "data"))
