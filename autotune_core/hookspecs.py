@@ -57,13 +57,17 @@ def pre_request(ctx: HookContext, request: ChatRequest, plan: Plan) -> Any:
 
 
 @hookspec
-def choose_num_ctx(ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None) -> Choice[Any] | None:
+def choose_num_ctx(
+    ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None
+) -> Choice[Any] | None:
     """Fold over stages propose → snap → adjust → guard. Return a new ``Choice(value, reason)`` for
     num_ctx, or None to keep ``proposal``. Pure: no I/O."""
 
 
 @hookspec
-def choose_kv_type(ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None) -> Choice[Any] | None:
+def choose_kv_type(
+    ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None
+) -> Choice[Any] | None:
     """Fold, as ``choose_num_ctx``, for the KV cache type ("f16", "q8_0", "q4_0", ...). Runs after
     num_ctx is final, so guards can size the cache. Pure: no I/O."""
 
