@@ -6,6 +6,9 @@ sliding-window layers only hold about the window, and the whole thing scales wit
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 # Bytes per element of the KV cache, as llama.cpp stores them (q8_0 = 34 bytes per 32 values).
@@ -20,6 +23,9 @@ KV_BYTES_PER_ELEMENT: dict[str, float] = {
     "q4_0": 18 / 32,
     "iq4_nl": 18 / 32,
 }
+
+#: llama.cpp pads the KV cell count to a multiple of this
+KV_CELL_PAD = 256
 
 #: KV types ordered from most to least precise; "lower" means fewer bytes.
 KV_PRECISION_ORDER: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")
@@ -82,20 +88,82 @@ class ModelInfo(BaseModel):
         return sum(heads * (key + value) for heads in self.kv_heads())
 
     def kv_bytes(self, n_ctx: int, kv_type: str = "f16", *, parallel: int = 1, n_ubatch: int = 512,
-                 swa_full: bool = False) -> int:
-        """Exact KV-cache bytes for a context of ``n_ctx`` tokens per slot.
+                 swa_full: bool = False, pad: int = KV_CELL_PAD) -> int:
+        """Exact KV-cache bytes for a context of ``n_ctx`` tokens per slot, as llama.cpp allocates it.
 
-        Sliding-window layers (llama.cpp without ``--swa-full``) keep about
-        ``min(n_ctx, window + n_ubatch)`` cells instead of the whole context.
+        llama.cpp rounds the cell count up to a multiple of ``pad`` (256), and sliding-window layers
+        (without ``--swa-full``) keep ``pad(min(n_ctx, window + n_ubatch))`` cells instead of the whole
+        context. Slots with their own KV (explicit ``-np``, Ollama) multiply everything by ``parallel``.
+        Verified against llama.cpp's "llama_kv_cache: size = ..." log for gemma3 (tests/backends).
         """
         key, value = self._head_dims()
         per_elem = kv_type_bytes(kv_type)
-        total_ctx = n_ctx * max(1, parallel)
+        slots = max(1, parallel)
+        full_cells = _pad(n_ctx, pad)
+        swa_cells = full_cells if swa_full or not self.sliding_window else \
+            _pad(min(full_cells, self.sliding_window + n_ubatch), pad)
         swa = self.swa_layers or []
         total = 0.0
         for layer, heads in enumerate(self.kv_heads()):
-            cells = total_ctx
-            if not swa_full and self.sliding_window and layer < len(swa) and swa[layer]:
-                cells = min(total_ctx, (self.sliding_window * max(1, parallel)) + n_ubatch)
-            total += cells * heads * (key + value) * per_elem
+            cells = swa_cells if layer < len(swa) and swa[layer] else full_cells
+            total += cells * slots * heads * (key + value) * per_elem
         return int(total)
+
+    @classmethod
+    def from_gguf(cls, name: str, kv: Mapping[str, Any]) -> ModelInfo:
+        """Build from a GGUF key/value map (Ollama's ``/api/show`` ``model_info``, ``Llama.metadata``).
+
+        Values may be strings (llama-cpp-python stringifies them); per-layer arrays are kept.
+        """
+        arch = str(kv.get("general.architecture") or "unknown")
+
+        def num(key: str) -> int | None:
+            value = kv.get(f"{arch}.{key}")
+            if value is None or isinstance(value, list | tuple):
+                return None
+            try:
+                return int(float(value))
+            except (TypeError, ValueError):
+                return None
+
+        def per_layer(key: str) -> int | list[int] | None:
+            value = kv.get(f"{arch}.{key}")
+            if isinstance(value, list | tuple):
+                return [int(v) for v in value] if value else None
+            return num(key)
+
+        block_count = num("block_count") or 0
+        head_count = per_layer("attention.head_count")
+        head_count_kv = per_layer("attention.head_count_kv")
+        window = num("attention.sliding_window")
+        explicit = kv.get(f"{arch}.attention.sliding_window_pattern")
+        params = kv.get("general.parameter_count")
+        return cls(
+            name=name, architecture=arch, block_count=block_count,
+            head_count=max(head_count) if isinstance(head_count, list) else (head_count or 0),
+            head_count_kv=head_count_kv if head_count_kv is not None else 0,
+            key_length=num("attention.key_length"), value_length=num("attention.value_length"),
+            embedding_length=num("embedding_length") or 0, context_length=num("context_length"),
+            sliding_window=window or None,
+            swa_layers=swa_layer_pattern(arch, block_count, explicit) if window else None,
+            parameter_count=int(float(params)) if params not in (None, "") else None,
+        )
+
+#: llama.cpp ``set_swa_pattern(n)``: layer ``il`` slides when ``il % n < n - 1`` (dense every n-th layer)
+SWA_PATTERNS: dict[str, int] = {"gemma3": 6, "gemma2": 2, "cohere2": 4, "gpt-oss": 2, "gemma3n": 5}
+
+
+def _pad(value: int, pad: int) -> int:
+    return value if pad <= 1 else -(-value // pad) * pad
+
+
+def swa_layer_pattern(arch: str, block_count: int, explicit: Any = None) -> list[bool] | None:
+    """Which layers use the sliding window: the GGUF's explicit per-layer pattern, else llama.cpp's
+    fixed pattern for the architecture, else None (unknown: size every layer for the full context)."""
+    if isinstance(explicit, list | tuple) and explicit:
+        flags = [bool(int(v)) if isinstance(v, str) and v.isdigit() else bool(v) for v in explicit]
+        return (flags + [flags[-1]] * block_count)[:block_count]
+    n = SWA_PATTERNS.get(arch)
+    if not n or block_count <= 0:
+        return None
+    return [il % n < n - 1 for il in range(block_count)]
