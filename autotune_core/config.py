@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -203,14 +204,23 @@ def load_settings(path: Path | None = None, *, env: dict[str, str] | None = None
     return validate_settings(raw, source)
 
 
-def write_setting(path: Path, key: str, value: Any) -> None:
-    """Set one dotted key in the TOML file, keeping the user's comments; validated before writing."""
+def write_setting(path: Path, key: str, value: Any, *, check: Callable[[Settings], None] | None = None) -> None:
+    """Set one dotted key in the TOML file, keeping the user's comments; validated before writing.
+
+    ``check`` sees the would-be settings and may raise :class:`ConfigError` (e.g. a plugin's own
+    settings model), so nothing invalid reaches the file.
+    """
     import tomlkit
 
-    document = tomlkit.parse(path.read_text(encoding="utf-8")) if path.exists() else tomlkit.document()
+    try:
+        document = tomlkit.parse(path.read_text(encoding="utf-8")) if path.exists() else tomlkit.document()
+    except tomlkit.exceptions.ParseError as exc:
+        raise ConfigError(f"invalid TOML in {path}: {exc}") from exc
     plain = document.unwrap()
     set_dotted(plain, key, value)
-    validate_settings(plain, str(path))
+    settings = validate_settings(plain, str(path))
+    if check is not None:
+        check(settings)
     node: Any = document
     parts = key.split(".")
     for part in parts[:-1]:

@@ -33,6 +33,8 @@ log = logging.getLogger("autotune.host")
 
 #: plugins that cannot be disabled
 ESSENTIAL: frozenset[str] = frozenset({"core"})
+#: plugin tiers: essential (cannot be disabled), default (on unless disabled), opt-in (off unless enabled)
+TIERS: tuple[str, ...] = ("essential", "default", "opt-in")
 #: hooks whose implementations fold a proposal
 FOLD_HOOKS: frozenset[str] = frozenset({"choose_num_ctx", "choose_kv_type"})
 #: hooks that describe a request and may be narrowed by the server's stack
@@ -85,6 +87,16 @@ def _names(value: str | None) -> set[str] | None:
     return {part.strip() for part in value.split(",") if part.strip()}
 
 
+def _refuse_wrappers(pm: pluggy.PluginManager, plugin: object) -> None:
+    """The host calls implementations itself (folds, isolation), so pluggy wrappers cannot work."""
+    for caller in pm.get_hookcallers(plugin) or []:
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin and (impl.wrapper or impl.hookwrapper):
+                raise pluggy.PluginValidationError(
+                    plugin, f"{caller.name}: wrapper/hookwrapper implementations are not supported; "
+                            "use tryfirst/trylast and fold stages")
+
+
 def _describe_plugin(obj: object) -> str:
     doc = inspect.getdoc(obj) or ""
     return doc.strip().splitlines()[0] if doc else ""
@@ -99,8 +111,8 @@ class PluginHost:
     def __init__(self, config: Settings | None = None, plugins: Iterable[object] = (), *,
                  load_entrypoints: bool = True, env: dict[str, str] | None = None,
                  hardware: HardwareSnapshot | None = None, stack: Iterable[str] | None = None) -> None:
-        self.config = config if config is not None else load_settings()
         self.env = dict(os.environ if env is None else env)
+        self.config = config if config is not None else load_settings(env=self.env)
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.records: dict[str, PluginRecord] = {}
@@ -189,8 +201,20 @@ class PluginHost:
 
     def _register(self, obj: object, name: str, *, source: str, module: str, version: str | None = None,
                   strict: bool) -> None:
-        plugin = obj() if inspect.isclass(obj) else obj
+        try:
+            plugin = obj() if inspect.isclass(obj) else obj
+        except Exception as exc:
+            if strict:
+                raise PluginError(f"plugin {name!r} ({module}) failed to start: {exc}") from exc
+            log.error("plugin %s failed to start: %s", name, exc)
+            self.records[name] = PluginRecord(name=name, source=source, module=module, version=version,
+                                              status="error", reason=f"failed to start: {exc}")
+            return
         tier = str(getattr(plugin, "tier", "essential" if name in ESSENTIAL else "default"))
+        if tier not in TIERS or (tier == "essential") != (name in ESSENTIAL):
+            # toggles apply before a plugin is imported, so only the core's list can make a plugin essential
+            log.warning("plugin %s declares tier %r; treated as 'default'", name, tier)
+            tier = "essential" if name in ESSENTIAL else "default"
         record = PluginRecord(name=name, source=source, module=module, version=version, tier=tier,
                               description=_describe_plugin(plugin))
         if tier == "opt-in" and name not in self.config.plugins.enabled and not (
@@ -203,6 +227,7 @@ class PluginHost:
         try:
             self.pm.register(plugin, name=name)
             self.pm.check_pending()
+            _refuse_wrappers(self.pm, plugin)
         except pluggy.PluginValidationError as exc:
             if self.pm.has_plugin(name):
                 self.pm.unregister(name=name)
@@ -224,7 +249,12 @@ class PluginHost:
                 def register(item: Any, _plugin: str = impl.plugin, _kind: str = kind) -> None:
                     self._add_registration(_plugin, _kind, item)
 
-                self._invoke(impl, hook, {"register": register}, isolate=True)
+                try:
+                    self._invoke(impl, hook, {"register": register}, isolate=True)
+                except _Isolated:
+                    continue  # already counted; what it registered before failing stays
+                except PluginError as exc:
+                    self.record_failure(impl.plugin, hook, exc)
         for record in self.records.values():
             record.fold_positions = {
                 hook: f"{impl.stage} #{index}"
@@ -354,7 +384,9 @@ class PluginHost:
                 result = self._invoke(impl, hook, {**kwargs, "plan": plan, "proposal": proposal},
                                       isolate=True)
                 if result is not None and not isinstance(result, Choice):
-                    raise TypeError(f"{hook} must return Choice or None, got {type(result).__name__}")
+                    self.record_failure(impl.plugin, hook, TypeError(
+                        f"{hook} must return Choice or None, got {type(result).__name__}"))
+                    raise _Isolated
             except _Isolated:
                 result = None
                 if impl.stage == "guard" and seen:
@@ -363,9 +395,6 @@ class PluginHost:
                         plan.record(impl.plugin, knob, proposal.value if proposal else None, safest,
                                     "guard failed; kept the most conservative value")
                         proposal = Choice(safest, "guard failed")
-                continue
-            except TypeError as exc:
-                self.record_failure(impl.plugin, hook, exc)
                 continue
             if result is None:
                 continue
