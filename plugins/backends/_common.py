@@ -1,0 +1,205 @@
+"""Helpers shared by the HTTP backends (not a plugin): error mapping, SSE parsing, OpenAI wire shapes.
+
+Kept beside the backends so each plugin stays importable on its own and imports only autotune_core.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from autotune_core.errors import BackendUnavailable, UpstreamError, UpstreamTimeout
+from autotune_core.messages import ChatRequest, Message, ToolCall, Usage
+from autotune_core.plan import Plan
+
+#: sampling fields both OpenAI-style servers and Ollama understand under the same names
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
+                   "repeat_penalty")
+
+
+def make_client(base_url: str, timeout: float, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    """One pooled client per backend instance: keep-alive connections, bounded timeouts everywhere."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
+        headers=headers or {},
+        limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
+        trust_env=False,
+    )
+
+
+def error_text(body: bytes | str) -> str:
+    """The server's own error message from ``{"error": "..."}`` or ``{"error": {"message": ...}}``."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text.strip()[:500]
+    if isinstance(data, dict):
+        err = data.get("error", data.get("message"))
+        if isinstance(err, dict):
+            return str(err.get("message") or err)[:500]
+        if err is not None:
+            return str(err)[:500]
+    return text.strip()[:500]
+
+
+def transport_error(exc: httpx.HTTPError, label: str, url: str) -> UpstreamError:
+    """Map an httpx failure to the typed error the server turns into a status code."""
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(f"{label} at {url} timed out ({type(exc).__name__})")
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return BackendUnavailable(f"{label} at {url} is not reachable: {exc}")
+    return UpstreamError(f"{label} at {url} failed: {type(exc).__name__}: {exc}")
+
+
+def status_error(status: int, message: str, label: str) -> UpstreamError:
+    """An HTTP error answer: client errors keep their status, server errors become 502."""
+    if 400 <= status < 500 and status != 404:
+        return UpstreamError(f"{label}: {message}", status=status, type="invalid_request_error")
+    return UpstreamError(f"{label} answered HTTP {status}: {message}")
+
+
+async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
+    """The ``data:`` payloads of a server-sent-events body, joined per event; ``[DONE]`` included."""
+    buffer: list[str] = []
+    async for line in response.aiter_lines():
+        if not line.strip():
+            if buffer:
+                yield "\n".join(buffer)
+                buffer = []
+            continue
+        if line.startswith(":"):
+            continue
+        if line.startswith("data:"):
+            buffer.append(line[5:].lstrip(" "))
+    if buffer:
+        yield "\n".join(buffer)
+
+
+def strip_data_url(image: str) -> str:
+    """Ollama wants bare base64; OpenAI clients send ``data:image/png;base64,...``."""
+    if image.startswith("data:") and "," in image:
+        return image.split(",", 1)[1]
+    return image
+
+
+def effective_messages(request: ChatRequest, plan: Plan) -> list[Message]:
+    """The plan's messages (after compression/recall) when it has them, else the request's."""
+    return plan.messages if plan.messages else request.messages
+
+
+def sampling(request: ChatRequest, plan: Plan) -> dict[str, Any]:
+    """Plan defaults first, then whatever the client sent: the client always wins."""
+    merged = {key: value for key, value in plan.sampling.items() if key in SAMPLING_FIELDS and value is not None}
+    merged.update(request.sampling())
+    return merged
+
+
+def max_tokens(request: ChatRequest, plan: Plan) -> int | None:
+    return request.max_tokens if request.max_tokens is not None else plan.max_tokens
+
+
+# -- OpenAI wire ------------------------------------------------------------------------------------------
+
+
+def openai_message(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role}
+    if message.images:
+        parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
+        for image in message.images:
+            url = image if image.startswith(("data:", "http://", "https://")) else \
+                f"data:image/png;base64,{image}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        out["content"] = parts
+    else:
+        out["content"] = message.content
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": call.id or f"call_{index}", "type": "function",
+             "function": {"name": call.name, "arguments": call.arguments or "{}"}}
+            for index, call in enumerate(message.tool_calls)]
+        if not message.content:
+            out["content"] = None
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    if message.name and message.role != "tool":
+        out["name"] = message.name
+    return out
+
+
+def openai_body(request: ChatRequest, plan: Plan, *, stream: bool) -> dict[str, Any]:
+    """A faithful OpenAI chat/completions body; unknown client fields from ``request.extra`` pass through."""
+    body: dict[str, Any] = dict(request.extra)
+    body["model"] = request.model
+    if request.kind == "completion":
+        body["prompt"] = request.prompt or ""
+    else:
+        body["messages"] = [openai_message(m) for m in effective_messages(request, plan)]
+    body["stream"] = stream
+    if stream:
+        options = dict(body.get("stream_options") or {})
+        options["include_usage"] = True  # we always need usage for post_response; stripped if the client did not ask
+        body["stream_options"] = options
+    limit = max_tokens(request, plan)
+    if limit is not None:
+        body["max_tokens"] = limit
+    body.update(sampling(request, plan))
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if request.tools:
+        body["tools"] = request.tools
+    if request.tool_choice is not None:
+        body["tool_choice"] = request.tool_choice
+    if request.response_format is not None:
+        body["response_format"] = request.response_format
+    return body
+
+
+def openai_usage(data: dict[str, Any] | None) -> Usage | None:
+    if not isinstance(data, dict):
+        return None
+    details = data.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(prompt_tokens=int(data.get("prompt_tokens") or 0),
+                 completion_tokens=int(data.get("completion_tokens") or 0),
+                 cached_tokens=int(cached) if cached is not None else None)
+
+
+def openai_tool_calls(raw: Any) -> list[ToolCall]:
+    calls = []
+    for index, item in enumerate(raw or []):
+        function = item.get("function") or {}
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments or {})
+        calls.append(ToolCall(id=item.get("id"), name=str(function.get("name") or ""), arguments=arguments,
+                              index=item.get("index", index)))
+    return calls
+
+
+class ToolCallAssembler:
+    """Joins streamed ``tool_calls`` deltas (first delta has id and name, later ones argument pieces)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, deltas: list[dict[str, Any]]) -> None:
+        for position, delta in enumerate(deltas):
+            index = int(delta.get("index", position))
+            slot = self._calls.setdefault(index, {"id": None, "name": "", "arguments": ""})
+            if delta.get("id"):
+                slot["id"] = delta["id"]
+            function = delta.get("function") or {}
+            if function.get("name"):
+                slot["name"] += function["name"]
+            arguments = function.get("arguments")
+            if arguments:
+                slot["arguments"] += arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+    def calls(self) -> list[ToolCall]:
+        return [ToolCall(id=slot["id"], name=slot["name"], arguments=slot["arguments"] or "{}", index=index)
+                for index, slot in sorted(self._calls.items())]
