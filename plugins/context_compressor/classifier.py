@@ -1,0 +1,74 @@
+"""How much a message is worth keeping: the original's additive score (spec §2.13), 0.0–1.0.
+
+Deterministic and regex-only, so the same history always compresses the same way (prefix caching).
+"""
+
+from __future__ import annotations
+
+import re
+
+CHATTER = frozenset({
+    "ok", "okay", "k", "thanks", "thank you", "thx", "ty", "got it", "lgtm", "hi", "hello", "hey", "bye",
+    "agreed", "sure", "yes", "no", "yep", "nope", "cool", "great", "nice", "perfect", "sounds good",
+    "makes sense", "will do", "done", "right", "understood", "np", "no problem", "awesome",
+})
+
+_FENCE = re.compile(r"^\s*(```|~~~)", re.MULTILINE)
+_INLINE_CODE = re.compile(r"`[^`\n]+`")
+_TRACE = re.compile(
+    r"Traceback \(most recent call last\)|^\s+at [\w.$<>]+\(|\b\w+(Error|Exception)\b|"
+    r"\bpanicked at\b|\bSegmentation fault\b|^\s*File \"[^\"]+\", line \d+", re.MULTILINE)
+_TECH = re.compile(
+    r"\b(error|function|class|method|select|insert|update|delete|join|token|tokens|model|ram|gpu|cpu|"
+    r"api|json|yaml|docker|kubernetes|config|database|query|index|cache|thread|async|import|module|"
+    r"deploy|server|request|response|endpoint|schema|variable|compile|build|test|bug|memory)\b",
+    re.IGNORECASE)
+_UNIT = re.compile(r"\b\d+(\.\d+)?\s?(gb|gib|mb|mib|kb|ms|s|%|tokens|tok/s|ghz|mhz|k)\b", re.IGNORECASE)
+_LIST = re.compile(r"^\s*([-*•]|\d+[.)])\s+", re.MULTILINE)
+_URL = re.compile(r"https?://\S+")
+
+HIGH = 0.65
+MEDIUM = 0.30
+
+
+def is_chatter(text: str) -> bool:
+    """A short acknowledgement such as "ok thanks!" carries nothing worth keeping."""
+    stripped = text.strip().lower().strip(".!?,;: ")
+    return len(stripped) < 60 and (stripped in CHATTER or all(
+        part.strip(".!?,;: ") in CHATTER for part in re.split(r"[,.!;]+\s*|\s+and\s+", stripped) if part))
+
+
+def score_message(role: str, content: str) -> float:
+    """The original's importance score: code, errors, technical words, numbers and lists raise it."""
+    if not content.strip():
+        return 0.0
+    if role == "tool":
+        return 0.5
+    if is_chatter(content):
+        return 0.05
+    score = 0.30
+    fences = len(_FENCE.findall(content))
+    if fences >= 2:
+        score += 0.35
+    elif fences == 1:
+        score += 0.15
+    score += min(0.10, 0.02 * len(_INLINE_CODE.findall(content)))
+    if _TRACE.search(content):
+        score += 0.30
+    score += min(0.25, 0.025 * len(_TECH.findall(content)))
+    score += min(0.15, 0.04 * len(_UNIT.findall(content)))
+    score += min(0.10, 0.03 * len(_LIST.findall(content)))
+    if _URL.search(content):
+        score += 0.05
+    if role == "user" and "?" in content:
+        score += 0.08
+    length = len(content)
+    if length > 1000:
+        score += 0.15
+    elif length > 400:
+        score += 0.08
+    elif length > 100:
+        score += 0.03
+    elif length < 20:
+        score -= 0.15
+    return max(0.0, min(1.0, score))
