@@ -155,6 +155,8 @@ def reconcile_plan(plan: Plan, caps: Capabilities, *, backend: str) -> None:
         if support.scope is KnobScope.SERVER_ENV:
             hint = support.how or f"the {backend} server's start-up flags"
             plan.advise(f"{knob}={value} cannot be set per request on {backend}; set {hint}", knob=knob)
+        elif support.how:  # unsupported through the API, but the user may have another way
+            plan.advise(f"{knob}={value} cannot be set through {backend}'s API; {support.how}", knob=knob)
         plan.record("core", knob, value, None,
                     f"{backend} cannot honour {knob} ({support.scope.value}); not sent")
         setattr(plan, knob, None)
