@@ -125,6 +125,13 @@ class Pipeline:
             raise ContextOverflow(
                 f"the prompt is about {plan.prompt_tokens} tokens but the context for {plan.model} is "
                 f"{plan.num_ctx}; shorten the conversation or enable the context-compressor plugin")
+        # An explicit max_tokens that overruns the context would make the server shift the context
+        # mid-answer (dropping prompt tokens): cap the output to the room left, visibly.
+        room = plan.num_ctx - plan.prompt_tokens
+        if plan.max_tokens is not None and plan.max_tokens > room:
+            plan.flags["output_capped"] = {"requested": plan.max_tokens, "room": room}
+            plan.set("core", "max_tokens", room, f"only {room} tokens of the {plan.num_ctx} context are left after "
+                                                 f"the prompt ({plan.prompt_tokens}); output capped, prompt kept")
 
     async def run(self, prepared: Prepared) -> ChatResult:
         """Send a non-streaming request and run post_response."""

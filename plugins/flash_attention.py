@@ -1,0 +1,71 @@
+"""flash-attention: turn flash attention on where the backend takes it at load; advice elsewhere.
+
+Why: flash attention cuts attention memory and speeds up long prompts, and llama.cpp *requires* it for
+a quantized V cache. On Ollama it is a server setting (``OLLAMA_FLASH_ATTENTION``), never a request
+option — sending it (as the original did) is silently ignored — so there it is advice only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from autotune_core import ChatRequest, Choice, HookContext, KnobScope, Plan, fold_stage, hookimpl
+
+#: KV types that need no flash attention
+UNQUANTIZED = frozenset({"f32", "f16", "bf16"})
+
+
+class FlashAttentionSettings(BaseModel):
+    """``[plugins.flash-attention]``"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: False: do not ask for flash attention (it is still enabled when a quantized V cache needs it)
+    enable: bool = True
+
+
+def _how(ctx: HookContext) -> str:
+    support = ctx.capabilities.knobs.get("flash_attn")
+    return support.how if support is not None and support.how else f"the {ctx.backend_name} server's flags"
+
+
+class FlashAttentionPlugin:
+    """flash_attn on at load; server-env backends get advice, never a request option."""
+
+    name = "flash-attention"
+    Settings = FlashAttentionSettings
+
+    @hookimpl
+    def pre_request(self, ctx: HookContext, request: ChatRequest, plan: Plan) -> None:
+        settings = ctx.settings(self.name)
+        assert isinstance(settings, FlashAttentionSettings)
+        if not settings.enable:
+            return
+        scope = ctx.capabilities.scope("flash_attn")
+        if scope in (KnobScope.AT_LOAD, KnobScope.PER_REQUEST):
+            plan.set(self.name, "flash_attn", True, f"flash attention on ({scope.value})")
+        elif scope is KnobScope.SERVER_ENV:
+            how = _how(ctx)
+            plan.advise(f"enable flash attention on {ctx.backend_name}: set {how}=1 (server-wide)", knob="flash_attn")
+            plan.record(self.name, "flash_attn", None, None,
+                        f"advice only: {ctx.backend_name} sets flash attention server-wide ({how}=1); not sent")
+
+    @hookimpl(trylast=True)
+    @fold_stage("guard")
+    def choose_kv_type(self, ctx: HookContext, request: ChatRequest, plan: Plan,
+                       proposal: Choice[Any] | None) -> None:
+        """A quantized V cache needs flash attention; never changes the KV type itself."""
+        kv = proposal.value if proposal is not None else None
+        if not kv or kv in UNQUANTIZED:
+            return
+        kv_scope = ctx.capabilities.scope("kv_type")
+        fa_scope = ctx.capabilities.scope("flash_attn")
+        if kv_scope in (KnobScope.AT_LOAD, KnobScope.PER_REQUEST) and fa_scope in (
+                KnobScope.AT_LOAD, KnobScope.PER_REQUEST):
+            if plan.flash_attn is not True:
+                plan.set(self.name, "flash_attn", True, f"required: a quantized V cache ({kv}) needs flash attention")
+        elif fa_scope is KnobScope.SERVER_ENV:
+            plan.advise(f"a quantized KV cache ({kv}) needs flash attention: set {_how(ctx)}=1 on "
+                        f"{ctx.backend_name}", knob="flash_attn")

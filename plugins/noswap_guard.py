@@ -1,0 +1,173 @@
+"""noswap-guard: the last word on num_ctx and the KV type, so the KV cache fits in memory.
+
+Why: a KV cache that does not fit pushes the machine into swap, which is slower than any context
+is worth. Exact bytes come from the architecture (sliding-window layers, parallel slots); the
+budget is the memory the model can use (VRAM on discrete GPUs, Apple's unified-memory rules) minus a
+safety margin, minus the weights if the model still has to load. Reduction levels follow the
+original (ok ×1 f16 … l5 512 q8_0) with its bugs fixed: a requested q8_0 is never upgraded back to
+f16, and the context never drops below the prompt (if nothing fits: the smallest size that holds the
+prompt, flagged ``swap_risk`` with advice).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from autotune_core import ChatRequest, Choice, HookContext, Plan, StashKey, fold_stage, hookimpl
+from autotune_core.buckets import MIN_CTX, snap_down, snap_up
+from autotune_core.hardware import GiB
+from autotune_core.memfit import kv_bytes_estimate, weights_bytes
+from autotune_core.modelinfo import smaller_kv_type
+
+#: (name, context factor or None for 512, KV type)
+LEVELS: tuple[tuple[str, float | None, str], ...] = (
+    ("ok", 1.0, "f16"), ("l1_trim", 0.75, "f16"), ("l2_halve", 0.5, "f16"),
+    ("l3_q8", 0.5, "q8_0"), ("l4_quarter", 0.25, "q8_0"), ("l5_min", None, "q8_0"),
+)
+
+_REQUIRED_KV: StashKey[str] = StashKey("noswap-guard.required_kv")
+
+
+def fmt_bytes(value: int) -> str:
+    return f"{value / GiB:.2f} GiB" if abs(value) >= GiB // 4 else f"{value / 2**20:.0f} MiB"
+
+
+class NoSwapGuardSettings(BaseModel):
+    """``[plugins.noswap-guard]``"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: memory kept free for the OS and other programs
+    safety_margin_gib: float = Field(default=1.5, ge=0)
+    #: parallel slots with their own KV (Ollama's OLLAMA_NUM_PARALLEL); None: the plan's value or 1
+    parallel: int | None = Field(default=None, ge=1)
+    #: output tokens always left free after the prompt
+    min_output_reserve: int = Field(default=256, ge=1)
+
+
+class NoSwapGuardPlugin:
+    """Exact KV bytes against the memory budget; reduces context and precision in levels."""
+
+    name = "noswap-guard"
+    Settings = NoSwapGuardSettings
+
+    def _settings(self, ctx: HookContext) -> NoSwapGuardSettings:
+        settings = ctx.settings(self.name)
+        assert isinstance(settings, NoSwapGuardSettings)
+        return settings
+
+    def budget(self, ctx: HookContext, plan: Plan) -> tuple[int, str]:
+        """Bytes the KV cache may take, and how that was worked out."""
+        settings = self._settings(ctx)
+        margin = int(settings.safety_margin_gib * GiB)
+        hardware = ctx.hardware
+        base = hardware.memory_budget_bytes(margin)
+        gpu = hardware.primary_gpu
+        discrete = gpu is not None and not gpu.integrated and not hardware.unified_memory
+        note = "free VRAM" if discrete else "unified memory" if hardware.unified_memory else "available RAM"
+        if not discrete and ctx.pressure.available_bytes > 0:
+            base = min(base, max(0, ctx.pressure.available_bytes - margin))
+        note += f" − {settings.safety_margin_gib:g} GiB margin"
+        if plan.model not in ctx.loaded:
+            weights = weights_bytes(ctx.model)
+            if weights:
+                base -= weights
+                note += f" − weights {fmt_bytes(weights)} (not loaded yet)"
+        return base, note
+
+    def _parallel(self, ctx: HookContext, plan: Plan) -> int:
+        return self._settings(ctx).parallel or plan.parallel or 1
+
+    def _floor(self, ctx: HookContext, plan: Plan, current: int) -> int:
+        """The smallest context that still holds the prompt and a minimum output."""
+        reserve = self._settings(ctx).min_output_reserve
+        if plan.max_tokens:
+            reserve = min(reserve, plan.max_tokens)
+        model_max = ctx.model.context_length if ctx.model is not None else None
+        return min(current, snap_up((plan.prompt_tokens or 0) + reserve, model_max))
+
+    def _walk(self, ctx: HookContext, plan: Plan, current: int, kv: str
+              ) -> tuple[int, str, str, int, bool, bool]:
+        """First level that fits: (num_ctx, kv, level, bytes, exact, fits)."""
+        budget, _ = self.budget(ctx, plan)
+        parallel = self._parallel(ctx, plan)
+        model_max = ctx.model.context_length if ctx.model is not None else None
+        floor = self._floor(ctx, plan, current)
+        for level, factor, level_kv in LEVELS:
+            if factor is None:
+                size = MIN_CTX
+            elif factor == 1.0:
+                size = current
+            else:
+                size = max(MIN_CTX, snap_down(int(current * factor), model_max))
+            size = min(current, max(size, floor))
+            level_kv = smaller_kv_type(level_kv, kv)  # never upgrade a requested q8_0
+            used, exact = kv_bytes_estimate(ctx.model, size, level_kv, parallel=parallel)
+            if used <= budget:
+                return size, level_kv, level, used, exact, True
+        level_kv = smaller_kv_type("q8_0", kv)
+        used, exact = kv_bytes_estimate(ctx.model, floor, level_kv, parallel=parallel)
+        return floor, level_kv, "none", used, exact, False
+
+    def _explain(self, ctx: HookContext, plan: Plan, size: int, kv: str, level: str, used: int,
+                 exact: bool, fits: bool) -> str:
+        budget, note = self.budget(ctx, plan)
+        how = "exact" if exact else "conservative estimate (architecture unknown)"
+        parallel = self._parallel(ctx, plan)
+        slots = f" × {parallel} slots" if parallel > 1 else ""
+        relation = "≤" if fits else ">"
+        return (f"level {level}: KV {fmt_bytes(used)} at {size} {kv}{slots} ({how}) {relation} budget "
+                f"{fmt_bytes(budget)} ({note})")
+
+    def _flag_swap(self, ctx: HookContext, plan: Plan, used: int) -> None:
+        budget, _ = self.budget(ctx, plan)
+        plan.flags["swap_risk"] = True
+        plan.advise(f"{plan.model}: even the smallest context that holds the prompt needs {fmt_bytes(used)} of KV "
+                    f"cache but only {fmt_bytes(max(budget, 0))} is free: expect swapping; close other programs, "
+                    "shorten the conversation, or use a smaller model or lighter quantization")
+
+    def _kv_hint(self, ctx: HookContext) -> str:
+        """The KV type the kv fold will most likely settle on (re-checked in the kv guard)."""
+        hint = ctx.profile.kv_type
+        if ctx.pressure.tier in ("high", "critical"):
+            hint = smaller_kv_type(hint, "q8_0")
+        return hint
+
+    @hookimpl(trylast=True)
+    @fold_stage("guard")
+    def choose_num_ctx(self, ctx: HookContext, request: ChatRequest, plan: Plan,
+                       proposal: Choice[Any] | None) -> Choice[int] | None:
+        if proposal is None or proposal.value is None:
+            return None
+        current = int(proposal.value)
+        kv = self._kv_hint(ctx)
+        size, level_kv, level, used, exact, fits = self._walk(ctx, plan, current, kv)
+        reason = self._explain(ctx, plan, size, level_kv, level, used, exact, fits)
+        plan.record(self.name, "kv_bytes", None, used, reason)
+        if level_kv != kv:
+            ctx.stash[_REQUIRED_KV] = level_kv
+        if not fits:
+            self._flag_swap(ctx, plan, used)
+            reason = "nothing fits; kept the smallest context that holds the prompt — " + reason
+        return Choice(size, reason) if size != current else None
+
+    @hookimpl  # not trylast: flash-attention and prefix-protect check the final KV type after this
+    @fold_stage("guard")
+    def choose_kv_type(self, ctx: HookContext, request: ChatRequest, plan: Plan,
+                       proposal: Choice[Any] | None) -> Choice[str] | None:
+        if plan.num_ctx is None:
+            return None
+        actual = proposal.value if proposal is not None and proposal.value else "f16"
+        required = ctx.stash.get(_REQUIRED_KV)
+        kv = smaller_kv_type(actual, required) if required else actual
+        size, level_kv, level, used, exact, fits = self._walk(ctx, plan, plan.num_ctx, kv)
+        reason = self._explain(ctx, plan, size, level_kv, level, used, exact, fits)
+        if size != plan.num_ctx:
+            plan.set(self.name, "num_ctx", size, f"the KV type {actual} does not fit at {plan.num_ctx}; {reason}")
+        if not fits and not plan.flags.get("swap_risk"):
+            self._flag_swap(ctx, plan, used)
+        if (proposal.value if proposal is not None else "f16") == level_kv:
+            return None
+        return Choice(level_kv, reason)
