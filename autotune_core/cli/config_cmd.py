@@ -38,7 +38,8 @@ def _host_or_none() -> PluginHost | None:
 
     try:
         return get_host()
-    except AutotuneError:
+    except AutotuneError as exc:
+        click.echo(f"warning: plugins unavailable, their settings are not shown: {exc.message}", err=True)
         return None
 
 

@@ -147,6 +147,17 @@ def _short(items: list[str], limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def orphan_sections(host: PluginHost) -> list[str]:
+    """``[plugins.<name>]`` sections that match no known plugin: usually a typo that silently does nothing."""
+    out = []
+    for name in sorted(host.config.plugins.settings):
+        if name not in host.records:
+            close = difflib.get_close_matches(name, list(host.records), n=1)
+            hint = f"; did you mean [plugins.{close[0]}]?" if close else ""
+            out.append(f"[plugins.{name}] in {host.config.source} matches no installed plugin{hint}")
+    return out
+
+
 @click.group("plugins")
 def plugins_group() -> None:
     """List, inspect, enable and disable plugins."""
@@ -180,6 +191,8 @@ def list_plugins(as_json: bool, order: bool, only_hook: str | None) -> None:
         counts[r.status] = counts.get(r.status, 0) + 1
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     click.echo(f"\n{len(records)} plugins ({summary}); host built in {host.startup_ms:.1f} ms")
+    for warning in orphan_sections(host):
+        click.echo(f"warning: {warning}", err=True)
     if order:
         click.echo("\nHook call order:")
         for hook, rows_ in calls.items():

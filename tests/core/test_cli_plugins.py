@@ -195,3 +195,10 @@ def test_info_of_a_disabled_entry_point_still_reads_its_settings(cfg, cli):
     data = json.loads(cli("plugins", "info", EXAMPLE, "--json", AUTOTUNE_DISABLE_PLUGINS=EXAMPLE).output)
     assert data["status"] == "disabled"
     assert [row["key"] for row in data["settings_schema"]] == ["ceiling", "per_model"]
+
+
+def test_list_warns_about_settings_for_no_plugin(cfg, cli):
+    cfg.write_text("[plugins.ctx-sizng]\nheadroom = 1\n")
+    out = cli("plugins", "list")
+    assert out.exit_code == 0
+    assert "warning: [plugins.ctx-sizng] in " in out.stderr and "did you mean [plugins.ctx-sizing]?" in out.stderr
