@@ -74,11 +74,18 @@ class PluginRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class _Impl:
+class HookImpl:
+    """One implementation as the host calls it (a plugin may have several per hook via ``specname``)."""
+
     plugin: str
     function: Callable[..., Any]
     argnames: tuple[str, ...]
     stage: str
+    tryfirst: bool = False
+    trylast: bool = False
+
+
+_Impl = HookImpl
 
 
 def _names(value: str | None) -> set[str] | None:
@@ -238,7 +245,7 @@ class PluginHost:
             record.status, record.reason = "error", message
             self.records[name] = record
             return
-        record.hooks = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [])
+        record.hooks = sorted({caller.name for caller in self.pm.get_hookcallers(plugin) or []})
         self.records[name] = record
         self._impl_cache.clear()
         self.plugin_settings(name)  # invalid settings are the user's to fix: fail loudly, naming the key
@@ -256,10 +263,12 @@ class PluginHost:
                 except PluginError as exc:
                     self.record_failure(impl.plugin, hook, exc)
         for record in self.records.values():
-            record.fold_positions = {
-                hook: f"{impl.stage} #{index}"
-                for hook in sorted(FOLD_HOOKS)
-                for index, impl in enumerate(self._impls(hook), start=1) if impl.plugin == record.name}
+            positions: dict[str, list[str]] = {}
+            for hook in sorted(FOLD_HOOKS):
+                for index, impl in enumerate(self._impls(hook), start=1):
+                    if impl.plugin == record.name:
+                        positions.setdefault(hook, []).append(f"{impl.stage} #{index}")
+            record.fold_positions = {hook: ", ".join(found) for hook, found in positions.items()}
 
     def _add_registration(self, plugin: str, kind: str, item: Any) -> None:
         if kind == "backend":
@@ -281,7 +290,8 @@ class PluginHost:
         caller = getattr(self.pm.hook, hook)
         ordered = [
             _Impl(plugin=impl.plugin_name, function=impl.function, argnames=tuple(impl.argnames),
-                  stage=getattr(impl.function, "autotune_stage", "adjust"))
+                  stage=getattr(impl.function, "autotune_stage", "adjust"), tryfirst=impl.tryfirst,
+                  trylast=impl.trylast)
             for impl in reversed(caller.get_hookimpls())
         ]
         if hook in FOLD_HOOKS:
@@ -292,6 +302,10 @@ class PluginHost:
     def hook_order(self, hook: str) -> list[str]:
         """Plugin names in the order they run for ``hook`` (what ``plugins list`` shows)."""
         return [impl.plugin for impl in self._impls(hook)]
+
+    def hook_impls(self, hook: str) -> list[HookImpl]:
+        """The implementations of ``hook`` in call order, with stage and tryfirst/trylast."""
+        return list(self._impls(hook))
 
     def _skipped(self, hook: str, skip: frozenset[str]) -> frozenset[str]:
         if hook in REQUEST_HOOKS and self.stack is not None:

@@ -38,14 +38,12 @@ def hook_order(host: PluginHost) -> dict[str, list[dict[str, Any]]]:
 
     order: dict[str, list[dict[str, Any]]] = {}
     for hook in hook_names():
-        flags = {impl.plugin_name: impl for impl in getattr(host.pm.hook, hook).get_hookimpls()}
         rows = []
-        for position, name in enumerate(host.hook_order(hook), start=1):
-            impl = flags.get(name)
-            row: dict[str, Any] = {"position": position, "plugin": name,
-                                   "tryfirst": bool(impl and impl.tryfirst), "trylast": bool(impl and impl.trylast)}
-            if hook in FOLD_HOOKS and impl is not None:
-                row["stage"] = getattr(impl.function, "autotune_stage", "adjust")
+        for position, impl in enumerate(host.hook_impls(hook), start=1):
+            row: dict[str, Any] = {"position": position, "plugin": impl.plugin, "tryfirst": impl.tryfirst,
+                                   "trylast": impl.trylast}
+            if hook in FOLD_HOOKS:
+                row["stage"] = impl.stage
             rows.append(row)
         order[hook] = rows
     return order
@@ -214,8 +212,8 @@ def info(name: str, as_json: bool) -> None:
     data["settings_schema"] = settings_schema(model) if model is not None else []
     data["settings"] = _current_settings(host, name)
     data["config_section"] = f"[plugins.{name}]"
-    data["calls"] = {hook: row["position"] for hook, rows in hook_order(host).items() for row in rows
-                     if row["plugin"] == name}
+    data["calls"] = {hook: [row["position"] for row in rows if row["plugin"] == name]
+                     for hook, rows in hook_order(host).items() if any(row["plugin"] == name for row in rows)}
     if as_json:
         echo_json(data)
         return
@@ -228,7 +226,8 @@ def info(name: str, as_json: bool) -> None:
         click.echo(f"{'reason:':<12}{record.reason}")
     if record.failures:
         click.echo(f"{'failures:':<12}{record.failures} (last: {record.last_failure})")
-    calls = ", ".join(f"{hook} #{pos}" + (f" [{record.fold_positions[hook]}]" if hook in record.fold_positions else "")
+    calls = ", ".join(f"{hook} #{'/#'.join(map(str, pos))}"
+                      + (f" [{record.fold_positions[hook]}]" if hook in record.fold_positions else "")
                       for hook, pos in data["calls"].items())
     click.echo(f"{'hooks:':<12}{calls or ', '.join(record.hooks) or '-'}")
     click.echo(f"{'registered:':<12}{', '.join(record.registered) or '-'}")

@@ -152,3 +152,26 @@ def test_skip_leaves_a_plugin_out_of_one_fold():
     result = host.fold("choose_num_ctx", knob="num_ctx", plan=plan, initial=None, conservative=min,
                        skip=frozenset({"a"}))
     assert result is not None and result.value == 4096
+
+
+def test_a_plugin_may_sit_at_two_stages_with_specname():
+    class Both:
+        name = "both"
+
+        @hookimpl(tryfirst=True)
+        @fold_stage("propose")
+        def choose_num_ctx(self, proposal):
+            return Choice(8192, "first guess")
+
+        @hookimpl(specname="choose_num_ctx")
+        @fold_stage("guard")
+        def never_above_4k(self, proposal):
+            return Choice(min(proposal.value, 4096), "hard limit") if proposal else None
+
+    host = build(Both(), Fixed("a", 6000, "adjust"))
+    assert host.hook_order("choose_num_ctx") == ["both", "a", "both"]
+    assert [(i.stage, i.tryfirst) for i in host.hook_impls("choose_num_ctx")] == [
+        ("propose", True), ("adjust", False), ("guard", False)]
+    assert host.records["both"].fold_positions == {"choose_num_ctx": "propose #1, guard #3"}
+    assert host.records["both"].hooks == ["choose_num_ctx"]
+    assert fold(host)[0] == Choice(4096, "hard limit")
