@@ -91,3 +91,26 @@ QUERIES = [
     ("Explain the rules of cricket to a beginner briefly.", None),
     ("Write a haiku about autumn leaves falling.", None),
 ]
+
+
+async def topic_embed(model: str, inputs: list[str]) -> object:
+    """A deterministic stand-in for a real embedding model: content words hashed (crc32) into 512
+    dimensions. The core FakeBackend's 32-bucket hash is too collision-prone to test a 0.38 threshold.
+    """
+    import math
+    import re
+    import zlib
+
+    from autotune_core.backend import EmbeddingResult
+
+    stop = {"the", "a", "an", "is", "are", "of", "to", "in", "on", "for", "with", "and", "or", "what", "which",
+            "how", "does", "do", "me", "my", "our", "we", "it", "its", "user", "assistant", "has", "have", "can"}
+    vectors = []
+    for text in inputs:
+        vector = [0.0] * 512
+        for word in re.findall(r"[a-z0-9]+", text.lower()):
+            if word not in stop:
+                vector[zlib.crc32(word.rstrip("s").encode()) % 512] += 1.0
+        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+        vectors.append([v / norm for v in vector])
+    return EmbeddingResult(vectors=vectors, model=model)
