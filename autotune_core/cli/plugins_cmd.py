@@ -146,13 +146,24 @@ def _short(items: list[str], limit: int = 40) -> str:
 
 
 def orphan_sections(host: PluginHost) -> list[str]:
-    """``[plugins.<name>]`` sections that match no known plugin: usually a typo that silently does nothing."""
-    out = []
-    for name in sorted(host.config.plugins.settings):
-        if name not in host.records:
-            close = difflib.get_close_matches(name, list(host.records), n=1)
-            hint = f"; did you mean [plugins.{close[0]}]?" if close else ""
-            out.append(f"[plugins.{name}] in {host.config.source} matches no installed plugin{hint}")
+    """Plugin names in the config or the environment that match no known plugin: usually a typo that
+    silently does nothing (a ``[plugins.<name>]`` section, a toggle list, the server stack)."""
+    known = list(host.records)
+
+    def hint(name: str) -> str:
+        close = difflib.get_close_matches(name, known, n=1)
+        return f"; did you mean {close[0]!r}?" if close else ""
+
+    plugins = host.config.plugins
+    out = [f"[plugins.{name}] in {host.config.source} matches no installed plugin{hint(name)}"
+           for name in sorted(plugins.settings) if name not in host.records]
+    lists = {"[plugins] disabled": plugins.disabled, "[plugins] enabled": plugins.enabled,
+             "[server] plugins": host.config.server.plugins or []}
+    for var in ("AUTOTUNE_LOAD_PLUGINS", "AUTOTUNE_DISABLE_PLUGINS"):
+        lists[var] = [n.strip() for n in host.env.get(var, "").split(",") if n.strip()]
+    for where, names in lists.items():
+        out += [f"{where} names {name!r}, which is not an installed plugin{hint(name)}"
+                for name in names if name not in host.records]
     return out
 
 

@@ -201,4 +201,8 @@ def test_list_warns_about_settings_for_no_plugin(cfg, cli):
     cfg.write_text("[plugins.ctx-sizng]\nheadroom = 1\n")
     out = cli("plugins", "list")
     assert out.exit_code == 0
-    assert "warning: [plugins.ctx-sizng] in " in out.stderr and "did you mean [plugins.ctx-sizing]?" in out.stderr
+    assert "warning: [plugins.ctx-sizng] in " in out.stderr and "did you mean 'ctx-sizing'?" in out.stderr
+    cfg.write_text('[plugins]\ndisabled = ["recal"]\n')
+    out = cli("plugins", "list", AUTOTUNE_DISABLE_PLUGINS="noswap-gaurd")
+    assert "[plugins] disabled names 'recal', which is not an installed plugin; did you mean 'recall'?" in out.stderr
+    assert "AUTOTUNE_DISABLE_PLUGINS names 'noswap-gaurd'" in out.stderr
