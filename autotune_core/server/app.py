@@ -1,0 +1,135 @@
+"""The ASGI app: both front doors on one port, health, metrics, plugin routes, typed errors everywhere."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from .. import __version__
+from ..config import Settings
+from ..errors import AutotuneError
+from ..host import PluginHost
+from . import ollama_door, openai_door
+from .auth import ApiKeyMiddleware
+from .errors import NotFoundRoute, classify, door_for_path, error_body, error_headers
+from .flow import json_response
+from .state import ServerState
+
+log = logging.getLogger("autotune.server")
+
+PROMETHEUS_MEDIA = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _error_handler(state: ServerState) -> Callable[[Request, Exception], Any]:
+    async def handler(request: Request, exc: Exception) -> Response:
+        door = door_for_path(request.url.path)
+        if isinstance(exc, HTTPException):
+            error: AutotuneError = NotFoundRoute(f"no route for {request.method} {request.url.path}") \
+                if exc.status_code == 404 else AutotuneError(str(exc.detail), type="invalid_request_error",
+                                                             status=exc.status_code, code="method_not_allowed"
+                                                             if exc.status_code == 405 else None)
+        else:
+            error = classify(exc)
+        state.metrics.errors.inc({"type": error.type})
+        state.metrics.requests.inc({"door": door, "endpoint": "other", "status": str(error.status)})
+        return json_response(error_body(door, error), error.status, error_headers(error))
+
+    return handler
+
+
+def _observability_routes(state: ServerState) -> list[BaseRoute]:
+    async def health(request: Request) -> Response:
+        statuses = await state.backend_statuses()
+        status = "ok" if any(s.ok for s in statuses) else "degraded"
+        if not getattr(request.state, "autotune_authorized", True):
+            return json_response({"status": status})
+        pressure = state.host.pressure
+        return json_response({
+            "status": status, "version": __version__, "profile": state.host.config.profile,
+            "backends": [{"name": s.name, "available": s.ok, "reason": s.reason, "version": s.version}
+                         for s in statuses],
+            "queue": {"active": state.queue.active, "queued": state.queue.depth,
+                      "max_concurrent": state.queue.max_concurrent, "max_queued": state.queue.max_queued,
+                      "timeout_s": state.queue.timeout},
+            "pressure": {"tier": state.pressure_tier(),
+                         **({"ram_percent": pressure.ram_percent, "swap_percent": pressure.swap_percent}
+                            if pressure is not None else {})},
+        })
+
+    async def metrics(request: Request) -> Response:
+        m = state.metrics
+        m.queue_depth.set(state.queue.depth)
+        m.queue_active.set(state.queue.active)
+        series = []
+        for name in sorted(state.backends_used | {n for n, s in state.status.items() if s.ok}):
+            with contextlib.suppress(Exception):
+                series.append(({"backend": name}, float(state.host.backend(name).reloads)))
+        m.reloads.replace(series)
+        m.plugin_failures.replace([({"plugin": r.name}, float(r.failures)) for r in state.host.records.values()])
+        if state.host.pressure is not None:
+            m.pressure.replace([({"tier": state.host.pressure.tier}, 1.0)])
+        return PlainTextResponse(m.render(), media_type=PROMETHEUS_MEDIA)
+
+    async def plugins(request: Request) -> Response:
+        hooks = ("pre_request", "choose_num_ctx", "choose_kv_type", "post_response", "on_pressure")
+        return json_response({
+            "plugins": state.host.plugins_info(),
+            "stack": sorted(state.host.stack) if state.host.stack is not None else None,
+            "hook_order": {hook: [n for n in state.host.hook_order(hook) if state.host.enabled(n)] for hook in hooks},
+        })
+
+    async def root(request: Request) -> Response:
+        return PlainTextResponse("autotune is running (OpenAI /v1 and Ollama /api)")
+
+    return [Route("/health", health, methods=["GET"]), Route("/metrics", metrics, methods=["GET"]),
+            Route("/-/plugins", plugins, methods=["GET"]), Route("/", root, methods=["GET", "HEAD"])]
+
+
+def _plugin_routes(host: PluginHost) -> list[BaseRoute]:
+    """Routes plugins add through ``register_routes(register)``; core routes win on a clash."""
+    added: list[BaseRoute] = []
+
+    def register(path: str, endpoint: Callable[..., Any], methods: list[str] | None = None,
+                 name: str | None = None) -> None:
+        added.append(Route(path, endpoint, methods=methods, name=name))
+
+    host.call("register_routes", register=register)
+    return added
+
+
+def create_app(host: PluginHost | None = None, settings: Settings | None = None, *, sampler: bool = True,
+               keepalive_interval: float = 5.0) -> Starlette:
+    """Build the proxy for ``host`` (a fresh one from ``settings``/the config file when None).
+
+    ``settings.server`` (else ``host.config.server``) gives the queue, limits and API key.
+    """
+    if host is None:
+        host = PluginHost(config=settings)
+    config = (settings or host.config).server
+    state = ServerState(host, config, keepalive_interval=keepalive_interval, use_sampler=sampler)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await state.startup()
+        try:
+            yield
+        finally:
+            await state.shutdown()
+
+    routes = _observability_routes(state) + openai_door.routes(state) + ollama_door.routes(state)
+    routes += _plugin_routes(host)
+    handler = _error_handler(state)
+    middleware = [Middleware(ApiKeyMiddleware, api_key=config.api_key)] if config.api_key else []
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
+                    exception_handlers={HTTPException: handler, Exception: handler})
+    app.state.autotune = state
+    return app

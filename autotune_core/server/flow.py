@@ -1,0 +1,359 @@
+"""The request path both doors share: read → validate → plan → queue → upstream → translate back.
+
+Proxy overhead is measured honestly: ``X-Autotune-Overhead-Ms`` is the wall time of this handler
+minus time spent waiting in the queue and waiting on the upstream server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import InvalidRequest, UpstreamTimeout
+from ..messages import ChatRequest, ChatResult, StreamChunk
+from ..pipeline import Prepared
+from ..profiles import PROFILES
+from .errors import Door, PayloadTooLarge, classify, dumps, error_body, error_headers
+from .queue import Ticket
+from .sse import NDJSON_MEDIA, SSE_DONE, SSE_MEDIA, SSE_QUEUED, SSE_WAITING, StreamBody
+from .state import ServerState
+
+log = logging.getLogger("autotune.server")
+
+JSON_MEDIA = "application/json"
+
+
+class Encoder(Protocol):
+    def start(self) -> bytes: ...
+
+    def chunk(self, chunk: StreamChunk) -> bytes: ...
+
+    def error(self, body: dict[str, Any]) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the doors for one endpoint."""
+
+    door: Door
+    endpoint: str
+    parse: Callable[[dict[str, Any]], ChatRequest]
+    respond: Callable[[ChatResult, str], dict[str, Any]]
+    encoder: Callable[[ChatRequest], Encoder]
+
+    @property
+    def sse(self) -> bool:
+        return self.door == "openai"
+
+
+class JSONBytes(Response):
+    media_type = JSON_MEDIA
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None,
+                  background: BackgroundTask | None = None) -> Response:
+    return JSONBytes(dumps(data), status_code=status, headers=headers, background=background)
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object, refusing more than ``limit`` bytes (by Content-Length and as streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise InvalidRequest("invalid Content-Length header", code="invalid_request") from None
+        if size > limit:
+            raise PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {limit} bytes")
+    parts: list[bytes] = []
+    received = 0
+    async for part in request.stream():
+        received += len(part)
+        if received > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        parts.append(part)
+    body = b"".join(parts)
+    if not body.strip():
+        raise InvalidRequest("empty request body; expected a JSON object", code="invalid_json")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"malformed JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise InvalidRequest("malformed JSON: nested too deeply", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"expected a JSON object, got {type(data).__name__}", code="invalid_json")
+    return data
+
+
+def apply_headers(chat: ChatRequest, request: Request) -> ChatRequest:
+    """``X-Autotune-Profile`` selects the profile; ``X-Conversation-Id`` names the conversation."""
+    profile = request.headers.get("x-autotune-profile") or chat.profile
+    if profile is not None:
+        key = profile.strip().lower()
+        if key not in PROFILES:
+            raise InvalidRequest(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}",
+                                 code="invalid_profile")
+        chat.profile = key
+    conversation = request.headers.get("x-conversation-id")
+    if conversation:
+        chat.conversation_id = conversation[:200]
+    return chat
+
+
+def error_response(state: ServerState, door: Door, endpoint: str, exc: BaseException) -> Response:
+    error = classify(exc)
+    state.metrics.errors.inc({"type": error.type})
+    state.metrics.requests.inc({"door": door, "endpoint": endpoint, "status": str(error.status)})
+    if error.status == 429:
+        state.metrics.queue_rejected.inc({"reason": error.code or "queue_full"})
+    return json_response(error_body(door, error), error.status, error_headers(error))
+
+
+async def prepare(state: ServerState, chat: ChatRequest) -> Prepared:
+    backend, upstream = await state.resolve(chat.model)
+    if upstream != chat.model:
+        chat = chat.model_copy(update={"model": upstream})
+    info = await state.pipeline.model_info(backend, upstream)
+    return await state.pipeline.plan(chat, backend, info)
+
+
+def plan_headers(prepared: Prepared, overhead_ms: float) -> dict[str, str]:
+    headers = {"X-Autotune-Overhead-Ms": f"{overhead_ms:.3f}", "X-Autotune-Backend": prepared.backend.name,
+               "X-Autotune-Profile": prepared.plan.profile, "Cache-Control": "no-store"}
+    headers["X-Autotune-Plan"] = prepared.plan.compact_trace()
+    return headers
+
+
+def record_result(state: ServerState, prepared: Prepared, result: ChatResult) -> None:
+    """Per-request metrics that need the plan after post_response (truncation flags, effective knobs)."""
+    metrics, plan, model = state.metrics, prepared.plan, prepared.request.model
+    if result.timings.ttft_ms is not None:
+        metrics.ttft.observe(result.timings.ttft_ms / 1000)
+    rate = result.timings.tokens_per_second(result.usage.completion_tokens)
+    if rate is not None:
+        metrics.tokens_per_s.observe(rate)
+    metrics.tokens.inc({"kind": "prompt"}, result.usage.prompt_tokens)
+    metrics.tokens.inc({"kind": "completion"}, result.usage.completion_tokens)
+    if plan.num_ctx is not None:
+        metrics.num_ctx.set(plan.num_ctx, {"model": model})
+    if plan.kv_type is not None:
+        metrics.kv_type.replace([(labels, value) for labels, value in _series(metrics.kv_type.values)
+                                 if labels.get("model") != model] + [({"model": model, "kv_type": plan.kv_type}, 1)])
+    if plan.flags.get("truncated"):
+        metrics.truncations.inc({"model": model})
+
+
+def _series(values: dict[tuple[tuple[str, str], ...], float]) -> list[tuple[dict[str, str], float]]:
+    return [(dict(key), value) for key, value in values.items()]
+
+
+async def _finish(state: ServerState, prepared: Prepared, result: ChatResult) -> None:
+    try:
+        await state.pipeline.finish(prepared, result)
+    except Exception as exc:  # post_response failures are the plugins'; never the client's
+        log.warning("post_response failed: %s", exc)
+    record_result(state, prepared, result)
+
+
+def _log(state: ServerState, chat: ChatRequest, door: Door, status: int, took_ms: float) -> None:
+    if log.isEnabledFor(logging.INFO):
+        log.info("%s %s model=%s status=%s %.1f ms", door, chat.kind, chat.model, status, took_ms)
+        if state.config.log_prompts:
+            log.info("prompt: %s", [m.content for m in chat.messages] or chat.prompt)
+
+
+async def handle(state: ServerState, request: Request, dialect: Dialect) -> Response:
+    """One chat or completion request through whichever door it came in by."""
+    started = time.perf_counter()
+    try:
+        data = await read_json(request, state.config.max_body_bytes)
+        chat = apply_headers(dialect.parse(data), request)
+        client_model = chat.model
+        prepared = await prepare(state, chat)
+        ticket = state.queue.admit()
+    except Exception as exc:
+        return error_response(state, dialect.door, dialect.endpoint, exc)
+    if chat.stream and (ticket is None or dialect.sse):
+        return await _stream(state, dialect, prepared, client_model, ticket, started)
+    waited = 0.0
+    if ticket is not None:
+        try:
+            await state.queue.wait(ticket)
+        except Exception as exc:
+            return error_response(state, dialect.door, dialect.endpoint, exc)
+        waited = time.perf_counter() - ticket.enqueued
+        state.metrics.queue_wait.observe(waited)
+    if chat.stream:  # an NDJSON stream that waited in line without keep-alives
+        return await _stream(state, dialect, prepared, client_model, None, started, held=True, waited=waited)
+    return await _complete(state, dialect, prepared, client_model, started, waited)
+
+
+async def _complete(state: ServerState, dialect: Dialect, prepared: Prepared, client_model: str,
+                    started: float, waited: float) -> Response:
+    held = time.perf_counter()
+    try:
+        async with asyncio.timeout(state.config.upstream_timeout):
+            result = await prepared.backend.chat(prepared.request, prepared.plan)
+    except TimeoutError:
+        state.queue.release(time.perf_counter() - held)
+        return error_response(state, dialect.door, dialect.endpoint, UpstreamTimeout(
+            f"the model server did not answer within {state.config.upstream_timeout:g} s"))
+    except Exception as exc:
+        state.queue.release(time.perf_counter() - held)
+        return error_response(state, dialect.door, dialect.endpoint, exc)
+    upstream = time.perf_counter() - held
+    state.queue.release(upstream)
+    if result.timings.total_ms is None:
+        result.timings.total_ms = upstream * 1000
+    body = dumps(dialect.respond(result, client_model))
+    overhead = time.perf_counter() - started - waited - upstream
+    state.metrics.overhead.observe(overhead)
+    state.metrics.requests.inc({"door": dialect.door, "endpoint": dialect.endpoint, "status": "200"})
+    _log(state, prepared.request, dialect.door, 200, (time.perf_counter() - started) * 1000)
+    return JSONBytes(body, headers=plan_headers(prepared, overhead * 1000),
+                     background=BackgroundTask(_finish, state, prepared, result))
+
+
+async def _first(state: ServerState, first: asyncio.Future[StreamChunk], deadline: float,
+                 sse: bool) -> AsyncIterator[bytes]:
+    """Wait for the first upstream chunk, sending SSE keep-alive comments meanwhile (long prefill)."""
+    while not first.done():
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            raise UpstreamTimeout(f"no answer from the model server within {state.config.upstream_timeout:g} s")
+        await asyncio.wait((first,), timeout=min(state.keepalive_interval, remaining))
+        if not first.done() and sse:
+            yield SSE_WAITING
+
+
+async def _stream(state: ServerState, dialect: Dialect, prepared: Prepared, client_model: str,
+                  ticket: Ticket | None, started: float, *, held: bool = False, waited: float = 0.0) -> Response:
+    """A streaming answer: planning errors and failures before the first chunk keep their HTTP status
+    when the response has not started yet; afterwards they become an in-stream error event."""
+    encoder = dialect.encoder(prepared.request.model_copy(update={"model": client_model}))
+    media = SSE_MEDIA if dialect.sse else NDJSON_MEDIA
+    upstream: AsyncIterator[StreamChunk] | None = None
+    first: asyncio.Future[StreamChunk] | None = None
+    hold_started = time.perf_counter()
+    overhead = hold_started - started - waited
+    if ticket is None:
+        upstream = state.pipeline.stream(prepared)
+        first = asyncio.ensure_future(upstream.__anext__())
+        grace = min(state.keepalive_interval, state.config.upstream_timeout)
+        await asyncio.wait((first,), timeout=grace)
+        if first.done() and first.exception() is not None and not isinstance(first.exception(), StopAsyncIteration):
+            exc = first.exception()
+            with contextlib.suppress(Exception):
+                await upstream.aclose()  # type: ignore[attr-defined]
+            state.queue.release(time.perf_counter() - hold_started)
+            assert exc is not None
+            return error_response(state, dialect.door, dialect.endpoint, exc)
+    state.metrics.overhead.observe(overhead)
+    body = _body(state, dialect, prepared, encoder, ticket, upstream, first, hold_started, started)
+    return StreamBody(body, media_type=media, headers=plan_headers(prepared, overhead * 1000),
+                      on_disconnect=lambda: state.metrics.stream_disconnects.inc({"door": dialect.door}))
+
+
+async def _body(state: ServerState, dialect: Dialect, prepared: Prepared, encoder: Encoder, ticket: Ticket | None,
+                upstream: AsyncIterator[StreamChunk] | None, first: asyncio.Future[StreamChunk] | None,
+                hold_started: float, started: float) -> AsyncIterator[bytes]:
+    queue, metrics = state.queue, state.metrics
+    has_slot = ticket is None
+    status = "200"
+    done_marker = SSE_DONE if dialect.sse else b""
+    last: StreamChunk | None = None
+    ttft: float | None = None
+    try:
+        if ticket is not None:
+            yield SSE_QUEUED
+            deadline = ticket.enqueued + queue.timeout
+            while not queue.granted(ticket):
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    queue.abandon(ticket)
+                    ticket = None
+                    raise queue.timeout_error()
+                await asyncio.wait((ticket.future,), timeout=min(state.keepalive_interval, remaining))
+                if not ticket.future.done():
+                    yield SSE_QUEUED
+            has_slot, ticket = True, None
+            hold_started = time.perf_counter()
+            metrics.queue_wait.observe(hold_started - started)
+            upstream = state.pipeline.stream(prepared)
+            first = asyncio.ensure_future(upstream.__anext__())
+        assert upstream is not None and first is not None
+        async for keepalive in _first(state, first, hold_started + state.config.upstream_timeout, dialect.sse):
+            yield keepalive
+        try:
+            chunk = first.result()
+        except StopAsyncIteration:
+            yield done_marker
+            return
+        ttft = time.perf_counter() - hold_started
+        if chunk.done:
+            last = chunk
+        yield encoder.start() + encoder.chunk(chunk)
+        async for chunk in upstream:
+            if chunk.done:
+                last = chunk
+            frame = encoder.chunk(chunk)
+            if frame:
+                yield frame
+        yield done_marker
+    except Exception as exc:
+        error = classify(exc)
+        metrics.errors.inc({"type": error.type})
+        yield encoder.error(error_body(dialect.door, error)) + done_marker
+    finally:
+        if first is not None and not first.done():
+            first.cancel()
+            with contextlib.suppress(BaseException):
+                await first
+        if upstream is not None:
+            with contextlib.suppress(Exception):
+                await upstream.aclose()  # type: ignore[attr-defined]
+        if has_slot:
+            queue.release(time.perf_counter() - hold_started)
+        elif ticket is not None:
+            queue.abandon(ticket)
+        metrics.requests.inc({"door": dialect.door, "endpoint": dialect.endpoint, "status": status})
+        _log(state, prepared.request, dialect.door, int(status), (time.perf_counter() - started) * 1000)
+        result = ChatResult(model=prepared.request.model, backend=prepared.backend.name)
+        if last is not None:
+            result.usage = last.usage or result.usage
+            result.timings = last.timings or result.timings
+        if ttft is not None:
+            result.timings.ttft_ms = ttft * 1000
+        record_result(state, prepared, result)
+
+
+async def in_slot(state: ServerState, factory: Callable[[], Awaitable[Any]]) -> Any:
+    """Run one upstream call (embeddings, ...) under the queue and the upstream timeout."""
+    ticket = state.queue.admit()
+    if ticket is not None:
+        await state.queue.wait(ticket)
+        state.metrics.queue_wait.observe(time.perf_counter() - ticket.enqueued)
+    held = time.perf_counter()
+    try:
+        async with asyncio.timeout(state.config.upstream_timeout):
+            return await factory()
+    except TimeoutError:
+        raise UpstreamTimeout(f"the model server did not answer within {state.config.upstream_timeout:g} s") from None
+    finally:
+        state.queue.release(time.perf_counter() - held)
+
+
+def ok(state: ServerState, door: Door, endpoint: str, data: Any) -> Response:
+    state.metrics.requests.inc({"door": door, "endpoint": endpoint, "status": "200"})
+    return json_response(data)

@@ -1,0 +1,166 @@
+"""The Ollama front door on the same port: ``/api/chat``, ``/api/generate``, ``/api/tags``, ``/api/show``,
+``/api/ps``, ``/api/version``, ``/api/embed`` and the legacy ``/api/embeddings``.
+
+So the ``ollama`` SDK, Open WebUI or Continue pointed at autotune work unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..messages import ChatRequest, ModelEntry
+from ..modelinfo import ModelInfo
+from . import ollama_wire as wire
+from .errors import SchemaError
+from .flow import Dialect, Encoder, error_response, handle, in_slot, ok, read_json
+from .state import ServerState
+
+#: reported by /api/version when no Ollama upstream tells us its own (clients gate features on it)
+OLLAMA_COMPAT_VERSION = "0.30.0"
+
+
+def _chat_encoder(request: ChatRequest) -> Encoder:
+    return wire.NdjsonEncoder(request.model, generate=False)
+
+
+def _generate_encoder(request: ChatRequest) -> Encoder:
+    return wire.NdjsonEncoder(request.model, generate=True)
+
+
+CHAT = Dialect("ollama", "/api/chat", wire.chat_request, wire.chat_response, _chat_encoder)
+GENERATE = Dialect("ollama", "/api/generate", wire.generate_request, wire.generate_response, _generate_encoder)
+
+
+def _param_size(count: int | None) -> str:
+    if not count:
+        return ""
+    if count >= 1_000_000_000:
+        return f"{count / 1e9:.1f}B"
+    return f"{count / 1e6:.0f}M"
+
+
+def _details(entry: ModelEntry | None, info: ModelInfo | None = None) -> dict[str, Any]:
+    family = (entry.family if entry else None) or (info.family if info else None) or \
+        (info.architecture if info and info.architecture != "unknown" else "")
+    return {"parent_model": "", "format": "gguf", "family": family or "", "families": [family] if family else None,
+            "parameter_size": (entry.parameter_size if entry else None) or _param_size(
+                info.parameter_count if info else None),
+            "quantization_level": (entry.quantization if entry else None) or (info.quantization if info else "") or ""}
+
+
+def _digest(entry: ModelEntry) -> str:
+    return entry.digest or hashlib.sha256(f"{entry.backend}/{entry.name}".encode()).hexdigest()
+
+
+def routes(state: ServerState) -> list[Route]:
+    started_iso = datetime.fromtimestamp(state.started_at, UTC).isoformat().replace("+00:00", "Z")
+
+    async def chat(request: Request) -> Response:
+        return await handle(state, request, CHAT)
+
+    async def generate(request: Request) -> Response:
+        return await handle(state, request, GENERATE)
+
+    async def tags(request: Request) -> Response:
+        entries = await state.pipeline.resolver.all_models()
+        models = []
+        seen: set[str] = set()
+        for entry in entries:
+            if entry.name in seen:
+                continue
+            seen.add(entry.name)
+            models.append({"name": entry.name, "model": entry.name, "modified_at": entry.modified_at or started_iso,
+                           "size": entry.size_bytes or 0, "digest": _digest(entry), "details": _details(entry)})
+        return ok(state, "ollama", "/api/tags", {"models": models})
+
+    async def show(request: Request) -> Response:
+        try:
+            name = wire.validate(wire.ModelNameBody, await read_json(request, state.config.max_body_bytes)).target()
+            backend, upstream = await state.resolve(name)
+            info = await state.pipeline.model_info(backend, upstream)
+        except Exception as exc:
+            return error_response(state, "ollama", "/api/show", exc)
+        entry = next((e for e in await state.pipeline.resolver.models_of(backend.name) if e.name == upstream), None)
+        model_info: dict[str, Any] = {}
+        capabilities = ["completion"]
+        if info is not None:
+            arch = info.architecture
+            model_info = {"general.architecture": arch, "general.parameter_count": info.parameter_count,
+                          f"{arch}.block_count": info.block_count, f"{arch}.context_length": info.context_length,
+                          f"{arch}.embedding_length": info.embedding_length,
+                          f"{arch}.attention.head_count": info.head_count,
+                          f"{arch}.attention.head_count_kv": info.head_count_kv}
+            if info.sliding_window:
+                model_info[f"{arch}.attention.sliding_window"] = info.sliding_window
+            capabilities = list(info.capabilities) or capabilities
+        return ok(state, "ollama", "/api/show", {
+            "modelfile": f"# served by autotune via the {backend.name} backend\nFROM {upstream}\n",
+            "parameters": "", "template": "", "details": _details(entry, info), "model_info": model_info,
+            "capabilities": capabilities, "modified_at": (entry.modified_at if entry else None) or started_iso})
+
+    async def ps(request: Request) -> Response:
+        models: list[dict[str, Any]] = []
+        for name in state.pipeline.resolver.candidates():
+            if name not in state.backends_used and not (state.status.get(name) and state.status[name].ok):
+                continue
+            with contextlib.suppress(Exception):
+                for loaded in await asyncio.wait_for(state.host.backend(name).loaded_models(), 3.0):
+                    models.append({"name": loaded.name, "model": loaded.name, "size": loaded.size_bytes or 0,
+                                   "size_vram": loaded.size_vram_bytes or 0,
+                                   "digest": hashlib.sha256(f"{name}/{loaded.name}".encode()).hexdigest(),
+                                   "details": _details(None), "expires_at": loaded.expires_at or started_iso,
+                                   "context_length": loaded.context_length})
+        return ok(state, "ollama", "/api/ps", {"models": models})
+
+    async def version(request: Request) -> Response:
+        found = OLLAMA_COMPAT_VERSION
+        status = state.status.get("ollama")
+        if status is not None and status.ok and status.version:
+            found = status.version
+        from .. import __version__
+
+        return ok(state, "ollama", "/api/version", {"version": found, "autotune": __version__})
+
+    async def embed(request: Request) -> Response:
+        endpoint = "/api/embed"
+        try:
+            body = wire.validate(wire.EmbedBody, await read_json(request, state.config.max_body_bytes))
+            inputs = [body.input] if isinstance(body.input, str) else list(body.input)
+            if not inputs:
+                raise SchemaError("input: must not be empty", param="input")
+            backend, upstream = await state.resolve(body.model)
+            result = await in_slot(state, lambda: backend.embed(upstream, inputs))
+            vectors = [v[: body.dimensions] if body.dimensions else v for v in result.vectors]
+            return ok(state, "ollama", endpoint, {"model": body.model, "embeddings": vectors,
+                                                  "prompt_eval_count": result.prompt_tokens})
+        except Exception as exc:
+            return error_response(state, "ollama", endpoint, exc)
+
+    async def embeddings(request: Request) -> Response:
+        endpoint = "/api/embeddings"
+        try:
+            body = wire.validate(wire.LegacyEmbeddingsBody, await read_json(request, state.config.max_body_bytes))
+            backend, upstream = await state.resolve(body.model)
+            result = await in_slot(state, lambda: backend.embed(upstream, [body.prompt]))
+            return ok(state, "ollama", endpoint, {"embedding": result.vectors[0] if result.vectors else []})
+        except Exception as exc:
+            return error_response(state, "ollama", endpoint, exc)
+
+    return [
+        Route("/api/chat", chat, methods=["POST"]),
+        Route("/api/generate", generate, methods=["POST"]),
+        Route("/api/tags", tags, methods=["GET"]),
+        Route("/api/show", show, methods=["POST"]),
+        Route("/api/ps", ps, methods=["GET"]),
+        Route("/api/version", version, methods=["GET"]),
+        Route("/api/embed", embed, methods=["POST"]),
+        Route("/api/embeddings", embeddings, methods=["POST"]),
+    ]

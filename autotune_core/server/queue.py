@@ -1,0 +1,131 @@
+"""A fair admission queue: at most ``max_concurrent`` requests reach the model server at once.
+
+- strict FIFO hand-off: a freed slot goes to the oldest live waiter, never to a newcomer (no barging);
+- at most ``max_queued`` waiters: one more is refused at once (429 ``queue_full``);
+- a waiter gives up after ``timeout`` seconds (429 ``queue_timeout``);
+- a waiter that leaves (timeout, client gone) after a slot was handed to it passes the slot on,
+  so no slot ever leaks.
+
+Single event loop, no awaits between check and update, so no lock is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+
+from ..errors import QueueFull
+
+
+class Ticket:
+    """A place in the line. ``future`` resolves when a slot is handed over."""
+
+    __slots__ = ("enqueued", "future", "settled")
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self.future = future
+        self.enqueued = time.perf_counter()
+        self.settled = False
+
+
+class FairQueue:
+    """FIFO admission with bounded concurrency, a bounded line and a wait timeout."""
+
+    def __init__(self, max_concurrent: int, max_queued: int, timeout: float) -> None:
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
+        self.max_concurrent = max_concurrent
+        self.max_queued = max(0, max_queued)
+        self.timeout = timeout
+        self.active = 0
+        self._line: deque[Ticket] = deque()
+        self._waiting = 0
+        #: exponentially weighted mean time a request holds a slot, for Retry-After
+        self._service_s = 1.0
+        self.admitted = 0
+        self.rejected = 0
+        self.timed_out = 0
+
+    @property
+    def depth(self) -> int:
+        """Live waiters (not counting ones that already left)."""
+        return self._waiting
+
+    def retry_after(self) -> float:
+        """A rough estimate of when a slot is likely free: the line ahead times the mean service time."""
+        ahead = self._waiting + 1
+        return min(60.0, max(1.0, math.ceil(self._service_s * ahead / self.max_concurrent)))
+
+    def admit(self) -> Ticket | None:
+        """Take a slot now (None) or a place in line (a Ticket); raise 429 when the line is full."""
+        if self.active < self.max_concurrent and self._waiting == 0:
+            self.active += 1
+            self.admitted += 1
+            return None
+        if self._waiting >= self.max_queued:
+            self.rejected += 1
+            raise QueueFull(f"the request queue is full ({self._waiting} waiting, {self.active} running); "
+                            "retry later", retry_after=self.retry_after())
+        ticket = Ticket(asyncio.get_running_loop().create_future())
+        self._line.append(ticket)
+        self._waiting += 1
+        return ticket
+
+    async def wait(self, ticket: Ticket, timeout: float | None = None) -> None:
+        """Wait for the slot; on timeout or cancellation leave the line without leaking a slot."""
+        limit = self.timeout if timeout is None else timeout
+        try:
+            await asyncio.wait_for(asyncio.shield(ticket.future), limit)
+        except TimeoutError:
+            if self.granted(ticket):
+                return  # the slot arrived in the same instant: use it
+            self.abandon(ticket)
+            raise self.timeout_error() from None
+        except BaseException:
+            self.abandon(ticket)
+            raise
+        self._settle(ticket)
+
+    def timeout_error(self) -> QueueFull:
+        self.timed_out += 1
+        return QueueFull(f"waited {self.timeout:g} s in the request queue without a free slot; retry later",
+                         retry_after=self.retry_after(), code="queue_timeout")
+
+    def granted(self, ticket: Ticket) -> bool:
+        """Whether the slot was handed to this ticket (for callers that poll the future themselves)."""
+        if ticket.future.done() and not ticket.future.cancelled():
+            self._settle(ticket)
+            return True
+        return False
+
+    def _settle(self, ticket: Ticket) -> None:
+        if not ticket.settled:
+            ticket.settled = True
+            self._waiting -= 1
+            self.admitted += 1
+
+    def abandon(self, ticket: Ticket) -> None:
+        """The waiter is leaving: give back a slot it was already handed, else drop its place."""
+        if ticket.settled:
+            return
+        ticket.settled = True
+        self._waiting -= 1
+        if ticket.future.done() and not ticket.future.cancelled():
+            self.release()
+        else:
+            ticket.future.cancel()
+
+    def release(self, held_s: float | None = None) -> None:
+        """Free a slot: hand it to the oldest live waiter, or return it to the pool."""
+        if held_s is not None:
+            self._service_s = 0.8 * self._service_s + 0.2 * held_s
+        while self._line:
+            ticket = self._line.popleft()
+            if not ticket.future.done():
+                ticket.future.set_result(None)
+                return
+        self.active -= 1
+        if self.active < 0:  # pragma: no cover - a double release is a bug; never go negative
+            self.active = 0
