@@ -136,7 +136,16 @@ class Pipeline:
     async def run(self, prepared: Prepared) -> ChatResult:
         """Send a non-streaming request and run post_response."""
         started = time.perf_counter()
-        result = await prepared.backend.chat(prepared.request, prepared.plan)
+        try:
+            result = await prepared.backend.chat(prepared.request, prepared.plan)
+        except BaseException:
+            # as for streams, post_response runs on failure and cancellation too, so plugins that
+            # changed process state in pre_request (os-tuner) restore it; finish_reason "error"
+            failed = ChatResult(model=prepared.request.model, backend=prepared.backend.name, finish_reason="error")
+            failed.timings.total_ms = (time.perf_counter() - started) * 1000
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.finish(prepared, failed))
+            raise
         if result.timings.total_ms is None:
             result.timings.total_ms = (time.perf_counter() - started) * 1000
         await self.finish(prepared, result)
