@@ -33,6 +33,9 @@ class CtxBucketsSettings(BaseModel):
     max_models: int = Field(default=256, ge=1, le=65536)
     #: pressure tiers that allow an immediate shrink
     shrink_tiers: list[str] = Field(default_factory=lambda: ["high", "critical"])
+    #: tokens of room for a conversation to grow into, added when a multi-message request loads or grows
+    #: the context (so later turns fit without a reload); 0 disables
+    growth_reserve: int = Field(default=512, ge=0)
 
 
 @dataclass
@@ -84,16 +87,23 @@ class CtxBucketsPlugin:
         key = (ctx.backend_name, plan.model)
         if ctx.capabilities.scope("num_ctx") is not KnobScope.AT_LOAD:
             ctx.stash[_DECISION] = _Decision(key, "snap", None, plain)
-            return Choice(plain, f"snapped {need} up to bucket {plain}")
+            return self._answer(plan, need, plain, f"snapped {need} up to bucket {plain}")
         entry = self._state.get(key)
         loaded = ctx.loaded.get(plan.model) or (entry.num_ctx if entry is not None else None)
-        if loaded is None:
-            ctx.stash[_DECISION] = _Decision(key, "first", None, plain)
-            return Choice(plain, f"snapped {need} up to bucket {plain} (first load of {plan.model})")
-        if plain > loaded:
-            ctx.stash[_DECISION] = _Decision(key, "grow", loaded, plain)
-            plan.flags["ctx_resize"] = f"{loaded}->{plain}"
-            return Choice(plain, f"grow: need {need} exceeds the loaded {loaded}; bucket {plain} (reload)")
+        if loaded is None or plain > loaded:
+            size, extra = plain, ""
+            if settings.growth_reserve and len(plan.messages) > 1:
+                roomy = snap_up(need + settings.growth_reserve, model_max)
+                if roomy <= max(plain, ctx.profile.max_context):
+                    size, extra = roomy, f" (+{settings.growth_reserve} tokens for the conversation to grow into)"
+            if loaded is None:
+                ctx.stash[_DECISION] = _Decision(key, "first", None, size)
+                return self._answer(plan, need, size,
+                                    f"snapped {need} up to bucket {size}{extra} (first load of {plan.model})")
+            ctx.stash[_DECISION] = _Decision(key, "grow", loaded, size)
+            plan.flags["ctx_resize"] = f"{loaded}->{size}"
+            return self._answer(plan, need, size,
+                                f"grow: need {need} exceeds the loaded {loaded}; bucket {size}{extra} (reload)")
         idle = entry is not None and self.clock() - entry.last_used >= settings.idle_shrink_seconds
         pressed = ctx.pressure.tier in settings.shrink_tiers
         rungs = bucket_index(loaded, model_max) - bucket_index(plain, model_max)
@@ -101,11 +111,18 @@ class CtxBucketsPlugin:
             why = f"idle ≥ {settings.idle_shrink_seconds:g}s" if idle else f"pressure {ctx.pressure.tier}"
             ctx.stash[_DECISION] = _Decision(key, "shrink", loaded, plain)
             plan.flags["ctx_resize"] = f"{loaded}->{plain}"
-            return Choice(plain, f"shrink: {why} and bucket {plain} is {rungs} rungs below the loaded {loaded} "
-                                 "(reload)")
+            return self._answer(plan, need, plain,
+                                f"shrink: {why} and bucket {plain} is {rungs} rungs below the loaded {loaded} (reload)")
         ctx.stash[_DECISION] = _Decision(key, "keep", loaded, plain)
         why = "" if plain == loaded else f"; bucket {plain} would reload (avoided, {self.reloads_avoided + 1} so far)"
-        return Choice(loaded, f"keep the loaded {loaded}: need {need} fits{why}")
+        return self._answer(plan, need, loaded, f"keep the loaded {loaded}: need {need} fits{why}")
+
+    def _answer(self, plan: Plan, need: int, value: int, reason: str) -> Choice[int]:
+        """The fold records changes only; a decision that keeps the value is recorded here, so the trace
+        always says why (e.g. a shrink back to exactly what was needed)."""
+        if value == need:
+            plan.record(self.name, "num_ctx", need, value, reason)
+        return Choice(value, reason)
 
     @hookimpl
     def post_response(self, ctx: HookContext, request: ChatRequest, plan: Plan, result: ChatResult) -> None:
