@@ -121,6 +121,7 @@ def error_response(state: ServerState, door: Door, endpoint: str, exc: BaseExcep
 
 
 async def prepare(state: ServerState, chat: ChatRequest) -> Prepared:
+    state.latest_pressure()
     backend, upstream = await state.resolve(chat.model)
     if upstream != chat.model:
         chat = chat.model_copy(update={"model": upstream})
@@ -252,13 +253,21 @@ async def _stream(state: ServerState, dialect: Dialect, prepared: Prepared, clie
         first = asyncio.ensure_future(upstream.__anext__())
         grace = min(state.keepalive_interval, state.config.upstream_timeout)
         await asyncio.wait((first,), timeout=grace)
-        if first.done() and first.exception() is not None and not isinstance(first.exception(), StopAsyncIteration):
-            exc = first.exception()
+        failure: BaseException | None = None
+        if first.done():
+            failure = first.exception()
+            if isinstance(failure, StopAsyncIteration):
+                failure = None
+        elif grace >= state.config.upstream_timeout:  # nothing sent yet: a real 504 beats an in-band error
+            failure = UpstreamTimeout(f"no answer from the model server within {state.config.upstream_timeout:g} s")
+            first.cancel()
+            with contextlib.suppress(BaseException):
+                await first
+        if failure is not None:
             with contextlib.suppress(Exception):
                 await upstream.aclose()  # type: ignore[attr-defined]
             state.queue.release(time.perf_counter() - hold_started)
-            assert exc is not None
-            return error_response(state, dialect.door, dialect.endpoint, exc)
+            return error_response(state, dialect.door, dialect.endpoint, failure)
     state.metrics.overhead.observe(overhead)
     body = _body(state, dialect, prepared, encoder, ticket, upstream, first, hold_started, started)
     return StreamBody(body, media_type=media, headers=plan_headers(prepared, overhead * 1000),

@@ -77,7 +77,8 @@ class FairQueue:
         """Wait for the slot; on timeout or cancellation leave the line without leaking a slot."""
         limit = self.timeout if timeout is None else timeout
         try:
-            await asyncio.wait_for(asyncio.shield(ticket.future), limit)
+            async with asyncio.timeout(limit):
+                await asyncio.shield(ticket.future)
         except TimeoutError:
             if self.granted(ticket):
                 return  # the slot arrived in the same instant: use it

@@ -54,8 +54,6 @@ class ServerState:
     status: dict[str, BackendStatus] = field(default_factory=dict)
     sampler: Any = None
     _resolved: dict[str, tuple[float, str, str]] = field(default_factory=dict)
-    _loop: asyncio.AbstractEventLoop | None = None
-    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.pipeline = Pipeline(self.host)
@@ -65,7 +63,6 @@ class ServerState:
     # -- lifecycle ----------------------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self._ensure_hardware()
         await self.host.start()
         await self.refresh_backends()
@@ -77,8 +74,6 @@ class ServerState:
             with contextlib.suppress(Exception):
                 await self.sampler.stop()
             self.sampler = None
-        for task in list(self._tasks):
-            task.cancel()
         await self.host.stop()
 
     def _ensure_hardware(self) -> None:
@@ -124,27 +119,20 @@ class ServerState:
 
     def _start_sampler(self) -> None:
         try:
-            module = importlib.import_module("autotune_core.sampler")
-            self.sampler = module.PressureSampler(interval=0.25, on_change=self._pressure_changed)
+            from ..sampler import PressureSampler
+
+            self.sampler = PressureSampler(interval=0.25, on_change=self.on_pressure)
             self.sampler.start()
-            current = getattr(self.sampler, "current", None)
-            if isinstance(current, Pressure):
-                self.host.pressure = current
+            if self.sampler.current is not None:
+                self.host.pressure = self.sampler.current
         except Exception as exc:
             self.sampler = None
             log.warning("pressure sampler unavailable: %s", exc)
 
-    def _pressure_changed(self, pressure: Pressure, *_: Any) -> None:
-        """Sampler callback (any thread): hand the change to the event loop."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        loop.call_soon_threadsafe(self._spawn_pressure, pressure)
-
-    def _spawn_pressure(self, pressure: Pressure) -> None:
-        task = asyncio.ensure_future(self.on_pressure(pressure))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def latest_pressure(self) -> None:
+        """Refresh ``host.pressure`` from the sampler's latest sample (plugins plan with current numbers)."""
+        if self.sampler is not None and self.sampler.current is not None:
+            self.host.pressure = self.sampler.current
 
     async def on_pressure(self, pressure: Pressure) -> None:
         self.host.pressure = pressure

@@ -17,6 +17,7 @@ import uvicorn
 
 from autotune_core.config import Settings, validate_settings
 from autotune_core.host import PluginHost
+from autotune_core.markers import hookimpl
 from autotune_core.server import create_app
 from autotune_core.server.state import ServerState
 from autotune_core.testing import FakeBackend, FakeBackendPlugin, make_hardware
@@ -80,11 +81,56 @@ def serve(host: PluginHost, *, keepalive_interval: float = 5.0, **app_kw: Any) -
     return LiveServer(f"http://127.0.0.1:{port}", host, app.state.autotune, server, thread)
 
 
-def fake_host(*plugins: object, fake: dict[str, Any] | None = None, **server: Any) -> PluginHost:
+class Recorder:
+    """Records every ChatRequest the pipeline sees (pre_request) and every result (post_response)."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+        self.results: list[Any] = []
+
+    @hookimpl
+    def pre_request(self, ctx: Any, request: Any, plan: Any) -> None:
+        self.requests.append(request)
+
+    @hookimpl
+    def post_response(self, ctx: Any, request: Any, plan: Any, result: Any) -> None:
+        self.results.append(result)
+
+
+class SlowFake(FakeBackend):
+    """A FakeBackend whose non-streaming answers take ``chat_delay`` seconds and which counts cancellations."""
+
+    async def chat(self, request: Any, plan: Any) -> Any:
+        try:
+            await asyncio.sleep(float(self.settings.get("chat_delay", 0.0)))
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if self.settings.get("chat_error"):
+            raise ConnectionError("fake upstream refused the connection")
+        return await super().chat(request, plan)
+
+
+def backend_plugin(cls: type[FakeBackend]) -> object:
+    class _Plugin:
+        name = "fake-backend"
+
+        @hookimpl
+        def register_backends(self, register: Any) -> None:
+            register(cls)
+
+    return _Plugin()
+
+
+def fake_host(*plugins: object, fake: dict[str, Any] | None = None, backend: type[FakeBackend] | None = None,
+              **server: Any) -> PluginHost:
     config = settings(**server)
     if fake:
         config.backends["fake"] = fake
-    return PluginHost(config=config, plugins=[FakeBackendPlugin(), *plugins], load_entrypoints=False,
+    registrar = backend_plugin(backend) if backend is not None else FakeBackendPlugin()
+    return PluginHost(config=config, plugins=[registrar, *plugins], load_entrypoints=False,
                       hardware=make_hardware())
 
 
@@ -94,8 +140,9 @@ def live_factory() -> Iterator[Callable[..., LiveServer]]:
     made: list[LiveServer] = []
 
     def make(*plugins: object, fake: dict[str, Any] | None = None, keepalive_interval: float = 5.0,
-             host: PluginHost | None = None, **server: Any) -> LiveServer:
-        live = serve(host or fake_host(*plugins, fake=fake, **server), keepalive_interval=keepalive_interval)
+             host: PluginHost | None = None, backend: type[FakeBackend] | None = None, **server: Any) -> LiveServer:
+        live = serve(host or fake_host(*plugins, fake=fake, backend=backend, **server),
+                     keepalive_interval=keepalive_interval)
         made.append(live)
         return live
 
