@@ -40,7 +40,8 @@ def make_host(*names: str, settings: dict[str, dict[str, Any]] | None = None, pr
               hardware: HardwareSnapshot | None = None, disabled: list[str] | None = None,
               env: dict[str, str] | None = None, plugins: list[object] | None = None) -> PluginHost:
     """A host with the fake backend and the named optimization plugins (all ten when none named)."""
-    chosen = plugins if plugins is not None else [OPTIMIZATIONS[n]() for n in (names or OPTIMIZATIONS)]
+    # registered in name order, as entry points are, so pluggy's order matches production
+    chosen = plugins if plugins is not None else [OPTIMIZATIONS[n]() for n in sorted(names or OPTIMIZATIONS)]
     config = Settings(backend="fake", profile=profile,
                       plugins=PluginsConfig(settings=settings or {}, disabled=disabled or []))
     return PluginHost(config=config, plugins=[FakeBackendPlugin(), *chosen], load_entrypoints=False,
