@@ -158,7 +158,7 @@ def test_invalid_archetypes_config_names_the_key() -> None:
 
     from autotune_core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="archetypes.refresh_hours"):
+    with pytest.raises(ConfigError, match=r"archetypes\.refresh_hours"):
         archetypes_config({"url": "http://127.0.0.1:1/x", "refresh_hours": -1})
 
 
