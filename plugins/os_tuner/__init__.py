@@ -1,0 +1,237 @@
+"""os-tuner: raise scheduling priority and calm the garbage collector while inference runs, then put
+everything back exactly.
+
+Concurrent requests share one reference-counted state: the first request in applies, the last one out
+restores. A request's lease is released by post_response (which the pipeline runs after success,
+error and cancellation); as a backstop, also when the request's context is dropped without it (for
+example a request refused after planning) and after ``max_hold_seconds``, and on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from autotune_core import ChatRequest, ChatResult, HookContext, Plan, PluginHost, StashKey, hookimpl
+
+from .knobs import GCKnob, GovernorKnob, Knob, NiceKnob, Outcome, QoSControl, QoSKnob, default_qos, find_server_pids
+
+__all__ = ["OSTunerPlugin", "TunerState"]
+
+
+class Settings(BaseModel):
+    """``[plugins.os-tuner]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: lower our own niceness to ``nice`` during requests (needs root/CAP_SYS_NICE below the current value)
+    priority: bool = True
+    nice: int = Field(default=-5, ge=-20, le=19)
+    #: also the model server's process(es), found by name among this user's processes
+    server_priority: bool = True
+    server_process_names: list[str] = Field(default_factory=lambda: [
+        "ollama", "llama-server", "lms", "lm studio", "vllm", "lemonade"])
+    #: multiply the young-generation GC threshold by this and freeze the existing heap
+    gc: bool = True
+    gc_threshold_factor: int = Field(default=10, ge=1, le=1000)
+    gc_freeze: bool = True
+    #: macOS only: QoS class of the event-loop thread
+    qos: bool = True
+    qos_class: Literal["user_interactive", "user_initiated"] = "user_initiated"
+    #: Linux, root only: cpufreq governor → performance
+    governor: bool = True
+    sysfs_cpu: str = "/sys/devices/system/cpu"
+    #: a lease never outlives this (seconds), whatever happens to its request
+    max_hold_seconds: float = Field(default=900.0, gt=0)
+
+
+class _Note:
+    """A report line for a knob that had nothing to act on."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        self.name, self.detail = name, detail
+
+    def apply(self) -> Outcome:
+        return Outcome(self.name, False, self.detail)
+
+    def restore(self) -> Outcome | None:
+        return None
+
+
+class TunerState:
+    """Process state shared by concurrent requests: first in applies, last out restores."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()  # a finalizer may release from inside a GC pass on this thread
+        self._leases: set[int] = set()
+        self._next = 0
+        self.knobs: list[Knob] = []
+        self.report: list[Outcome] = []
+        self.last_restore: list[Outcome] = []
+        self.applies = 0
+        self.restores = 0
+
+    @property
+    def active(self) -> int:
+        return len(self._leases)
+
+    def acquire(self, build: Callable[[], list[Knob]]) -> tuple[int, bool]:
+        with self._lock:
+            self._next += 1
+            token = self._next
+            first = not self._leases
+            self._leases.add(token)
+            if first:
+                self.knobs = build()
+                self.report = []
+                for knob in self.knobs:
+                    try:
+                        self.report.append(knob.apply())
+                    except Exception as exc:  # a knob that breaks must not break the request
+                        self.report.append(Outcome(knob.name, False, f"failed: {type(exc).__name__}: {exc}"))
+                self.applies += 1
+            return token, first
+
+    def release(self, token: int) -> bool:
+        with self._lock:
+            if token not in self._leases:
+                return False
+            self._leases.discard(token)
+            if not self._leases:
+                self._restore()
+            return True
+
+    def restore_all(self) -> None:
+        with self._lock:
+            self._leases.clear()
+            if self.knobs:
+                self._restore()
+
+    def _restore(self) -> None:
+        outcomes: list[Outcome] = []
+        for knob in reversed(self.knobs):
+            try:
+                outcome = knob.restore()
+            except Exception as exc:
+                outcome = Outcome(knob.name, False, f"restore failed: {type(exc).__name__}: {exc}")
+            if outcome is not None:
+                outcomes.append(outcome)
+        self.knobs = []
+        self.last_restore = outcomes
+        self.restores += 1
+
+
+@dataclass
+class Lease:
+    token: int
+    state: TunerState
+    finalizer: weakref.finalize[Any, Any] | None = None
+    timer: asyncio.TimerHandle | None = None
+
+    def release(self) -> bool:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.finalizer is not None:
+            self.finalizer.detach()
+        return self.state.release(self.token)
+
+
+LEASE: StashKey[Lease] = StashKey("os-tuner.lease")
+
+
+class OSTunerPlugin:
+    """Scheduling priority, GC policy, macOS QoS and the Linux CPU governor around each inference."""
+
+    name = "os-tuner"
+    Settings = Settings
+
+    def __init__(self, *, state: TunerState | None = None, qos: QoSControl | Literal["auto"] | None = "auto",
+                 process_finder: Callable[[list[str]], list[int]] | None = None,
+                 is_root: Callable[[], bool] | None = None, sysfs_cpu: str | Path | None = None) -> None:
+        self.state = state or TunerState()
+        self._qos = default_qos() if qos == "auto" else qos
+        self._finder = process_finder or find_server_pids
+        self._is_root = is_root or (lambda: hasattr(os, "geteuid") and os.geteuid() == 0)
+        self._sysfs = Path(sysfs_cpu) if sysfs_cpu is not None else None
+        self._pids: tuple[float, list[int]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _server_pids(self, names: list[str]) -> list[int]:
+        """Cached for a minute: scanning the process table is not per-request work."""
+        now = time.monotonic()
+        if self._pids is None or now - self._pids[0] > 60:
+            self._pids = (now, self._finder(names))
+        return self._pids[1]
+
+    def _build(self, settings: Settings) -> list[Knob]:
+        knobs: list[Knob] = []
+        if settings.priority:
+            knobs.append(NiceKnob("nice", os.getpid(), settings.nice, "autotune"))
+        if settings.server_priority:
+            pids = self._server_pids(settings.server_process_names)
+            knobs.extend(NiceKnob("server_nice", pid, settings.nice, f"model server pid {pid}") for pid in pids)
+            if not pids:
+                knobs.append(_Note("server_nice", "no model-server process of this user found (or it runs "
+                                                  "in-process)"))
+        if settings.gc:
+            knobs.append(GCKnob(settings.gc_threshold_factor, settings.gc_freeze))
+        if settings.qos:
+            loop = self._loop
+            knobs.append(QoSKnob(self._qos, settings.qos_class,
+                                 run_on_owner=(lambda fn: loop.call_soon_threadsafe(fn)) if loop else None))
+        if settings.governor:
+            knobs.append(GovernorKnob(self._sysfs or Path(settings.sysfs_cpu), self._is_root))
+        return knobs
+
+    @hookimpl(trylast=True)
+    def pre_request(self, ctx: HookContext, request: ChatRequest, plan: Plan) -> None:
+        """Late, so requests refused by earlier plugins never touch the OS."""
+        settings = ctx.settings(self.name)
+        assert isinstance(settings, Settings)
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        token, first = self.state.acquire(lambda: self._build(settings))
+        lease = Lease(token, self.state)
+        lease.finalizer = weakref.finalize(ctx, self.state.release, token)
+        if self._loop is not None:
+            lease.timer = self._loop.call_later(settings.max_hold_seconds, self.state.release, token)
+        ctx.stash[LEASE] = lease
+        if first:
+            for outcome in self.state.report:
+                plan.record(self.name, f"os.{outcome.knob}", None, "applied" if outcome.applied else "not applied",
+                            outcome.detail)
+        else:
+            plan.record(self.name, "os", None, "shared",
+                        f"already tuned; shared with {self.state.active - 1} running request(s)")
+
+    @hookimpl
+    def post_response(self, ctx: HookContext, request: ChatRequest, plan: Plan, result: ChatResult) -> None:
+        lease = ctx.stash.get(LEASE)
+        if lease is not None:
+            lease.release()
+
+    @hookimpl
+    def on_shutdown(self, host: PluginHost) -> None:
+        self.state.restore_all()
+
+    def status(self) -> dict[str, Any]:
+        """For ``autotune status`` and /health: what applied, what did not and why."""
+        return {
+            "active_requests": self.state.active,
+            "tuned": bool(self.state.knobs),
+            "applies": self.state.applies,
+            "restores": self.state.restores,
+            "last_apply": [o.as_dict() for o in self.state.report],
+            "last_restore": [o.as_dict() for o in self.state.last_restore],
+        }
