@@ -27,8 +27,11 @@ class FlashAttentionSettings(BaseModel):
 
 
 def _how(ctx: HookContext) -> str:
+    """How to turn it on, e.g. "OLLAMA_FLASH_ATTENTION=1 and restart `ollama serve`"."""
     support = ctx.capabilities.knobs.get("flash_attn")
-    return support.how if support is not None and support.how else f"the {ctx.backend_name} server's flags"
+    if support is None or not support.how:
+        return f"flash attention on in the {ctx.backend_name} server's flags"
+    return support.how if "=" in support.how else f"{support.how}=1"
 
 
 class FlashAttentionPlugin:
@@ -48,9 +51,9 @@ class FlashAttentionPlugin:
             plan.set(self.name, "flash_attn", True, f"flash attention on ({scope.value})")
         elif scope is KnobScope.SERVER_ENV:
             how = _how(ctx)
-            plan.advise(f"enable flash attention on {ctx.backend_name}: set {how}=1 (server-wide)", knob="flash_attn")
+            plan.advise(f"enable flash attention on {ctx.backend_name}: set {how} (server-wide)", knob="flash_attn")
             plan.record(self.name, "flash_attn", None, None,
-                        f"advice only: {ctx.backend_name} sets flash attention server-wide ({how}=1); not sent")
+                        f"advice only: {ctx.backend_name} sets flash attention server-wide ({how}); not sent")
 
     @hookimpl(trylast=True)
     @fold_stage("guard")
@@ -67,5 +70,5 @@ class FlashAttentionPlugin:
             if plan.flash_attn is not True:
                 plan.set(self.name, "flash_attn", True, f"required: a quantized V cache ({kv}) needs flash attention")
         elif fa_scope is KnobScope.SERVER_ENV:
-            plan.advise(f"a quantized KV cache ({kv}) needs flash attention: set {_how(ctx)}=1 on "
+            plan.advise(f"a quantized KV cache ({kv}) needs flash attention: set {_how(ctx)} on "
                         f"{ctx.backend_name}", knob="flash_attn")
