@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from autotune_archetypes_example import ExampleArchetypesPlugin, example_set
+
 from autotune_core.archetypes import Archetype, classify, profile_sets, resolve
 from autotune_core.config import Settings
 from autotune_core.hardware import CpuInfo, GiB, GpuInfo, HardwareSnapshot
