@@ -41,6 +41,8 @@ class Prepared:
     backend: Backend
     skip: frozenset[str]
     planning_ms: float
+    #: of planning_ms, the time spent asking the backend to count tokens (upstream time, not overhead)
+    tokenize_ms: float = 0.0
 
 
 class Pipeline:
@@ -99,9 +101,11 @@ class Pipeline:
         skip = self.skip_for(request.model)
         await self.host.acall("pre_request", skip=skip, ctx=ctx, request=request, plan=plan)
         exact = None
+        tokenize_started = time.perf_counter()
         if caps.can_tokenize:
             with contextlib.suppress(Exception):
                 exact = await backend.count_tokens(request.model, request, plan)
+        tokenize_ms = (time.perf_counter() - tokenize_started) * 1000
         plan.prompt_tokens = exact if exact is not None else estimate_message_tokens(plan.messages)
         plan.prompt_tokens_exact = exact is not None
         num_ctx = self.host.fold("choose_num_ctx", knob="num_ctx", plan=plan, initial=None, conservative=min,
@@ -114,7 +118,7 @@ class Pipeline:
         self._check_fit(plan)
         reconcile_plan(plan, caps, backend=backend.name)
         return Prepared(request=request, plan=plan, ctx=ctx, backend=backend, skip=skip,
-                        planning_ms=(time.perf_counter() - started) * 1000)
+                        planning_ms=(time.perf_counter() - started) * 1000, tokenize_ms=tokenize_ms)
 
     @staticmethod
     def _check_fit(plan: Plan) -> None:

@@ -107,7 +107,8 @@ def _plugin_routes(host: PluginHost) -> list[BaseRoute]:
 
 
 def create_app(host: PluginHost | None = None, settings: Settings | None = None, *, sampler: bool = True,
-               keepalive_interval: float = 5.0) -> Starlette:
+               keepalive_interval: float = 5.0,
+               on_ready: Callable[[list[tuple[str, bool, str]]], None] | None = None) -> Starlette:
     """Build the proxy for ``host`` (a fresh one from ``settings``/the config file when None).
 
     ``settings.server`` (else ``host.config.server``) gives the queue, limits and API key.
@@ -120,6 +121,9 @@ def create_app(host: PluginHost | None = None, settings: Settings | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.startup()
+        if on_ready is not None:
+            statuses = [state.status[n] for n in state.pipeline.resolver.candidates() if n in state.status]
+            on_ready([(s.name, s.ok, s.reason) for s in statuses])
         try:
             yield
         finally:

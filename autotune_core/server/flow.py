@@ -19,6 +19,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..backend import Backend
 from ..errors import InvalidRequest, UpstreamTimeout
 from ..messages import ChatRequest, ChatResult, StreamChunk
 from ..pipeline import Prepared
@@ -65,6 +66,10 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return JSONBytes(dumps(data), status_code=status, headers=headers, background=background)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
     """The body as a JSON object, refusing more than ``limit`` bytes (by Content-Length and as streamed)."""
     declared = request.headers.get("content-length")
@@ -86,7 +91,7 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if not body.strip():
         raise InvalidRequest("empty request body; expected a JSON object", code="invalid_json")
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"malformed JSON: {exc}", code="invalid_json") from None
     except RecursionError:
@@ -120,13 +125,40 @@ def error_response(state: ServerState, door: Door, endpoint: str, exc: BaseExcep
     return json_response(error_body(door, error), error.status, error_headers(error))
 
 
-async def prepare(state: ServerState, chat: ChatRequest) -> Prepared:
+@dataclass
+class Resolved:
+    """A validated request and the backend that will serve it (resolved before queueing: 404/503 at once)."""
+
+    chat: ChatRequest
+    client_model: str
+    backend: Backend
+    upstream_model: str
+    started: float
+    #: time spent waiting on the backend outside the send itself (model info, token counting)
+    upstream_s: float = 0.0
+    waited_s: float = 0.0
+
+
+async def plan(state: ServerState, resolved: Resolved) -> Prepared:
+    """Run the plugin hooks; called once the request holds a slot, so pre_request and post_response
+    bracket the upstream call closely (and a 429 never leaves a pre_request without its post_response)."""
     state.latest_pressure()
-    backend, upstream = await state.resolve(chat.model)
-    if upstream != chat.model:
-        chat = chat.model_copy(update={"model": upstream})
-    info = await state.pipeline.model_info(backend, upstream)
-    return await state.pipeline.plan(chat, backend, info)
+    chat = resolved.chat
+    if resolved.upstream_model != chat.model:
+        chat = chat.model_copy(update={"model": resolved.upstream_model})
+    info_started = time.perf_counter()
+    info = await state.pipeline.model_info(resolved.backend, resolved.upstream_model)
+    resolved.upstream_s += time.perf_counter() - info_started
+    prepared = await state.pipeline.plan(chat, resolved.backend, info)
+    resolved.upstream_s += prepared.tokenize_ms / 1000
+    return prepared
+
+
+async def abandon(state: ServerState, prepared: Prepared) -> None:
+    """post_response for a planned request that failed before or at the upstream call (plugins restore state)."""
+    failed = ChatResult(model=prepared.request.model, backend=prepared.backend.name, finish_reason="error")
+    with contextlib.suppress(Exception):
+        await asyncio.shield(state.pipeline.finish(prepared, failed))
 
 
 def plan_headers(prepared: Prepared, overhead_ms: float) -> dict[str, str]:
@@ -180,48 +212,57 @@ async def handle(state: ServerState, request: Request, dialect: Dialect) -> Resp
     try:
         data = await read_json(request, state.config.max_body_bytes)
         chat = apply_headers(dialect.parse(data), request)
-        client_model = chat.model
-        prepared = await prepare(state, chat)
+        backend, upstream_model = await state.resolve(chat.model)
         ticket = state.queue.admit()
     except Exception as exc:
         return error_response(state, dialect.door, dialect.endpoint, exc)
-    if chat.stream and (ticket is None or dialect.sse):
-        return await _stream(state, dialect, prepared, client_model, ticket, started)
-    waited = 0.0
+    resolved = Resolved(chat, chat.model, backend, upstream_model, started)
+    if chat.stream and ticket is not None and dialect.sse:
+        return _queued_stream(state, dialect, resolved, ticket)
     if ticket is not None:
         try:
             await state.queue.wait(ticket)
         except Exception as exc:
             return error_response(state, dialect.door, dialect.endpoint, exc)
-        waited = time.perf_counter() - ticket.enqueued
-        state.metrics.queue_wait.observe(waited)
-    if chat.stream:  # an NDJSON stream that waited in line without keep-alives
-        return await _stream(state, dialect, prepared, client_model, None, started, held=True, waited=waited)
-    return await _complete(state, dialect, prepared, client_model, started, waited)
+        resolved.waited_s = time.perf_counter() - ticket.enqueued
+        state.metrics.queue_wait.observe(resolved.waited_s)
+    hold_started = time.perf_counter()
+    try:
+        prepared = await plan(state, resolved)
+    except BaseException as exc:
+        state.queue.release(time.perf_counter() - hold_started)
+        if not isinstance(exc, Exception):
+            raise
+        return error_response(state, dialect.door, dialect.endpoint, exc)
+    if chat.stream:
+        return await _stream(state, dialect, resolved, prepared, hold_started)
+    return await _complete(state, dialect, resolved, prepared, hold_started)
 
 
-async def _complete(state: ServerState, dialect: Dialect, prepared: Prepared, client_model: str,
-                    started: float, waited: float) -> Response:
-    held = time.perf_counter()
+async def _complete(state: ServerState, dialect: Dialect, resolved: Resolved, prepared: Prepared,
+                    hold_started: float) -> Response:
+    sent = time.perf_counter()
     try:
         async with asyncio.timeout(state.config.upstream_timeout):
             result = await prepared.backend.chat(prepared.request, prepared.plan)
-    except TimeoutError:
-        state.queue.release(time.perf_counter() - held)
-        return error_response(state, dialect.door, dialect.endpoint, UpstreamTimeout(
-            f"the model server did not answer within {state.config.upstream_timeout:g} s"))
-    except Exception as exc:
-        state.queue.release(time.perf_counter() - held)
+    except BaseException as exc:
+        state.queue.release(time.perf_counter() - hold_started)
+        await abandon(state, prepared)
+        if not isinstance(exc, Exception):
+            raise
+        if isinstance(exc, TimeoutError):
+            exc = UpstreamTimeout(f"the model server did not answer within {state.config.upstream_timeout:g} s")
         return error_response(state, dialect.door, dialect.endpoint, exc)
-    upstream = time.perf_counter() - held
-    state.queue.release(upstream)
+    now = time.perf_counter()
+    upstream = now - sent
+    state.queue.release(now - hold_started)
     if result.timings.total_ms is None:
         result.timings.total_ms = upstream * 1000
-    body = dumps(dialect.respond(result, client_model))
-    overhead = time.perf_counter() - started - waited - upstream
+    body = dumps(dialect.respond(result, resolved.client_model))
+    overhead = time.perf_counter() - resolved.started - resolved.waited_s - resolved.upstream_s - upstream
     state.metrics.overhead.observe(overhead)
     state.metrics.requests.inc({"door": dialect.door, "endpoint": dialect.endpoint, "status": "200"})
-    _log(state, prepared.request, dialect.door, 200, (time.perf_counter() - started) * 1000)
+    _log(state, prepared.request, dialect.door, 200, (time.perf_counter() - resolved.started) * 1000)
     return JSONBytes(body, headers=plan_headers(prepared, overhead * 1000),
                      background=BackgroundTask(_finish, state, prepared, result))
 
@@ -238,49 +279,58 @@ async def _first(state: ServerState, first: asyncio.Future[StreamChunk], deadlin
             yield SSE_WAITING
 
 
-async def _stream(state: ServerState, dialect: Dialect, prepared: Prepared, client_model: str,
-                  ticket: Ticket | None, started: float, *, held: bool = False, waited: float = 0.0) -> Response:
-    """A streaming answer: planning errors and failures before the first chunk keep their HTTP status
-    when the response has not started yet; afterwards they become an in-stream error event."""
-    encoder = dialect.encoder(prepared.request.model_copy(update={"model": client_model}))
-    media = SSE_MEDIA if dialect.sse else NDJSON_MEDIA
-    upstream: AsyncIterator[StreamChunk] | None = None
-    first: asyncio.Future[StreamChunk] | None = None
-    hold_started = time.perf_counter()
-    overhead = hold_started - started - waited
-    if ticket is None:
-        upstream = state.pipeline.stream(prepared)
-        first = asyncio.ensure_future(upstream.__anext__())
-        grace = min(state.keepalive_interval, state.config.upstream_timeout)
-        await asyncio.wait((first,), timeout=grace)
-        failure: BaseException | None = None
-        if first.done():
-            failure = first.exception()
-            if isinstance(failure, StopAsyncIteration):
-                failure = None
-        elif grace >= state.config.upstream_timeout:  # nothing sent yet: a real 504 beats an in-band error
-            failure = UpstreamTimeout(f"no answer from the model server within {state.config.upstream_timeout:g} s")
-            first.cancel()
-            with contextlib.suppress(BaseException):
-                await first
-        if failure is not None:
-            with contextlib.suppress(Exception):
-                await upstream.aclose()  # type: ignore[attr-defined]
-            state.queue.release(time.perf_counter() - hold_started)
-            return error_response(state, dialect.door, dialect.endpoint, failure)
+async def _open(state: ServerState, prepared: Prepared) -> tuple[AsyncIterator[StreamChunk],
+                                                                     asyncio.Future[StreamChunk]]:
+    upstream = state.pipeline.stream(prepared)
+    return upstream, asyncio.ensure_future(upstream.__anext__())
+
+
+async def _stream(state: ServerState, dialect: Dialect, resolved: Resolved, prepared: Prepared,
+                  hold_started: float) -> Response:
+    """A streaming answer that holds a slot. Failures before the first chunk keep their HTTP status
+    (the headers wait up to one keep-alive interval for it); later ones become an in-stream error event."""
+    overhead = time.perf_counter() - resolved.started - resolved.waited_s - resolved.upstream_s
+    upstream, first = await _open(state, prepared)
+    grace = min(state.keepalive_interval, state.config.upstream_timeout)
+    await asyncio.wait((first,), timeout=grace)
+    failure: BaseException | None = None
+    if first.done():
+        failure = first.exception()
+        if isinstance(failure, StopAsyncIteration):
+            failure = None
+    elif grace >= state.config.upstream_timeout:  # nothing sent yet: a real 504 beats an in-band error
+        failure = UpstreamTimeout(f"no answer from the model server within {state.config.upstream_timeout:g} s")
+        first.cancel()
+        with contextlib.suppress(BaseException):
+            await first
+    if failure is not None:
+        with contextlib.suppress(Exception):
+            await upstream.aclose()  # type: ignore[attr-defined]
+        state.queue.release(time.perf_counter() - hold_started)
+        return error_response(state, dialect.door, dialect.endpoint, failure)
     state.metrics.overhead.observe(overhead)
-    body = _body(state, dialect, prepared, encoder, ticket, upstream, first, hold_started, started)
-    return StreamBody(body, media_type=media, headers=plan_headers(prepared, overhead * 1000),
+    body = _body(state, dialect, resolved, None, prepared, upstream, first, hold_started)
+    return StreamBody(body, media_type=SSE_MEDIA if dialect.sse else NDJSON_MEDIA,
+                      headers=plan_headers(prepared, overhead * 1000),
                       on_disconnect=lambda: state.metrics.stream_disconnects.inc({"door": dialect.door}))
 
 
-async def _body(state: ServerState, dialect: Dialect, prepared: Prepared, encoder: Encoder, ticket: Ticket | None,
-                upstream: AsyncIterator[StreamChunk] | None, first: asyncio.Future[StreamChunk] | None,
-                hold_started: float, started: float) -> AsyncIterator[bytes]:
+def _queued_stream(state: ServerState, dialect: Dialect, resolved: Resolved, ticket: Ticket) -> Response:
+    """An SSE stream that must wait for a slot: the response starts at once and ``: queued`` comments keep
+    it alive; planning and any error (including the queue timeout) then happen in-band."""
+    headers = {"X-Autotune-Queued": "1", "X-Autotune-Backend": resolved.backend.name}
+    body = _body(state, dialect, resolved, ticket, None, None, None, time.perf_counter())
+    return StreamBody(body, media_type=SSE_MEDIA, headers=headers,
+                      on_disconnect=lambda: state.metrics.stream_disconnects.inc({"door": dialect.door}))
+
+
+async def _body(state: ServerState, dialect: Dialect, resolved: Resolved, ticket: Ticket | None,
+                prepared: Prepared | None, upstream: AsyncIterator[StreamChunk] | None,
+                first: asyncio.Future[StreamChunk] | None, hold_started: float) -> AsyncIterator[bytes]:
     queue, metrics = state.queue, state.metrics
     has_slot = ticket is None
-    status = "200"
     done_marker = SSE_DONE if dialect.sse else b""
+    encoder = dialect.encoder(resolved.chat)
     last: StreamChunk | None = None
     ttft: float | None = None
     try:
@@ -298,9 +348,9 @@ async def _body(state: ServerState, dialect: Dialect, prepared: Prepared, encode
                     yield SSE_QUEUED
             has_slot, ticket = True, None
             hold_started = time.perf_counter()
-            metrics.queue_wait.observe(hold_started - started)
-            upstream = state.pipeline.stream(prepared)
-            first = asyncio.ensure_future(upstream.__anext__())
+            metrics.queue_wait.observe(hold_started - resolved.started)
+            prepared = await plan(state, resolved)
+            upstream, first = await _open(state, prepared)
         assert upstream is not None and first is not None
         async for keepalive in _first(state, first, hold_started + state.config.upstream_timeout, dialect.sse):
             yield keepalive
@@ -336,15 +386,16 @@ async def _body(state: ServerState, dialect: Dialect, prepared: Prepared, encode
             queue.release(time.perf_counter() - hold_started)
         elif ticket is not None:
             queue.abandon(ticket)
-        metrics.requests.inc({"door": dialect.door, "endpoint": dialect.endpoint, "status": status})
-        _log(state, prepared.request, dialect.door, int(status), (time.perf_counter() - started) * 1000)
-        result = ChatResult(model=prepared.request.model, backend=prepared.backend.name)
-        if last is not None:
-            result.usage = last.usage or result.usage
-            result.timings = last.timings or result.timings
-        if ttft is not None:
-            result.timings.ttft_ms = ttft * 1000
-        record_result(state, prepared, result)
+        metrics.requests.inc({"door": dialect.door, "endpoint": dialect.endpoint, "status": "200"})
+        _log(state, resolved.chat, dialect.door, 200, (time.perf_counter() - resolved.started) * 1000)
+        if prepared is not None:
+            result = ChatResult(model=prepared.request.model, backend=prepared.backend.name)
+            if last is not None:
+                result.usage = last.usage or result.usage
+                result.timings = last.timings or result.timings
+            if ttft is not None:
+                result.timings.ttft_ms = ttft * 1000
+            record_result(state, prepared, result)
 
 
 async def in_slot(state: ServerState, factory: Callable[[], Awaitable[Any]]) -> Any:
