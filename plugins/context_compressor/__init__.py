@@ -17,7 +17,7 @@ from .window import DEFAULT_RULES, Outcome, TierRule, compress_history
 __all__ = ["ContextCompressorPlugin", "compress_history"]
 
 
-class Settings(BaseModel):
+class CompressorSettings(BaseModel):
     """``[plugins.context-compressor]``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -30,7 +30,7 @@ class Settings(BaseModel):
     safety_margin: int = Field(default=64, ge=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> Settings:
+    def _ordered(self) -> CompressorSettings:
         a, b, c = self.thresholds
         if not 0 < a < b < c <= 1.5:
             raise ValueError("thresholds must increase, e.g. [0.55, 0.75, 0.90]")
@@ -43,7 +43,7 @@ class ContextCompressorPlugin:
     """History compression in tiers (55/75/90 %), re-checked to fit; code and tracebacks kept whole."""
 
     name = "context-compressor"
-    Settings = Settings
+    Settings = CompressorSettings
 
     def budget(self, ctx: HookContext, plan: Plan, prefix: list[Message], tail: list[Message],
                margin: int) -> int:
@@ -68,7 +68,7 @@ class ContextCompressorPlugin:
         if request.kind != "chat" or len(plan.messages) < 3:
             return
         settings = ctx.settings(self.name)
-        assert isinstance(settings, Settings)
+        assert isinstance(settings, CompressorSettings)
         from .window import split
 
         prefix, history, tail = split(plan.messages)

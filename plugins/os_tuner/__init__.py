@@ -28,7 +28,7 @@ from .knobs import GCKnob, GovernorKnob, Knob, NiceKnob, Outcome, QoSControl, Qo
 __all__ = ["OSTunerPlugin", "TunerState"]
 
 
-class Settings(BaseModel):
+class TunerSettings(BaseModel):
     """``[plugins.os-tuner]``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -152,7 +152,7 @@ class OSTunerPlugin:
     """Scheduling priority, GC policy, macOS QoS and the Linux CPU governor around each inference."""
 
     name = "os-tuner"
-    Settings = Settings
+    Settings = TunerSettings
 
     def __init__(self, *, state: TunerState | None = None, qos: QoSControl | Literal["auto"] | None = "auto",
                  process_finder: Callable[[list[str]], list[int]] | None = None,
@@ -172,7 +172,7 @@ class OSTunerPlugin:
             self._pids = (now, self._finder(names))
         return self._pids[1]
 
-    def _build(self, settings: Settings) -> list[Knob]:
+    def _build(self, settings: TunerSettings) -> list[Knob]:
         knobs: list[Knob] = []
         if settings.priority:
             knobs.append(NiceKnob("nice", os.getpid(), settings.nice, "autotune"))
@@ -196,7 +196,7 @@ class OSTunerPlugin:
     def pre_request(self, ctx: HookContext, request: ChatRequest, plan: Plan) -> None:
         """Late, so requests refused by earlier plugins never touch the OS."""
         settings = ctx.settings(self.name)
-        assert isinstance(settings, Settings)
+        assert isinstance(settings, TunerSettings)
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:

@@ -231,7 +231,7 @@ class QoSKnob:
 
     control: QoSControl | None
     qos_class: str
-    run_on_owner: Callable[[Callable[[], None]], None] | None = None
+    run_on_owner: Callable[[Callable[[], None]], object] | None = None
     name: str = "qos"
     saved: tuple[int, int] | None = None
     thread: int | None = None

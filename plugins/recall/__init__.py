@@ -33,7 +33,7 @@ PREFERRED_EMBEDDERS = ("nomic-embed-text", "mxbai-embed-large", "all-minilm", "s
                        "bge-m3", "embeddinggemma")
 
 
-class Settings(BaseModel):
+class RecallSettings(BaseModel):
     """``[plugins.recall]``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -92,7 +92,7 @@ class RecallPlugin:
     """Conversation memory in SQLite (WAL, FTS5), recall by embeddings with a full-text fallback."""
 
     name = "recall"
-    Settings = Settings
+    Settings = RecallSettings
 
     def __init__(self) -> None:
         self._store: MemoryStore | None = None
@@ -104,9 +104,9 @@ class RecallPlugin:
 
     # -- plumbing ------------------------------------------------------------------------------------
 
-    def settings_for(self, host: PluginHost | None) -> Settings:
-        settings = host.plugin_settings(self.name) if host is not None else Settings()
-        assert isinstance(settings, Settings)
+    def settings_for(self, host: PluginHost | None) -> RecallSettings:
+        settings = host.plugin_settings(self.name) if host is not None else RecallSettings()
+        assert isinstance(settings, RecallSettings)
         return settings
 
     def store(self, host: PluginHost | None = None) -> MemoryStore:
@@ -128,7 +128,7 @@ class RecallPlugin:
             self._store.close()
             self._store = None
 
-    async def _embedding_model(self, ctx: HookContext, model: str, settings: Settings) -> str | None:
+    async def _embedding_model(self, ctx: HookContext, model: str, settings: RecallSettings) -> str | None:
         if settings.embedding_model:
             return settings.embedding_model
         cached = self._embedder.get(ctx.backend_name)
@@ -195,7 +195,7 @@ class RecallPlugin:
         plan.record(self.name, "messages", before, len(plan.messages), reason)
 
     async def _search(self, ctx: HookContext, request: ChatRequest, query: str,
-                      settings: Settings) -> tuple[str | None, str]:
+                      settings: RecallSettings) -> tuple[str | None, str]:
         embedded = await self.embed(ctx, request.model, query)
         vector, model = (embedded[1], embedded[0]) if embedded else (None, None)
         store = self.store(ctx.host)

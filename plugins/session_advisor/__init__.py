@@ -30,7 +30,7 @@ log = logging.getLogger("autotune.advisor")
 __all__ = ["Advisor", "Sample", "SessionAdvisorPlugin"]
 
 
-class Settings(BaseModel):
+class AdvisorSettings(BaseModel):
     """``[plugins.session-advisor]``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -48,7 +48,7 @@ class SessionAdvisorPlugin:
     """Health score, states and ordered actions (cooldown 20 s, scale-up after 90 s of stability)."""
 
     name = "session-advisor"
-    Settings = Settings
+    Settings = AdvisorSettings
 
     def __init__(self, *, sampler: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.sampler = sampler
@@ -59,9 +59,9 @@ class SessionAdvisorPlugin:
         self.unloaded: list[str] = []
         self._task: asyncio.Task[None] | None = None
 
-    def _settings(self, host: PluginHost) -> Settings:
+    def _settings(self, host: PluginHost) -> AdvisorSettings:
         settings = host.plugin_settings(self.name)
-        assert isinstance(settings, Settings)
+        assert isinstance(settings, AdvisorSettings)
         return settings
 
     def ensure(self, host: PluginHost) -> Advisor:
@@ -103,9 +103,8 @@ class SessionAdvisorPlugin:
         """Sample (in a thread), score, act; then carry out the async part (unloading)."""
         assert self.host is not None, "call ensure(host) or start the host first"
         advisor = self.ensure(self.host)
-        if sample is None:
-            sample = await asyncio.to_thread(self.sampler.sample)
-        actions = advisor.tick(sample)
+        reading: Sample = sample if sample is not None else await asyncio.to_thread(self.sampler.sample)
+        actions = advisor.tick(reading)
         for action in actions:
             log.info("session-advisor %s: %s (%s; health %d, %s)", action.kind, action.detail, action.why,
                      advisor.score, advisor.state)

@@ -146,7 +146,7 @@ class Advisor:
         window = [s for s in self.samples if now - s.timestamp <= 60]
         if len(window) < 2 or window[-1].timestamp <= window[0].timestamp:
             return 0.0
-        delta = getattr(window[-1], attr) - getattr(window[0], attr)
+        delta = float(getattr(window[-1], attr)) - float(getattr(window[0], attr))
         return delta / MB / ((window[-1].timestamp - window[0].timestamp) / 60)
 
     def _signals(self, sample: Sample, swap_growth: float, ram_growth: float) -> dict[str, tuple[Level, str]]:
