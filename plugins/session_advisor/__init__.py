@@ -199,6 +199,9 @@ class SessionAdvisorPlugin:
 
     @hookimpl
     def register_commands(self, cli: Any) -> None:
+        """``autotune status``, or ``autotune advisor`` when the core already has a ``status``."""
         from .cli import status_command
 
-        cli.add_command(status_command(self))
+        command = status_command(self)
+        name = "advisor" if "status" in getattr(cli, "commands", {}) else "status"
+        cli.add_command(command, name=name)

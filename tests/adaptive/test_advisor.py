@@ -215,3 +215,18 @@ async def test_toggle(how: str) -> None:
     on = PluginHost(config=CoreSettings(backend="fake"), plugins=[FakeBackendPlugin()], load_entrypoints=True,
                     hardware=make_hardware(), env={"AUTOTUNE_LOAD_PLUGINS": "session-advisor"})
     assert on.enabled("session-advisor")
+
+
+def test_cli_registration_never_replaces_a_core_status_command() -> None:
+    import click
+
+    @click.group()
+    def cli() -> None: ...
+
+    _, plugin, _, _ = make()
+    plugin.register_commands(cli)
+    assert "status" in cli.commands
+    core_status = click.Command("status")
+    fresh = click.Group("autotune", commands={"status": core_status})
+    plugin.register_commands(fresh)
+    assert fresh.commands["status"] is core_status and "advisor" in fresh.commands
