@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "PluginHost": "host", "hookimpl": "markers", "hookspec": "markers",
     "ChatRequest": "messages", "ChatResult": "messages", "Message": "messages", "StreamChunk": "messages",
     "ModelInfo": "modelinfo", "Plan": "plan",
+    "start": "server.launcher", "client_kwargs": "server.launcher",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -45,3 +46,4 @@ if TYPE_CHECKING:
     from .messages import ChatRequest, ChatResult, Message, StreamChunk
     from .modelinfo import ModelInfo
     from .plan import Plan
+    from .server.launcher import client_kwargs, start

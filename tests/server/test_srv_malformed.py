@@ -111,9 +111,10 @@ def test_unknown_routes_and_methods_are_typed(live: LiveServer) -> None:
     no_internal_errors(live)
 
 
-_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
-                     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children,
-                                                                                        max_size=3), max_leaves=8)
+_scalar = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | \
+    st.text(max_size=8)
+_json = st.recursive(_scalar, lambda children: st.lists(children, max_size=3)
+                     | st.dictionaries(st.text(max_size=6), children, max_size=3), max_leaves=8)
 _field_values = st.fixed_dictionaries({}, optional={
     "model": _json | st.just("llama3.2:1b"), "messages": _json | st.just(MSGS), "stream": _json,
     "max_tokens": _json, "temperature": _json, "stop": _json, "tools": _json, "options": _json, "prompt": _json,
