@@ -79,12 +79,12 @@ def test_bench_on_the_embedded_model() -> None:
     host = PluginHost(config=Settings(), hardware=make_hardware(16), env={"AUTOTUNE_LOAD_PLUGINS": "llamacpp"})
     if "llamacpp" not in host.backend_classes:
         pytest.skip("the llamacpp backend plugin did not register")
-    sweep = [{"num_batch": 256, "flash_attn": True, "kv_type": "q8_0"},
-             {"num_batch": 512, "flash_attn": False, "kv_type": "f16"}]
+    # one combination (warm-up + measured): bounded even on a busy shared CPU
+    sweep = [{"num_batch": 256, "flash_attn": True, "kv_type": "q8_0"}]
 
     async def go() -> Contribution:
         try:
-            return await run_bench(host, backend_name="llamacpp", sweep=sweep, budget_s=25, max_tokens=8)
+            return await run_bench(host, backend_name="llamacpp", sweep=sweep, budget_s=25, max_tokens=4)
         finally:
             await host.stop()
 
