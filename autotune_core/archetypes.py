@@ -48,7 +48,7 @@ class Archetype(BaseModel):
     gpu_count: int = 0
     cpu_arch: str = "unknown"
 
-    def keys(self) -> list[str]:
+    def lookup_keys(self) -> list[str]:
         """Profile keys to look up, most specific first (the id with its bandwidth tier, then the id)."""
         return ([f"{self.id}-bw-{self.bandwidth_tier}"] if self.bandwidth_tier != "unknown" else []) + [self.id]
 
@@ -433,7 +433,7 @@ def resolve(sets: Sequence[tuple[str, ProfileSet]], archetype: Archetype, *, sec
     the backend's own section before ``common``. The first candidate per knob wins; the rest are
     kept as ``shadowed`` so every override can be shown.
     """
-    keys = archetype.keys()
+    keys = archetype.lookup_keys()
     sections = ([section] if section and section != "common" else []) + ["common"]
     candidates: list[tuple[tuple[int, int, int, int, int], str, ProfileSet, str, _Sections, str | None]] = []
     for order, (plugin, pset) in enumerate(sets):

@@ -45,7 +45,7 @@ def hardware_report(snapshot: HardwareSnapshot, registered: list[tuple[str, Any]
                  for name in sections}
     return {
         "hardware": snapshot.model_dump(mode="json"),
-        "archetype": archetype.model_dump(mode="json") | {"lookup_keys": archetype.keys()},
+        "archetype": archetype.model_dump(mode="json") | {"lookup_keys": archetype.lookup_keys()},
         "auto_tune": "enabled" if auto_tune else "disabled",
         "profile_sets": [_set_json(plugin, s) for plugin, s in sets],
         "profile_set_errors": errors,
