@@ -25,7 +25,7 @@ def cli() -> None:
 def _build() -> click.Group:
     for module in CORE_COMMANDS:
         import_module(f"{__name__}.{module}").register(cli)
-    if len(sys.argv) > 1 and sys.argv[1] in ("--version", "-h", "--help") and len(sys.argv) == 2:
+    if sys.argv[1:] == ["--version"]:
         return cli
     try:
         from .common import get_host
