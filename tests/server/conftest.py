@@ -49,9 +49,20 @@ class LiveServer:
             time.sleep(0.01)
         raise AssertionError(f"queue not idle: active={self.state.queue.active} queued={self.state.queue.depth}")
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        if wait:
+            self.thread.join(timeout=10)
+        else:  # uvicorn notices within 0.1 s; joined at the end of the session (keeps the suite fast)
+            _stopping.append(self.thread)
+
+
+_stopping: list[threading.Thread] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for thread in _stopping:
+        thread.join(timeout=10)
 
 
 def settings(**server: Any) -> Settings:
@@ -148,7 +159,7 @@ def live_factory() -> Iterator[Callable[..., LiveServer]]:
 
     yield make
     for live in made:
-        live.stop()
+        live.stop(wait=False)
 
 
 @pytest.fixture
