@@ -1,0 +1,420 @@
+"""Proxy overhead: autotune in front of a fast upstream versus calling that upstream directly.
+
+Three processes on loopback: a minimal Ollama-compatible upstream (this script, ``--upstream``; one write
+per response or chunk, TCP_NODELAY, chunks stamped with the monotonic clock at send time), the autotune
+server (``python -m autotune_core.server``, the default plugin stack, the Ollama backend pointed at the
+upstream), and this client. Both arms are measured side by side, interleaved, in one run:
+
+- non-streaming latency at concurrency 1 (p50/p99, added = proxied − direct), per door;
+- added latency per streamed chunk: arrival time minus the upstream's send stamp (CLOCK_MONOTONIC is shared
+  by all processes on Linux), proxied median minus direct median;
+- throughput at concurrency 32 (requests/s, proxied / direct);
+- the server's idle RSS and its time from spawn to a healthy ``/health``.
+
+Run: ``python bench/proxy_overhead.py`` (``--quick`` for a smoke run). Prints a table and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+MODEL = "bench:latest"
+#: same model, but the upstream takes SLOW_MS per answer (a realistic service time for the throughput context)
+SLOW_MODEL = "bench-slow:latest"
+SLOW_MS = 50
+STREAM_CHUNKS = 40
+CHUNK_GAP_S = 0.001
+
+# -- the upstream ---------------------------------------------------------------------------------------------
+
+_SHOW = {
+    "modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
+    "details": {"format": "gguf", "family": "llama", "parameter_size": "1.2B", "quantization_level": "Q4_K_M"},
+    "model_info": {"general.architecture": "llama", "general.parameter_count": 1_240_000_000,
+                   "llama.block_count": 16, "llama.context_length": 131072, "llama.embedding_length": 2048,
+                   "llama.attention.head_count": 32, "llama.attention.head_count_kv": 8,
+                   "llama.attention.key_length": 64, "llama.attention.value_length": 64},
+    "capabilities": ["completion"],
+}
+_TAGS = {"models": [{"name": name, "model": name, "modified_at": "2026-01-01T00:00:00Z", "size": 1_300_000_000,
+                     "digest": "0" * 64, "details": _SHOW["details"]} for name in (MODEL, SLOW_MODEL)]}
+_FINAL = {"done": True, "done_reason": "stop", "total_duration": 1_000_000, "load_duration": 0,
+          "prompt_eval_count": 12, "prompt_eval_duration": 100_000, "eval_count": 8, "eval_duration": 800_000}
+
+
+def _response(status: int, body: bytes, ctype: bytes = b"application/json") -> bytes:
+    return (b"HTTP/1.1 %d OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n" % (status, ctype, len(body))) + body
+
+
+async def _upstream_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            _method, path, _ = lines[0].split(b" ", 2)
+            length = 0
+            for line in lines[1:]:
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            body = await reader.readexactly(length) if length else b""
+            if path == b"/api/chat":
+                request = json.loads(body)
+                if request.get("stream", True):
+                    await _stream(writer, request)
+                    continue
+                if request["model"] == SLOW_MODEL:
+                    await asyncio.sleep(SLOW_MS / 1000)
+                reply = {"model": request["model"], "created_at": "2026-01-01T00:00:00Z",
+                         "message": {"role": "assistant", "content": "Hello from the upstream."}, **_FINAL}
+                writer.write(_response(200, json.dumps(reply).encode()))
+            elif path == b"/api/tags":
+                writer.write(_response(200, json.dumps(_TAGS).encode()))
+            elif path == b"/api/show":
+                writer.write(_response(200, json.dumps(_SHOW).encode()))
+            elif path == b"/api/version":
+                writer.write(_response(200, b'{"version":"0.30.0"}'))
+            elif path == b"/api/ps":
+                writer.write(_response(200, b'{"models":[]}'))
+            else:
+                writer.write(_response(404, b'{"error":"not found"}'))
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _stream(writer: asyncio.StreamWriter, request: dict[str, Any]) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(STREAM_CHUNKS):
+        await asyncio.sleep(CHUNK_GAP_S)
+        line = json.dumps({"model": request["model"], "created_at": "2026-01-01T00:00:00Z",
+                           "message": {"role": "assistant", "content": f"<{time.perf_counter_ns()}>"},
+                           "done": False}).encode() + b"\n"
+        writer.write(b"%x\r\n%s\r\n" % (len(line), line))
+        await writer.drain()
+    line = json.dumps({"model": request["model"], "created_at": "2026-01-01T00:00:00Z",
+                       "message": {"role": "assistant", "content": ""}, **_FINAL}).encode() + b"\n"
+    writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(line), line))
+    await writer.drain()
+
+
+def run_upstream(port: int) -> None:
+    async def main() -> None:
+        server = await asyncio.start_server(_upstream_conn, "127.0.0.1", port, backlog=256)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+# -- a minimal HTTP/1.1 keep-alive client (identical in both arms) ---------------------------------------------
+
+
+class Conn:
+    """Blocking keep-alive connection; one ``sendall`` per request."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def _fill(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed")
+        self.buf += data
+
+    def _head(self) -> dict[bytes, bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ")[1])
+        headers = {b":status": str(status).encode()}
+        for line in lines[1:]:
+            key, _, value = line.partition(b":")
+            headers[key.strip().lower()] = value.strip()
+        return headers
+
+    def post(self, path: str, body: bytes) -> tuple[dict[bytes, bytes], bytes]:
+        self.sock.sendall(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+        headers = self._head()
+        length = int(headers.get(b"content-length", b"0"))
+        while len(self.buf) < length:
+            self._fill()
+        data, self.buf = self.buf[:length], self.buf[length:]
+        return headers, data
+
+    def stream(self, path: str, body: bytes, on_line: Callable[[bytes, int], None]) -> None:
+        """POST and read a chunked body; ``on_line(line, arrival_ns)`` for every complete line."""
+        self.sock.sendall(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+        headers = self._head()
+        assert headers.get(b"transfer-encoding") == b"chunked", headers
+        pending = b""
+        while True:
+            while b"\r\n" not in self.buf:
+                self._fill()
+            size_line, self.buf = self.buf.split(b"\r\n", 1)
+            size = int(size_line.split(b";")[0], 16)
+            while len(self.buf) < size + 2:
+                self._fill()
+            arrived = time.perf_counter_ns()
+            data, self.buf = self.buf[:size], self.buf[size + 2:]
+            if size == 0:
+                return
+            pending += data
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                if line.strip():
+                    on_line(line, arrived)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def _async_post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: bytes,
+                      body: bytes) -> int:
+    writer.write(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body))
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status
+
+
+async def _throughput(port: int, path: bytes, body: bytes, concurrency: int, seconds: float) -> tuple[float, int]:
+    deadline = time.perf_counter() + seconds
+    done = 0
+    errors = 0
+
+    async def worker() -> None:
+        nonlocal done, errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while time.perf_counter() < deadline:
+                if await _async_post(reader, writer, path, body) == 200:
+                    done += 1
+                else:
+                    errors += 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / (time.perf_counter() - started), errors
+
+
+# -- orchestration ----------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(url: str, timeout: float) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as response:
+                if response.status == 200:
+                    return time.perf_counter() - started
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise RuntimeError(f"{url} did not become healthy in {timeout} s")
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def chat_body(stream: bool, door: str, model: str = MODEL) -> bytes:
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "Say hello."}], "stream": stream}
+    if door == "openai":
+        body["max_tokens"] = 16
+    else:
+        body["options"] = {"num_predict": 16}
+    return json.dumps(body).encode()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
+    parser.add_argument("--requests", type=int, default=1000, help="non-streaming pairs per door")
+    parser.add_argument("--streams", type=int, default=30)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per throughput round")
+    parser.add_argument("--minimal-stack", action="store_true",
+                        help="only the core and the Ollama backend (default: every installed plugin)")
+    args = parser.parse_args()
+    if args.upstream:
+        run_upstream(args.upstream)
+        return
+    if args.quick:
+        args.requests, args.streams, args.seconds = 200, 8, 1.0
+
+    up_port, proxy_port = free_port(), free_port()
+    home = Path(tempfile.mkdtemp(prefix="autotune-bench-"))
+    env = {**os.environ, "AUTOTUNE_CONFIG": str(home / "config.toml"), "AUTOTUNE_DATA_DIR": str(home / "data"),
+           "AUTOTUNE_OLLAMA_URL": f"http://127.0.0.1:{up_port}", "AUTOTUNE_MAX_CONCURRENT": "64",
+           "AUTOTUNE_MAX_QUEUED": "64", "AUTOTUNE_BACKEND": "ollama"}
+    if args.minimal_stack:
+        env["AUTOTUNE_LOAD_PLUGINS"] = "ollama"
+    upstream = subprocess.Popen([sys.executable, __file__, "--upstream", str(up_port)], env=env)
+    wait_healthy(f"http://127.0.0.1:{up_port}/api/version", 10)
+    spawned = time.perf_counter()
+    proxy = subprocess.Popen([sys.executable, "-m", "autotune_core.server", "--port", str(proxy_port),
+                              "--log-level", "warning"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(f"http://127.0.0.1:{proxy_port}/health", 30)
+        ready_s = time.perf_counter() - spawned
+        time.sleep(1.0)
+        idle_rss = rss_mb(proxy.pid)
+        results = measure(args, up_port, proxy_port)
+        report(args, ready_s, idle_rss, rss_mb(proxy.pid), results)
+    finally:
+        for process in (proxy, upstream):
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def measure(args: argparse.Namespace, up_port: int, proxy_port: int) -> dict[str, Any]:
+    direct, proxied = Conn(up_port), Conn(proxy_port)
+    out: dict[str, Any] = {}
+    doors = {"ollama": "/api/chat", "openai": "/v1/chat/completions"}
+    # warm-up: model lists, model info, first plans
+    for _ in range(50):
+        direct.post("/api/chat", chat_body(False, "ollama"))
+        for path in doors.values():
+            headers, _ = proxied.post(path, chat_body(False, "openai"))
+            assert headers[b":status"] == b"200", headers
+    for door, path in doors.items():
+        d_times: list[float] = []
+        p_times: list[float] = []
+        overheads: list[float] = []
+        d_body, p_body = chat_body(False, "ollama"), chat_body(False, door)
+        for _ in range(args.requests):  # interleaved: direct, proxied, direct, proxied, ...
+            t0 = time.perf_counter()
+            direct.post("/api/chat", d_body)
+            t1 = time.perf_counter()
+            headers, _ = proxied.post(path, p_body)
+            t2 = time.perf_counter()
+            d_times.append((t1 - t0) * 1000)
+            p_times.append((t2 - t1) * 1000)
+            overheads.append(float(headers.get(b"x-autotune-overhead-ms", b"nan")))
+        out[door] = {"direct_p50": pct(d_times, 0.5), "direct_p99": pct(d_times, 0.99),
+                     "proxy_p50": pct(p_times, 0.5), "proxy_p99": pct(p_times, 0.99),
+                     "header_p50": pct(overheads, 0.5)}
+    # streaming: per-chunk latency = arrival - upstream send stamp
+    lags: dict[str, list[float]] = {"direct": [], "proxy": []}
+
+    def collect(arm: str) -> Callable[[bytes, int], None]:
+        def on_line(line: bytes, arrived: int) -> None:
+            text = line.decode()
+            start = text.find("<")
+            if start >= 0 and text[start + 1:start + 2].isdigit():
+                stamp = int(text[start + 1:text.index(">", start)])
+                lags[arm].append((arrived - stamp) / 1e6)
+        return on_line
+
+    for _ in range(args.streams):
+        direct.stream("/api/chat", chat_body(True, "ollama"), collect("direct"))
+        proxied.stream("/api/chat", chat_body(True, "ollama"), collect("proxy"))
+    out["stream"] = {"direct_lag": statistics.median(lags["direct"]), "proxy_lag": statistics.median(lags["proxy"]),
+                     "chunks": len(lags["proxy"])}
+    direct.close()
+    proxied.close()
+    # throughput at concurrency 32, alternating arms twice
+    rates: dict[str, list[float]] = {"direct": [], "proxy": []}
+    errors = 0
+    for _ in range(2):
+        for arm, port, path in (("direct", up_port, b"/api/chat"), ("proxy", proxy_port, b"/api/chat")):
+            rate, failed = asyncio.run(_throughput(port, path, chat_body(False, "ollama"), 32, args.seconds))
+            rates[arm].append(rate)
+            errors += failed
+    out["throughput"] = {"direct": statistics.mean(rates["direct"]), "proxy": statistics.mean(rates["proxy"]),
+                         "errors": errors}
+    slow: dict[str, list[float]] = {"direct": [], "proxy": []}
+    for _ in range(2):
+        for arm, port in (("direct", up_port), ("proxy", proxy_port)):
+            rate, failed = asyncio.run(_throughput(port, b"/api/chat", chat_body(False, "ollama", SLOW_MODEL), 32,
+                                                   args.seconds))
+            slow[arm].append(rate)
+            errors += failed
+    out["throughput_slow"] = {"direct": statistics.mean(slow["direct"]), "proxy": statistics.mean(slow["proxy"]),
+                              "errors": errors}
+    return out
+
+
+def report(args: argparse.Namespace, ready_s: float, idle_rss: float, rss_after: float,
+           results: dict[str, Any]) -> None:
+    stack = "core + ollama backend" if args.minimal_stack else "default (every installed plugin)"
+    print(f"proxy overhead, loopback, plugin stack: {stack}; {args.requests} interleaved pairs per door, "
+          f"{args.streams} streams x {STREAM_CHUNKS} chunks, {args.seconds:g} s x 2 throughput rounds per arm")
+    print(f"{'measure':<44}{'direct':>10}{'proxied':>10}{'added':>10}{'target':>10}")
+    for door in ("ollama", "openai"):
+        r = results[door]
+        print(f"{'non-stream c=1 p50 ms (' + door + ' door)':<44}{r['direct_p50']:>10.3f}{r['proxy_p50']:>10.3f}"
+              f"{r['proxy_p50'] - r['direct_p50']:>10.3f}{'<= 1':>10}")
+        print(f"{'non-stream c=1 p99 ms (' + door + ' door)':<44}{r['direct_p99']:>10.3f}{r['proxy_p99']:>10.3f}"
+              f"{r['proxy_p99'] - r['direct_p99']:>10.3f}{'<= 3':>10}")
+        print(f"{'  X-Autotune-Overhead-Ms p50 (' + door + ')':<44}{'':>10}{r['header_p50']:>10.3f}")
+    s = results["stream"]
+    print(f"{'stream: median lag per chunk ms':<44}{s['direct_lag']:>10.3f}{s['proxy_lag']:>10.3f}"
+          f"{s['proxy_lag'] - s['direct_lag']:>10.3f}{'<= 0.2':>10}")
+    t = results["throughput"]
+    ratio = t["proxy"] / t["direct"] if t["direct"] else float("nan")
+    print(f"{'throughput c=32 req/s':<44}{t['direct']:>10.0f}{t['proxy']:>10.0f}{ratio:>9.0%} {'>= 80%':>9}"
+          + (f"  ({t['errors']} errors)" if t["errors"] else ""))
+    t = results["throughput_slow"]
+    ratio = t["proxy"] / t["direct"] if t["direct"] else float("nan")
+    print(f"{f'throughput c=32 req/s, {SLOW_MS} ms upstream':<44}{t['direct']:>10.0f}{t['proxy']:>10.0f}{ratio:>9.0%}"
+          f" {'(context)':>9}")
+    print(f"{'server idle RSS MB (after load)':<44}{'':>10}{idle_rss:>10.1f}{'':>10}{'<= 80':>10}"
+          f"   ({rss_after:.1f} after the run)")
+    print(f"{'server ready s (spawn -> /health 200)':<44}{'':>10}{ready_s:>10.2f}{'':>10}{'<= 1.5':>10}")
+    for door in ("ollama", "openai"):
+        r = results[door]
+        print(f"ratio proxied/direct p50 ({door} door): {r['proxy_p50'] / r['direct_p50']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
