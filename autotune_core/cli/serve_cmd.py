@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -52,6 +53,23 @@ def status(host: str | None, port: int | None, config_path: str | None, as_json:
     pressure = data.get("pressure")
     if pressure:
         click.echo(f"  memory pressure: {pressure['tier']}")
+    for name, report in (data.get("plugins") or {}).items():
+        _echo_plugin_status(name, report)
+
+
+def _echo_plugin_status(name: str, report: Any) -> None:
+    """One plugin's ``status()``: scalars on one line, then lists (recent actions, advice) item by item."""
+    if not isinstance(report, dict):
+        click.echo(f"  {name}: {report}")
+        return
+    scalars = ", ".join(f"{key}={value}" for key, value in report.items()
+                        if isinstance(value, str | int | float | bool) and value not in ("", None))
+    click.echo(f"  {name}: {scalars}")
+    for key, value in report.items():
+        if isinstance(value, list) and value:
+            for item in value[-5:]:
+                text = ", ".join(f"{k}={v}" for k, v in item.items()) if isinstance(item, dict) else str(item)
+                click.echo(f"    {key}: {text}")
 
 
 def register(cli: click.Group) -> None:

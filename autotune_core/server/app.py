@@ -46,6 +46,24 @@ def _error_handler(state: ServerState) -> Callable[[Request, Exception], Any]:
     return handler
 
 
+def plugin_statuses(host: PluginHost) -> dict[str, Any]:
+    """``status()`` of every enabled plugin that offers one (e.g. the session advisor's health score).
+
+    A failing ``status()`` is isolated like any plugin failure and reported as an error entry.
+    """
+    out: dict[str, Any] = {}
+    for name in host.records:
+        report = getattr(host.plugin(name), "status", None) if host.enabled(name) else None
+        if not callable(report):
+            continue
+        try:
+            out[name] = report()
+        except Exception as exc:
+            host.record_failure(name, "status", exc)
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
 def _observability_routes(state: ServerState) -> list[BaseRoute]:
     async def health(request: Request) -> Response:
         statuses = await state.backend_statuses()
@@ -63,6 +81,7 @@ def _observability_routes(state: ServerState) -> list[BaseRoute]:
             "pressure": {"tier": state.pressure_tier(),
                          **({"ram_percent": pressure.ram_percent, "swap_percent": pressure.swap_percent}
                             if pressure is not None else {})},
+            "plugins": plugin_statuses(state.host),
         })
 
     async def metrics(request: Request) -> Response:

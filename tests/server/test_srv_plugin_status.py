@@ -1,0 +1,56 @@
+"""/health carries each enabled plugin's ``status()``; `autotune status` prints it; failures are isolated."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from click.testing import CliRunner
+from conftest import serve, settings
+
+from autotune_core.cli import serve_cmd
+from autotune_core.host import PluginHost
+from autotune_core.testing import FakeBackendPlugin, make_hardware
+
+
+class HealthyPlugin:
+    name = "healthy"
+
+    def status(self) -> dict[str, Any]:
+        return {"score": 91, "state": "OPTIMAL", "recent_actions": [{"kind": "reduce_context", "why": "ram 90%"}]}
+
+
+class BrokenStatusPlugin:
+    name = "broken-status"
+
+    def status(self) -> dict[str, Any]:
+        raise RuntimeError("sensor gone")
+
+
+def _host() -> PluginHost:
+    return PluginHost(config=settings(), plugins=[FakeBackendPlugin(), HealthyPlugin(), BrokenStatusPlugin()],
+                      load_entrypoints=False, hardware=make_hardware())
+
+
+def test_health_includes_plugin_status_and_isolates_failures() -> None:
+    live = serve(_host())
+    try:
+        data = httpx.get(live.url + "/health", timeout=5).json()
+        assert data["plugins"]["healthy"]["score"] == 91
+        assert "sensor gone" in data["plugins"]["broken-status"]["error"]
+        assert live.host.records["broken-status"].failures == 1
+        assert "core" not in data["plugins"]  # the core plugin offers no status()
+    finally:
+        live.stop()
+
+
+def test_status_command_prints_plugin_status() -> None:
+    live = serve(_host())
+    try:
+        port = live.url.rsplit(":", 1)[1]
+        result = CliRunner().invoke(serve_cmd.status, ["--host", "127.0.0.1", "--port", port])
+        assert result.exit_code == 0, result.output
+        assert "healthy: score=91, state=OPTIMAL" in result.output
+        assert "recent_actions: kind=reduce_context, why=ram 90%" in result.output
+    finally:
+        live.stop()
