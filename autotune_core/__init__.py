@@ -25,7 +25,30 @@ _EXPORTS: dict[str, str] = {
     "start": "server.launcher", "client_kwargs": "server.launcher",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "AutotuneError",
+    "Backend",
+    "Capabilities",
+    "ChatRequest",
+    "ChatResult",
+    "Choice",
+    "HookContext",
+    "KnobScope",
+    "KnobSupport",
+    "Message",
+    "ModelInfo",
+    "Plan",
+    "PluginHost",
+    "RequestRejected",
+    "StashKey",
+    "StreamChunk",
+    "__version__",
+    "client_kwargs",
+    "fold_stage",
+    "hookimpl",
+    "hookspec",
+    "start",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -15,12 +15,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "adaptive"))
 
 from adaptive_corpus import PLANTED, QUERIES, code_block, coding_conversation, topic_embed
-from autotune_plugins.context_compressor.window import compress_history, split
-from autotune_plugins.recall.store import MemoryStore
 
 from autotune_core import Message
 from autotune_core.testing import FakeBackend
 from autotune_core.tokens import estimate_tokens
+from autotune_plugins.context_compressor.window import compress_history, split
+from autotune_plugins.recall.store import MemoryStore
 
 
 def count(message: Message) -> int:

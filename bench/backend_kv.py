@@ -19,10 +19,10 @@ KV_TYPES = ("f16", "q8_0")
 
 async def _one(n_ctx: int, kv_type: str) -> dict[str, object]:
     import psutil
-    from autotune_plugins.backends.llamacpp import LlamaCppBackend
 
     from autotune_core.messages import ChatRequest, Message
     from autotune_core.plan import Plan
+    from autotune_plugins.backends.llamacpp import LlamaCppBackend
 
     backend = LlamaCppBackend({"keep_alive": -1})
     request = ChatRequest(model="gemma3:270m", messages=[Message(role="user", content="Hi")], max_tokens=1,

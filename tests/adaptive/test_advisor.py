@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from autotune_plugins.session_advisor import SessionAdvisorPlugin
-from autotune_plugins.session_advisor.health import GB, Advisor, Sample, health_score
-from autotune_plugins.session_advisor.sampler import SystemSampler, linux_thermal, parse_pmset
 from click.testing import CliRunner
 
 from autotune_core import ChatRequest, Choice, Message, PluginHost, fold_stage, hookimpl
 from autotune_core.config import Settings as CoreSettings
 from autotune_core.pipeline import Pipeline
 from autotune_core.testing import LLAMA_1B, FakeBackend, FakeBackendPlugin, make_hardware
+from autotune_plugins.session_advisor import SessionAdvisorPlugin
+from autotune_plugins.session_advisor.health import GB, Advisor, Sample, health_score
+from autotune_plugins.session_advisor.sampler import SystemSampler, linux_thermal, parse_pmset
 
 
 class Clock:

@@ -6,9 +6,6 @@ import re
 
 import pytest
 from adaptive_corpus import SYSTEM, code_block, coding_conversation, traceback_text
-from autotune_plugins.context_compressor import ContextCompressorPlugin
-from autotune_plugins.context_compressor.compress import compress_message, cut_prose, fold_json, strip_noise
-from autotune_plugins.context_compressor.window import compress_history, split
 
 from autotune_core import ChatRequest, Message, PluginHost
 from autotune_core.config import Settings as CoreSettings
@@ -16,6 +13,9 @@ from autotune_core.messages import ToolCall
 from autotune_core.pipeline import Pipeline
 from autotune_core.testing import LLAMA_1B, FakeBackendPlugin, make_hardware
 from autotune_core.tokens import estimate_tokens
+from autotune_plugins.context_compressor import ContextCompressorPlugin
+from autotune_plugins.context_compressor.compress import compress_message, cut_prose, fold_json, strip_noise
+from autotune_plugins.context_compressor.window import compress_history, split
 
 
 def count(message: Message) -> int:

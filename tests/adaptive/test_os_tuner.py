@@ -15,12 +15,12 @@ from typing import Any
 
 import psutil
 import pytest
-from autotune_plugins.os_tuner import OSTunerPlugin
 
 from autotune_core import ChatRequest, Message, PluginHost
 from autotune_core.config import Settings as CoreSettings
 from autotune_core.pipeline import Pipeline
 from autotune_core.testing import LLAMA_1B, FakeBackend, FakeBackendPlugin, make_hardware
+from autotune_plugins.os_tuner import OSTunerPlugin
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread niceness checks are Linux's")
 

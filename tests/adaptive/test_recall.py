@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 from adaptive_corpus import PLANTED, QUERIES, topic_embed
-from autotune_plugins.recall import RecallPlugin, format_block
-from autotune_plugins.recall.store import Hit, MemoryStore, lexical_score, terms
 from click.testing import CliRunner
 
 from autotune_core import ChatRequest, Message, PluginHost
@@ -21,6 +19,8 @@ from autotune_core.config import Settings as CoreSettings
 from autotune_core.config import data_dir
 from autotune_core.pipeline import Pipeline
 from autotune_core.testing import LLAMA_1B, FakeBackend, FakeBackendPlugin, make_hardware
+from autotune_plugins.recall import RecallPlugin, format_block
+from autotune_plugins.recall.store import Hit, MemoryStore, lexical_score, terms
 
 
 def _host(*plugins: object, settings: dict[str, object] | None = None, env: dict[str, str] | None = None,

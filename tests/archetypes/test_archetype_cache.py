@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 from archetype_helpers import host_with, profile_set
-from autotune_plugins.archetypes.bundled import BundledProfilesPlugin, bundled_set, sets_to_register
-from autotune_plugins.archetypes.cache import ProfileCache
 
 from autotune_core.archetypes import dump_profile_set
 from autotune_core.config import Settings
 from autotune_core.testing import make_hardware
+from autotune_plugins.archetypes.bundled import BundledProfilesPlugin, bundled_set, sets_to_register
+from autotune_plugins.archetypes.cache import ProfileCache
 
 
 class _Server:
@@ -154,9 +154,8 @@ def test_startup_refreshes_a_stale_cache_and_swaps_the_registered_sets(server: _
 
 
 def test_invalid_archetypes_config_names_the_key() -> None:
-    from autotune_plugins.archetypes.cache import archetypes_config
-
     from autotune_core.errors import ConfigError
+    from autotune_plugins.archetypes.cache import archetypes_config
 
     with pytest.raises(ConfigError, match=r"archetypes\.refresh_hours"):
         archetypes_config({"url": "http://127.0.0.1:1/x", "refresh_hours": -1})

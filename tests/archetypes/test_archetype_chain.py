@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 from archetype_helpers import SetsPlugin, host_with, profile_set, replay
-from autotune_plugins.archetypes.apply import AutoTunePlugin
-from autotune_plugins.archetypes.bundled import BundledProfilesPlugin
 
 from autotune_core.archetypes import classify, load_profile_set, resolve
 from autotune_core.config import Settings
@@ -16,6 +14,8 @@ from autotune_core.hardware import CpuInfo, GiB, GpuInfo, HardwareSnapshot
 from autotune_core.markers import hookimpl
 from autotune_core.pytest_plugin import plan_request
 from autotune_core.testing import make_hardware
+from autotune_plugins.archetypes.apply import AutoTunePlugin
+from autotune_plugins.archetypes.bundled import BundledProfilesPlugin
 
 RTX4090 = HardwareSnapshot(os="linux", cpu=CpuInfo(arch="x86_64"), ram_total_bytes=64 * GiB,
                            ram_available_bytes=48 * GiB,

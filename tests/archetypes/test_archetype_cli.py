@@ -9,13 +9,13 @@ from pathlib import Path
 import click
 import pytest
 from archetype_helpers import SetsPlugin, host_with, profile_set, replay
-from autotune_plugins.archetypes.apply import AutoTunePlugin
-from autotune_plugins.archetypes.bundled import BundledProfilesPlugin
 from click.testing import CliRunner
 
 from autotune_core.cli import common, hardware_cmd
 from autotune_core.config import Settings
 from autotune_core.host import PluginHost
+from autotune_plugins.archetypes.apply import AutoTunePlugin
+from autotune_plugins.archetypes.bundled import BundledProfilesPlugin
 
 VENDOR = profile_set("vendor", {"nvidia-ada-24gb": {"llamacpp": {"ubatch_size": 2048}}}, priority=50,
                      source="vendor lab")

@@ -11,6 +11,10 @@ from typing import Any
 
 import pytest
 from archetype_helpers import host_with
+
+from autotune_core.archetypes import classify, profile_sets, resolve
+from autotune_core.pytest_plugin import plan_request
+from autotune_core.testing import FakeBackend, make_hardware
 from autotune_plugins.archetypes.apply import AutoTunePlugin
 from autotune_plugins.archetypes.bench import default_sweep, run_bench
 from autotune_plugins.archetypes.bundled import BundledProfilesPlugin, sets_to_register
@@ -18,10 +22,6 @@ from autotune_plugins.archetypes.cache import ProfileCache
 from autotune_plugins.archetypes.learn import learn
 from autotune_plugins.archetypes.merge import load_contributions, mad_outliers, merge
 from autotune_plugins.archetypes.submission import Contribution, HardwareSummary, RunResult
-
-from autotune_core.archetypes import classify, profile_sets, resolve
-from autotune_core.pytest_plugin import plan_request
-from autotune_core.testing import FakeBackend, make_hardware
 
 HW = HardwareSummary(os="linux", cpu="Test CPU", cpu_arch="x86_64", ram_gb=16.0)
 

@@ -7,8 +7,6 @@ from fnmatch import fnmatchcase
 
 import pytest
 from archetype_helpers import profile_set
-from autotune_plugins.archetypes.bundled import bundled_set
-from autotune_plugins.archetypes.lemonade import from_lemonade, parse_llamacpp_args, to_lemonade
 
 from autotune_core.archetypes import (
     SECTIONS,
@@ -16,6 +14,8 @@ from autotune_core.archetypes import (
     dump_profile_set,
     load_profile_set,
 )
+from autotune_plugins.archetypes.bundled import bundled_set
+from autotune_plugins.archetypes.lemonade import from_lemonade, parse_llamacpp_args, to_lemonade
 
 TOML = """
 schema_version = 1

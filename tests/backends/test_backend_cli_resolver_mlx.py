@@ -6,9 +6,6 @@ import json
 from typing import Any
 
 import pytest
-from autotune_plugins.backends.mlx import DEFAULT_MAX_TOKENS, MLXBackend, platform_reason
-from autotune_plugins.backends.ollama import OllamaPlugin
-from autotune_plugins.backends.openai_compat import OpenAIPlugin
 from click.testing import CliRunner
 from fakes import FakeOllama, FakeOpenAI
 
@@ -21,6 +18,9 @@ from autotune_core.host import PluginHost
 from autotune_core.messages import ChatRequest, Message
 from autotune_core.plan import Plan
 from autotune_core.resolver import ModelResolver
+from autotune_plugins.backends.mlx import DEFAULT_MAX_TOKENS, MLXBackend, platform_reason
+from autotune_plugins.backends.ollama import OllamaPlugin
+from autotune_plugins.backends.openai_compat import OpenAIPlugin
 
 
 def two_backend_host(fake_ollama: FakeOllama, fake_openai: FakeOpenAI, **extra: Any) -> PluginHost:

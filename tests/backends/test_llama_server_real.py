@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from autotune_plugins.backends.openai_compat import OpenAIBackend
 
 from autotune_core.messages import ChatRequest, Message
 from autotune_core.plan import Plan
+from autotune_plugins.backends.openai_compat import OpenAIBackend
 
 pytestmark = pytest.mark.slow
 

@@ -7,10 +7,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from autotune_plugins.backends.llamacpp import LlamaCppBackend
 
 from autotune_core.messages import ChatRequest, Message
 from autotune_core.plan import Plan
+from autotune_plugins.backends.llamacpp import LlamaCppBackend
 
 pytestmark = pytest.mark.embedded
 pytest.importorskip("llama_cpp")

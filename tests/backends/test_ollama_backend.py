@@ -7,13 +7,13 @@ import socket
 from typing import Any
 
 import pytest
-from autotune_plugins.backends.ollama import OllamaBackend, keep_alive_value, ollama_format
 from fakes import FakeOllama
 
 from autotune_core.backend import KnobScope, reconcile_plan
 from autotune_core.errors import BackendUnavailable, ModelNotFound, UpstreamError, UpstreamTimeout
 from autotune_core.messages import ChatRequest, Message, ToolCall
 from autotune_core.plan import Plan
+from autotune_plugins.backends.ollama import OllamaBackend, keep_alive_value, ollama_format
 
 HELLO = [Message(role="system", content="You are terse."), Message(role="user", content="Hello there")]
 MODEL = "llama3.2:1b"

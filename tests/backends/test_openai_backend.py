@@ -6,13 +6,13 @@ import asyncio
 from typing import Any
 
 import pytest
-from autotune_plugins.backends.openai_compat import OpenAIBackend, lemonade_args
 from fakes import FLAVOURS, FakeOpenAI
 
 from autotune_core.backend import KnobScope, reconcile_plan
 from autotune_core.errors import BackendUnavailable, ModelNotFound, UpstreamError
 from autotune_core.messages import ChatRequest, Message
 from autotune_core.plan import Plan
+from autotune_plugins.backends.openai_compat import OpenAIBackend, lemonade_args
 
 HELLO = [Message(role="system", content="Be brief."), Message(role="user", content="Hello there")]
 

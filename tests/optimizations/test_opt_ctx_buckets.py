@@ -43,7 +43,7 @@ def test_property_snap_bounds(n: int, model_max: int) -> None:
 
 
 def test_per_request_backends_just_snap() -> None:
-    buckets, host = sticky_host()
+    _buckets, host = sticky_host()
     set_scope(host, "num_ctx", KnobScope.PER_REQUEST)
     first = plan(host, chat("hi", max_tokens=2000))
     second = plan(host, chat("hi", max_tokens=100))
@@ -96,7 +96,7 @@ def test_shrinks_after_idle_only_with_hysteresis() -> None:
 
 
 def test_shrinks_under_high_pressure_not_moderate() -> None:
-    buckets, host = sticky_host()
+    _buckets, host = sticky_host()
     run(host, chat("hi", max_tokens=3000))
     host.pressure = pressure("moderate", 82)
     assert run(host, chat("hi", max_tokens=50))[0].num_ctx == 4096
