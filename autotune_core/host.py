@@ -130,6 +130,8 @@ class PluginHost:
         self._impl_cache: dict[str, list[_Impl]] = {}
         self._hardware = hardware
         self.pressure: Pressure | None = None
+        #: a plugin may lower the server's max concurrent requests (never raise it); None = the config's value
+        self.concurrency_cap: int | None = None
         self.trace_hooks = self.env.get("AUTOTUNE_TRACE_PLUGINS", "") not in ("", "0", "false")
         stack_names = list(stack) if stack is not None else self.config.server.plugins
         self.stack: frozenset[str] | None = frozenset(stack_names) if stack_names is not None else None

@@ -76,7 +76,8 @@ def _observability_routes(state: ServerState) -> list[BaseRoute]:
             "backends": [{"name": s.name, "available": s.ok, "reason": s.reason, "version": s.version}
                          for s in statuses],
             "queue": {"active": state.queue.active, "queued": state.queue.depth,
-                      "max_concurrent": state.queue.max_concurrent, "max_queued": state.queue.max_queued,
+                      "max_concurrent": state.queue.max_concurrent, "limit": state.queue.limit,
+                      "max_queued": state.queue.max_queued,
                       "timeout_s": state.queue.timeout},
             "pressure": {"tier": state.pressure_tier(),
                          **({"ram_percent": pressure.ram_percent, "swap_percent": pressure.swap_percent}

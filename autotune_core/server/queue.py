@@ -15,6 +15,7 @@ import asyncio
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 
 from ..errors import QueueFull
 
@@ -33,10 +34,13 @@ class Ticket:
 class FairQueue:
     """FIFO admission with bounded concurrency, a bounded line and a wait timeout."""
 
-    def __init__(self, max_concurrent: int, max_queued: int, timeout: float) -> None:
+    def __init__(self, max_concurrent: int, max_queued: int, timeout: float,
+                 cap: Callable[[], int | None] | None = None) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
         self.max_concurrent = max_concurrent
+        #: a live lower limit (the session advisor's recommendation); read at every admission and release
+        self._cap = cap
         self.max_queued = max(0, max_queued)
         self.timeout = timeout
         self.active = 0
@@ -49,6 +53,12 @@ class FairQueue:
         self.timed_out = 0
 
     @property
+    def limit(self) -> int:
+        """Slots usable now: the configured maximum, lowered (never raised, never below 1) by the cap."""
+        cap = self._cap() if self._cap is not None else None
+        return self.max_concurrent if cap is None else max(1, min(self.max_concurrent, cap))
+
+    @property
     def depth(self) -> int:
         """Live waiters (not counting ones that already left)."""
         return self._waiting
@@ -56,11 +66,11 @@ class FairQueue:
     def retry_after(self) -> float:
         """A rough estimate of when a slot is likely free: the line ahead times the mean service time."""
         ahead = self._waiting + 1
-        return min(60.0, max(1.0, math.ceil(self._service_s * ahead / self.max_concurrent)))
+        return min(60.0, max(1.0, math.ceil(self._service_s * ahead / self.limit)))
 
     def admit(self) -> Ticket | None:
         """Take a slot now (None) or a place in line (a Ticket); raise 429 when the line is full."""
-        if self.active < self.max_concurrent and self._waiting == 0:
+        if self.active < self.limit and self._waiting == 0:
             self.active += 1
             self.admitted += 1
             return None
@@ -71,6 +81,7 @@ class FairQueue:
         ticket = Ticket(asyncio.get_running_loop().create_future())
         self._line.append(ticket)
         self._waiting += 1
+        self._dispatch()  # the cap may have risen since the last release
         return ticket
 
     async def wait(self, ticket: Ticket, timeout: float | None = None) -> None:
@@ -122,11 +133,16 @@ class FairQueue:
         """Free a slot: hand it to the oldest live waiter, or return it to the pool."""
         if held_s is not None:
             self._service_s = 0.8 * self._service_s + 0.2 * held_s
-        while self._line:
-            ticket = self._line.popleft()
-            if not ticket.future.done():
-                ticket.future.set_result(None)
-                return
         self.active -= 1
         if self.active < 0:  # pragma: no cover - a double release is a bug; never go negative
             self.active = 0
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand free slots to the oldest live waiters. Under a lowered cap a freed slot is retired instead;
+        when the cap rises again, waiters are let in here without waiting for another release."""
+        while self._line and self.active < self.limit:
+            ticket = self._line.popleft()
+            if not ticket.future.done():
+                ticket.future.set_result(None)
+                self.active += 1

@@ -57,7 +57,8 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.pipeline = Pipeline(self.host)
-        self.queue = FairQueue(self.config.max_concurrent, self.config.max_queued, self.config.queue_timeout)
+        self.queue = FairQueue(self.config.max_concurrent, self.config.max_queued, self.config.queue_timeout,
+                               cap=lambda: self.host.concurrency_cap)
         self.metrics.queue_capacity.set(self.config.max_concurrent)
 
     # -- lifecycle ----------------------------------------------------------------------------------------

@@ -105,6 +105,8 @@ class SessionAdvisorPlugin:
         advisor = self.ensure(self.host)
         reading: Sample = sample if sample is not None else await asyncio.to_thread(self.sampler.sample)
         actions = advisor.tick(reading)
+        # the server's queue reads this cap at every admission: a "reduce concurrency" action is real
+        self.host.concurrency_cap = advisor.knobs.concurrency
         for action in actions:
             log.info("session-advisor %s: %s (%s; health %d, %s)", action.kind, action.detail, action.why,
                      advisor.score, advisor.state)

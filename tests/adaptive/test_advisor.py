@@ -89,7 +89,7 @@ async def test_actions_under_pressure_respect_cooldown_then_scale_up() -> None:
     times = [a.at for a in plugin.advisor.actions]  # type: ignore[union-attr]
     assert all(b - a >= 20 for a, b in itertools.pairwise(times))
     assert plugin.advisor.state == "ACTION_NEEDED" and plugin.advisor.score == 82  # type: ignore[union-attr]
-    assert plugin.recommended_concurrency == 1
+    assert plugin.recommended_concurrency == 1 and host.concurrency_cap == 1  # what the server's queue reads
     status = plugin.status()
     assert status["context_ceiling"] == 4096 and status["kv_type_next_load"] == "q8_0"
     assert "llama3.2:1b" not in backend.loaded and status["unloaded"] == ["fake/llama3.2:1b"]
@@ -108,6 +108,7 @@ async def test_actions_under_pressure_respect_cooldown_then_scale_up() -> None:
                                              "max concurrent back to 2"]
     assert [t for t, _ in ups] == [90, 180, 270]
     assert plugin.advisor.state == "OPTIMAL" and plugin.recommended_concurrency == 2  # type: ignore[union-attr]
+    assert host.concurrency_cap is None  # back to the configured maximum
     assert status["advice"] and not plugin.status()["advice"]
     # pressure again: the ladder starts over (the original used each step once per session)
     sampler.next = Sample(ram_percent=91.0)

@@ -15,6 +15,30 @@ from autotune_core.server.queue import FairQueue
 MSGS: list[Any] = [{"role": "user", "content": "hi"}]
 
 
+
+async def test_a_lowered_cap_retires_freed_slots_and_a_raised_cap_lets_waiters_in() -> None:
+    cap: list[int | None] = [None]
+    queue = FairQueue(max_concurrent=3, max_queued=5, timeout=2, cap=lambda: cap[0])
+    assert [queue.admit() for _ in range(3)] == [None, None, None] and queue.limit == 3
+    cap[0] = 1  # e.g. the session advisor under memory pressure
+    assert queue.limit == 1
+    waiter = queue.admit()
+    assert waiter is not None
+    queue.release()
+    queue.release()  # two freed slots are retired: one request still runs, at the cap
+    assert queue.active == 1 and not waiter.future.done()
+    queue.release()
+    assert waiter.future.done() and queue.active == 1  # the last slot is handed on, FIFO
+    await queue.wait(waiter)
+    late = queue.admit()
+    assert late is not None
+    cap[0] = None  # back to the configured 3: the next admission lets the waiter in without a release
+    newcomer = queue.admit()  # queues behind `late`; the dispatch lets both in, oldest first
+    assert newcomer is not None and late.future.done() and newcomer.future.done()
+    assert queue.active == 3 and queue.limit == 3
+    cap[0] = 0
+    assert queue.limit == 1  # never below one slot
+
 async def test_fifo_handoff_and_no_barging() -> None:
     queue = FairQueue(max_concurrent=1, max_queued=5, timeout=2)
     assert queue.admit() is None and queue.active == 1
