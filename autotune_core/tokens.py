@@ -17,7 +17,29 @@ _WORD = re.compile(r"[A-Za-z]+|\d+|[^\sA-Za-z\d]")
 PER_MESSAGE_OVERHEAD = 4
 
 
+#: estimates by (length, hash) of the text: the same system prompt and history come back every turn and
+#: several plugins ask per request. Keys hold no text (bounded memory, no prompt kept); a 64-bit hash
+#: collision could only return another text's estimate of the same length.
+_CACHE: dict[tuple[int, int], int] = {}
+_CACHE_MAX = 4096
+_CACHE_MIN_CHARS = 64
+
+
 def estimate_tokens(text: str) -> int:
+    """Estimated tokens of one text (cached for texts of 64 characters and more)."""
+    if len(text) < _CACHE_MIN_CHARS:
+        return _estimate(text)
+    key = (len(text), hash(text))
+    cached = _CACHE.get(key)
+    if cached is None:
+        cached = _estimate(text)
+        if len(_CACHE) >= _CACHE_MAX:
+            del _CACHE[next(iter(_CACHE))]  # drop the oldest entry (dicts keep insertion order)
+        _CACHE[key] = cached
+    return cached
+
+
+def _estimate(text: str) -> int:
     if not text:
         return 0
     count = 0
