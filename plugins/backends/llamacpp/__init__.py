@@ -123,6 +123,12 @@ def _tool_preamble(tools: list[dict[str, Any]]) -> str:
             '{"name": "<function>", "arguments": {...}}')
 
 
+def _archetype_param(plan: Plan, key: str) -> int | None:
+    """A value the auto-tune plugin resolved for this machine's archetype (config still wins over it)."""
+    value = (plan.flags.get("archetype") or {}).get("params", {}).get(key)
+    return int(value) if isinstance(value, int | float) and value >= 1 else None
+
+
 class LlamaCppBackend(Backend):
     """llama-cpp-python in-process; at-load knobs reload only on change."""
 
@@ -261,7 +267,7 @@ class LlamaCppBackend(Backend):
                         knob="flash_attn")
             flash = True
         n_batch = plan.num_batch or (same.n_batch if same is not None else cfg.n_batch)
-        n_ubatch = min(cfg.n_ubatch or n_batch, n_batch)
+        n_ubatch = min(cfg.n_ubatch or _archetype_param(plan, "embedded.n_ubatch") or n_batch, n_batch)
         return LoadParams(path=path, n_ctx=int(n_ctx), kv_type=kv, flash_attn=bool(flash), n_batch=int(n_batch),
                           n_ubatch=int(n_ubatch), swa_full=cfg.swa_full)
 
