@@ -68,7 +68,8 @@ def test_health(live: LiveServer) -> None:
     health = httpx.get(live.url + "/health", timeout=5).json()
     assert health["status"] == "ok"
     assert health["backends"] == [{"name": "fake", "available": True, "reason": "", "version": "fake-1"}]
-    assert health["queue"] == {"active": 0, "queued": 0, "max_concurrent": 2, "max_queued": 16, "timeout_s": 120.0}
+    assert health["queue"] == {"active": 0, "queued": 0, "max_concurrent": 2, "limit": 2, "max_queued": 16,
+                               "timeout_s": 120.0}
     assert "tier" in health["pressure"]
 
 
