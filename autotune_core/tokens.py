@@ -7,6 +7,7 @@ BPE tokenizers, and it errs high on code, which is the safe side for context siz
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 from .messages import Message
@@ -34,7 +35,9 @@ def estimate_tokens(text: str) -> int:
     if cached is None:
         cached = _estimate(text)
         if len(_CACHE) >= _CACHE_MAX:
-            del _CACHE[next(iter(_CACHE))]  # drop the oldest entry (dicts keep insertion order)
+            # drop the oldest entry (dicts keep insertion order); tolerant of another thread doing the same
+            with contextlib.suppress(StopIteration, RuntimeError):
+                _CACHE.pop(next(iter(_CACHE)), None)
         _CACHE[key] = cached
     return cached
 
