@@ -89,6 +89,7 @@ def _observability_routes(state: ServerState) -> list[BaseRoute]:
         m = state.metrics
         m.queue_depth.set(state.queue.depth)
         m.queue_active.set(state.queue.active)
+        m.queue_capacity.set(state.queue.limit)  # live: a plugin may have lowered it
         series = []
         for name in sorted(state.backends_used | {n for n, s in state.status.items() if s.ok}):
             with contextlib.suppress(Exception):

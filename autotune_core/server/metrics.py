@@ -137,7 +137,8 @@ class ServerMetrics:
         self.errors = Counter("autotune_errors_total", "Failed requests, by error type (including in-stream errors).")
         self.queue_depth = Gauge("autotune_queue_depth", "Requests waiting for a slot.")
         self.queue_active = Gauge("autotune_queue_active", "Requests holding a slot.")
-        self.queue_capacity = Gauge("autotune_queue_max_concurrent", "Slots (max concurrent requests).")
+        self.queue_capacity = Gauge("autotune_queue_max_concurrent",
+                                    "Slots usable now (max concurrent, lowered by a plugin's cap).")
         self.queue_wait = Histogram("autotune_queue_wait_seconds", "Time spent waiting for a slot.", LATENCY_BUCKETS)
         self.queue_rejected = Counter("autotune_queue_rejected_total", "429 answers, by reason.")
         self.ttft = Histogram("autotune_ttft_seconds", "Time to first token as seen by the proxy.", LATENCY_BUCKETS)
