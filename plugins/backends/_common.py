@@ -9,26 +9,21 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
-from autotune_core.errors import BackendUnavailable, UpstreamError, UpstreamTimeout
+from autotune_core.errors import UpstreamError
 from autotune_core.messages import ChatRequest, Message, ToolCall, Usage
 from autotune_core.plan import Plan
+
+from ._http import StreamingResponse, UpstreamClient
 
 #: sampling fields both OpenAI-style servers and Ollama understand under the same names
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
                    "repeat_penalty")
 
 
-def make_client(base_url: str, timeout: float, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+def make_client(base_url: str, timeout: float, headers: dict[str, str] | None = None,
+                label: str = "upstream") -> UpstreamClient:
     """One pooled client per backend instance: keep-alive connections, bounded timeouts everywhere."""
-    return httpx.AsyncClient(
-        base_url=base_url,
-        timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
-        headers=headers or {},
-        limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
-        trust_env=False,
-    )
+    return UpstreamClient(base_url, timeout, headers, label=label)
 
 
 def error_text(body: bytes | str) -> str:
@@ -47,15 +42,6 @@ def error_text(body: bytes | str) -> str:
     return text.strip()[:500]
 
 
-def transport_error(exc: httpx.HTTPError, label: str, url: str) -> UpstreamError:
-    """Map an httpx failure to the typed error the server turns into a status code."""
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeout(f"{label} at {url} timed out ({type(exc).__name__})")
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return BackendUnavailable(f"{label} at {url} is not reachable: {exc}")
-    return UpstreamError(f"{label} at {url} failed: {type(exc).__name__}: {exc}")
-
-
 def status_error(status: int, message: str, label: str) -> UpstreamError:
     """An HTTP error answer: client errors keep their status, server errors become 502."""
     if 400 <= status < 500 and status != 404:
@@ -63,7 +49,7 @@ def status_error(status: int, message: str, label: str) -> UpstreamError:
     return UpstreamError(f"{label} answered HTTP {status}: {message}")
 
 
-async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
+async def sse_data(response: StreamingResponse) -> AsyncIterator[str]:
     """The ``data:`` payloads of a server-sent-events body, joined per event; ``[DONE]`` included."""
     buffer: list[str] = []
     async for line in response.aiter_lines():

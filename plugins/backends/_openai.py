@@ -16,7 +16,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autotune_core.backend import Availability, Backend, Capabilities, EmbeddingResult, KnobScope, KnobSupport
@@ -35,8 +34,8 @@ from ._common import (
     openai_usage,
     sse_data,
     status_error,
-    transport_error,
 )
+from ._http import UpstreamClient
 
 #: llama-server (old and new default port), LM Studio, vLLM, Lemonade
 PROBE_URLS = ("http://127.0.0.1:8080", "http://127.0.0.1:9931", "http://127.0.0.1:1234", "http://127.0.0.1:8000",
@@ -139,7 +138,7 @@ class OpenAIBackend(Backend):
         self.url: str | None = self.candidates[0].rstrip("/") if len(self.candidates) == 1 else None
         self.flavour: str = self.config.flavour if self.config.flavour != "auto" else "generic"
         self._detected = self.config.flavour != "auto"
-        self._client: httpx.AsyncClient | None = None
+        self._client: UpstreamClient | None = None
         self._version: str | None = None
         self._load_config: dict[str, dict[str, Any]] = {}
         self._probe_lock = asyncio.Lock()
@@ -150,11 +149,11 @@ class OpenAIBackend(Backend):
         return {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
 
     @property
-    def client(self) -> httpx.AsyncClient:
+    def client(self) -> UpstreamClient:
         if self._client is None:
             if self.url is None:
                 raise BackendUnavailable("no OpenAI-compatible server found (call refresh() first)")
-            self._client = make_client(self.url, self.config.timeout, self._headers())
+            self._client = make_client(self.url, self.config.timeout, self._headers(), label=self.label)
         return self._client
 
     async def aclose(self) -> None:
@@ -164,10 +163,7 @@ class OpenAIBackend(Backend):
 
     async def _request(self, method: str, path: str, model: str | None = None, **kwargs: Any) -> Any:
         await self._ensure()
-        try:
-            response = await self.client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, self.label, str(self.url)) from exc
+        response = await self.client.request(method, path, **kwargs)
         if response.status_code >= 400:
             raise await self._http_error(response.status_code, error_text(response.content), model)
         return response.json() if response.content else {}
@@ -182,12 +178,8 @@ class OpenAIBackend(Backend):
                 return ModelNotFound(model, names)
         return status_error(status, message, f"{self.label} ({self.flavour})")
 
-    async def _get_json(self, client: httpx.AsyncClient, path: str) -> Any:
-        try:
-            response = await client.get(path)
-            return response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
-            return None
+    async def _get_json(self, client: UpstreamClient, path: str) -> Any:
+        return await client.get_json(path)
 
     # -- discovery ----------------------------------------------------------------------------------------------
 
@@ -198,10 +190,8 @@ class OpenAIBackend(Backend):
     async def refresh(self) -> None:
         """Find the first answering URL and detect the flavour from what the server says about itself."""
         async with self._probe_lock:
-            timeout = httpx.Timeout(self.config.probe_timeout)
             for url in self.candidates:
-                async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout, headers=self._headers(),
-                                             trust_env=False) as probe:
+                async with make_client(url, self.config.probe_timeout, self._headers(), label=self.label) as probe:
                     models = await self._get_json(probe, "/v1/models")
                     if models is None:
                         continue
@@ -216,7 +206,7 @@ class OpenAIBackend(Backend):
             tried = ", ".join(self.candidates)
             raise BackendUnavailable(f"no OpenAI-compatible server answered at {tried}")
 
-    async def _detect(self, probe: httpx.AsyncClient, models: Any) -> str:
+    async def _detect(self, probe: UpstreamClient, models: Any) -> str:
         props = await self._get_json(probe, "/props")
         if isinstance(props, dict) and "default_generation_settings" in props:
             return "llama-server"
@@ -232,7 +222,7 @@ class OpenAIBackend(Backend):
             return "vllm"
         return "generic"
 
-    async def _server_version(self, probe: httpx.AsyncClient) -> str | None:
+    async def _server_version(self, probe: UpstreamClient) -> str | None:
         if self.flavour == "llama-server":
             props = await self._get_json(probe, "/props")
             return str(props.get("build_info")) if isinstance(props, dict) and props.get("build_info") else None
@@ -461,35 +451,32 @@ class OpenAIBackend(Backend):
         finish: str | None = None
         usage: Usage | None = None
         last: dict[str, Any] = {}
-        try:
-            async with self.client.stream("POST", self._path(request), json=body) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise await self._http_error(response.status_code, error_text(response.content), request.model)
-                async for payload in sse_data(response):
-                    if payload.strip() == "[DONE]":
-                        break
-                    try:
-                        data = json.loads(payload)
-                    except ValueError as exc:
-                        raise UpstreamError(f"{self.label} sent an event that is not JSON: {payload[:200]!r}") from exc
-                    if "error" in data:
-                        raise UpstreamError(f"{self.label} ({self.flavour}): {error_text(json.dumps(data))}")
-                    if data.get("usage"):
-                        usage = self._with_cache(openai_usage(data["usage"]), data)
-                    if "timings" in data:
-                        last = data
-                    for choice in data.get("choices") or []:
-                        delta = choice.get("delta") or {}
-                        content = delta.get("content") if request.kind == "chat" else choice.get("text")
-                        if delta.get("tool_calls"):
-                            tools.add(delta["tool_calls"])
-                        if choice.get("finish_reason"):
-                            finish = choice["finish_reason"]
-                        if content:
-                            yield StreamChunk(content=str(content))
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, self.label, str(self.url)) from exc
+        async with self.client.stream("POST", self._path(request), json=body) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise await self._http_error(response.status_code, error_text(response.content), request.model)
+            async for payload in sse_data(response):
+                if payload.strip() == "[DONE]":
+                    break
+                try:
+                    data = json.loads(payload)
+                except ValueError as exc:
+                    raise UpstreamError(f"{self.label} sent an event that is not JSON: {payload[:200]!r}") from exc
+                if "error" in data:
+                    raise UpstreamError(f"{self.label} ({self.flavour}): {error_text(json.dumps(data))}")
+                if data.get("usage"):
+                    usage = self._with_cache(openai_usage(data["usage"]), data)
+                if "timings" in data:
+                    last = data
+                for choice in data.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    content = delta.get("content") if request.kind == "chat" else choice.get("text")
+                    if delta.get("tool_calls"):
+                        tools.add(delta["tool_calls"])
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+                    if content:
+                        yield StreamChunk(content=str(content))
         usage = self._with_cache(usage, last) if usage is not None else None
         yield StreamChunk(done=True, tool_calls=tools.calls(), finish_reason=finish or "stop",
                           usage=usage or Usage(), timings=self._timings(last, load_ms))

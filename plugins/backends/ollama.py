@@ -20,7 +20,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autotune_core.backend import Availability, Backend, Capabilities, EmbeddingResult, KnobScope, KnobSupport
@@ -48,8 +47,8 @@ from ._common import (
     sampling,
     status_error,
     strip_data_url,
-    transport_error,
 )
+from ._http import UpstreamClient
 
 DEFAULT_URL = "http://127.0.0.1:11434"
 
@@ -169,7 +168,7 @@ class OllamaBackend(Backend):
         except ValidationError as exc:
             raise ConfigError(f"invalid [backends.ollama] settings: {exc}") from None
         self.url = self.config.url.rstrip("/")
-        self._client: httpx.AsyncClient | None = None
+        self._client: UpstreamClient | None = None
         self._version: str | None = None
         self._info: dict[str, ModelInfo] = {}
         #: per model: the runner options we last sent (kept stable so Ollama never reloads by omission)
@@ -180,9 +179,9 @@ class OllamaBackend(Backend):
     # -- plumbing -----------------------------------------------------------------------------------------
 
     @property
-    def client(self) -> httpx.AsyncClient:
+    def client(self) -> UpstreamClient:
         if self._client is None:
-            self._client = make_client(self.url, self.config.timeout)
+            self._client = make_client(self.url, self.config.timeout, label="Ollama")
         return self._client
 
     async def aclose(self) -> None:
@@ -191,10 +190,7 @@ class OllamaBackend(Backend):
             self._client = None
 
     async def _request(self, method: str, path: str, model: str | None = None, **kwargs: Any) -> Any:
-        try:
-            response = await self.client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, "Ollama", self.url) from exc
+        response = await self.client.request(method, path, **kwargs)
         if response.status_code >= 400:
             raise await self._http_error(response.status_code, error_text(response.content), model)
         return response.json() if response.content else {}
@@ -445,38 +441,35 @@ class OllamaBackend(Backend):
         body = self.build_body(request, plan, stream=True)
         was_loaded = self._was_loaded(request.model)
         saw_tools = False
-        try:
-            async with self.client.stream("POST", self._path(request), json=body) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise await self._http_error(response.status_code, error_text(response.content), request.model)
-                async for line in response.aiter_lines():
-                    if not line.strip():
-                        continue
-                    try:
-                        data = json.loads(line)
-                    except ValueError as exc:
-                        raise UpstreamError(f"Ollama sent a line that is not JSON: {line[:200]!r}") from exc
-                    if "error" in data:
-                        raise UpstreamError(f"Ollama: {data['error']}")
-                    if request.kind == "completion":
-                        content, thinking, calls = str(data.get("response") or ""), data.get("thinking"), []
-                    else:
-                        message = data.get("message") or {}
-                        content, thinking = str(message.get("content") or ""), message.get("thinking")
-                        calls = _tool_calls(message.get("tool_calls"))
-                    saw_tools = saw_tools or bool(calls)
-                    if data.get("done"):
-                        self._mark_loaded(request.model, body)
-                        finish = "tool_calls" if saw_tools else data.get("done_reason") or "stop"
-                        yield StreamChunk(content=content, thinking=thinking or None, tool_calls=calls, done=True,
-                                          finish_reason=finish, usage=self._usage(data),
-                                          timings=self._timings(request.model, data, was_loaded))
-                        return
-                    if content or thinking or calls:
-                        yield StreamChunk(content=content, thinking=thinking or None, tool_calls=calls)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, "Ollama", self.url) from exc
+        async with self.client.stream("POST", self._path(request), json=body) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise await self._http_error(response.status_code, error_text(response.content), request.model)
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                try:
+                    data = json.loads(line)
+                except ValueError as exc:
+                    raise UpstreamError(f"Ollama sent a line that is not JSON: {line[:200]!r}") from exc
+                if "error" in data:
+                    raise UpstreamError(f"Ollama: {data['error']}")
+                if request.kind == "completion":
+                    content, thinking, calls = str(data.get("response") or ""), data.get("thinking"), []
+                else:
+                    message = data.get("message") or {}
+                    content, thinking = str(message.get("content") or ""), message.get("thinking")
+                    calls = _tool_calls(message.get("tool_calls"))
+                saw_tools = saw_tools or bool(calls)
+                if data.get("done"):
+                    self._mark_loaded(request.model, body)
+                    finish = "tool_calls" if saw_tools else data.get("done_reason") or "stop"
+                    yield StreamChunk(content=content, thinking=thinking or None, tool_calls=calls, done=True,
+                                      finish_reason=finish, usage=self._usage(data),
+                                      timings=self._timings(request.model, data, was_loaded))
+                    return
+                if content or thinking or calls:
+                    yield StreamChunk(content=content, thinking=thinking or None, tool_calls=calls)
         raise UpstreamError("Ollama ended the stream without a final (done) message")
 
 

@@ -123,7 +123,7 @@ async def test_without_the_resend_ollama_would_reload(fake_ollama: FakeOllama) -
         await backend.chat(req(), plan(num_ctx=8192))
         body = backend.build_body(req(), plan(), stream=False)
         body["options"].pop("num_ctx")
-        await backend.client.post("/api/chat", json=body)
+        await backend.client.request("POST", "/api/chat", json=body)
     finally:
         await backend.aclose()
     assert fake_ollama.reloads == 1
