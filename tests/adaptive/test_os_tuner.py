@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from autotune_core import ChatRequest, Message, PluginHost
 from autotune_core.config import Settings as CoreSettings
 from autotune_core.pipeline import Pipeline
 from autotune_core.testing import LLAMA_1B, FakeBackend, FakeBackendPlugin, make_hardware
-from autotune_plugins.os_tuner import OSTunerPlugin
+from autotune_plugins.os_tuner import OSTunerPlugin, TunerState, process_state
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread niceness checks are Linux's")
 
@@ -67,11 +68,20 @@ def snapshot(sysfs: Path, qos: FakeQoS, server: int) -> dict[str, Any]:
                           for p in sorted(sysfs.glob("cpu*/cpufreq/scaling_governor"))}}
 
 
+@pytest.fixture(autouse=True)
+def _untuned_start() -> None:
+    """Hosts of earlier tests may still be lingering (tuned for up to 2 s after their last request): these
+    tests compare against the untuned process, so end that linger first."""
+    process_state().restore_all()
+
+
 def make(sysfs: Path, server: int, *, root: bool = True, settings: dict[str, Any] | None = None,
          env: dict[str, str] | None = None, entrypoints: bool = False) -> tuple[PluginHost, OSTunerPlugin, FakeQoS]:
     qos = FakeQoS()
-    plugin = OSTunerPlugin(qos=qos, process_finder=lambda names: [server], is_root=lambda: root, sysfs_cpu=sysfs)
-    config = CoreSettings(backend="fake", plugins={"settings": {"os-tuner": settings or {}}})
+    plugin = OSTunerPlugin(state=TunerState(), qos=qos, process_finder=lambda names: [server], is_root=lambda: root,
+                           sysfs_cpu=sysfs)
+    # restore at once unless a test is about the linger
+    config = CoreSettings(backend="fake", plugins={"settings": {"os-tuner": {"linger_seconds": 0, **(settings or {})}}})
     host = PluginHost(config=config, plugins=[FakeBackendPlugin(), plugin], load_entrypoints=entrypoints,
                       hardware=make_hardware(), env=env or {})
     return host, plugin, qos
@@ -217,3 +227,89 @@ async def test_toggle(sysfs: Path, server_proc: Any, how: str) -> None:
     on = PluginHost(config=CoreSettings(backend="fake"), plugins=[FakeBackendPlugin()], load_entrypoints=True,
                     hardware=make_hardware(), env={"AUTOTUNE_LOAD_PLUGINS": "os-tuner"})
     assert on.enabled("os-tuner")
+
+
+async def test_linger_keeps_the_tuning_between_back_to_back_requests(sysfs: Path, server_proc: Any) -> None:
+    host, plugin, qos = make(sysfs, server_proc.pid, settings={"linger_seconds": 0.3})
+    before = snapshot(sysfs, qos, server_proc.pid)
+    pipeline = Pipeline(host)
+    backend = host.backend("fake")
+    first = await pipeline.plan(request(1, False), backend, LLAMA_1B)
+    await pipeline.run(first)
+    assert plugin.state.active == 0 and plugin.state.lingering and plugin.status()["tuned"]
+    assert snapshot(sysfs, qos, server_proc.pid)["nice"] == {-5}  # still tuned right after the request
+    for i in range(2, 6):
+        prepared = await pipeline.plan(request(i, i % 2 == 0), backend, LLAMA_1B)
+        assert any(e.plugin == "os-tuner" and e.new == "kept" for e in prepared.plan.trace)
+        if prepared.request.stream:
+            async for _ in pipeline.stream(prepared):
+                pass
+        else:
+            await pipeline.run(prepared)
+    assert plugin.state.applies == 1 and plugin.state.reuses == 4 and plugin.state.restores == 0
+    deadline = time.monotonic() + 5
+    while plugin.state.restores == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert plugin.state.restores == 1 and not plugin.state.lingering
+    assert snapshot(sysfs, qos, server_proc.pid) == before
+
+
+async def test_a_request_during_the_linger_postpones_the_restore(sysfs: Path, server_proc: Any) -> None:
+    host, plugin, qos = make(sysfs, server_proc.pid, settings={"linger_seconds": 0.2})
+    before = snapshot(sysfs, qos, server_proc.pid)
+    pipeline = Pipeline(host)
+    backend = host.backend("fake")
+    await pipeline.run(await pipeline.plan(request(1, False), backend, LLAMA_1B))
+    await asyncio.sleep(0.15)
+    running = await pipeline.plan(request(2, False), backend, LLAMA_1B)
+    await asyncio.sleep(0.2)  # the first linger is over, but a request runs: nothing is restored under it
+    assert plugin.state.restores == 0 and snapshot(sysfs, qos, server_proc.pid)["nice"] == {-5}
+    await pipeline.run(running)
+    await asyncio.sleep(0.1)  # within the new linger
+    assert plugin.state.restores == 0
+    deadline = time.monotonic() + 5
+    while plugin.state.restores == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert plugin.state.applies == plugin.state.restores == 1
+    assert snapshot(sysfs, qos, server_proc.pid) == before
+
+
+async def test_shutdown_during_the_linger_restores_at_once(sysfs: Path, server_proc: Any) -> None:
+    host, plugin, qos = make(sysfs, server_proc.pid, settings={"linger_seconds": 60})
+    before = snapshot(sysfs, qos, server_proc.pid)
+    pipeline = Pipeline(host)
+    await pipeline.run(await pipeline.plan(request(1, False), host.backend("fake"), LLAMA_1B))
+    assert plugin.state.lingering and snapshot(sysfs, qos, server_proc.pid) != before
+    await host.stop()
+    assert not plugin.state.lingering and plugin.state.restores == 1
+    assert snapshot(sysfs, qos, server_proc.pid) == before
+
+
+async def test_hosts_in_one_process_share_one_state(sysfs: Path, server_proc: Any) -> None:
+    """Separate counts would restore out of order and leave the process tuned; one shared count cannot."""
+    threshold, nice = gc.get_threshold(), os.getpriority(os.PRIO_PROCESS, 0)
+    hosts = []
+    for _ in range(3):
+        qos = FakeQoS()
+        plugin = OSTunerPlugin(qos=qos, process_finder=lambda names: [server_proc.pid], is_root=lambda: True,
+                               sysfs_cpu=sysfs)
+        config = CoreSettings(backend="fake", plugins={"settings": {"os-tuner": {"linger_seconds": 0.05}}})
+        hosts.append(PluginHost(config=config, plugins=[FakeBackendPlugin(), plugin], load_entrypoints=False,
+                                hardware=make_hardware(), env={}))
+    state = process_state()
+    applies, restores = state.applies, state.restores
+    running = [await Pipeline(h).plan(request(i, False), h.backend("fake"), LLAMA_1B) for i, h in enumerate(hosts)]
+    assert state.active == 3 and state.applies == applies + 1 and gc.get_threshold()[0] == threshold[0] * 10
+    for host, prepared in zip(hosts, running, strict=True):
+        await Pipeline(host).run(prepared)
+    again = await Pipeline(hosts[1]).plan(request(9, False), hosts[1].backend("fake"), LLAMA_1B)
+    assert state.applies == applies + 1  # joined within the linger
+    await hosts[0].stop()  # stopping one host does not untune another host's running request
+    await hosts[2].stop()
+    assert state.active == 1 and state.restores == restores and gc.get_threshold()[0] == threshold[0] * 10
+    await Pipeline(hosts[1]).run(again)
+    deadline = time.monotonic() + 5
+    while state.restores == restores and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert state.restores == restores + 1 and gc.get_threshold() == threshold
+    assert os.getpriority(os.PRIO_PROCESS, 0) == nice
