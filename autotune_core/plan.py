@@ -76,11 +76,16 @@ class Plan(BaseModel):
 
     def compact_trace(self, limit: int = 1024) -> str:
         """A header-safe summary: the final value of each knob and the chain that led to it."""
-        parts: list[str] = []
-        for knob in ("num_ctx", "kv_type", "num_keep", "num_batch", "keep_alive", "flash_attn", "messages"):
-            chain = [f"{e.plugin}>{e.new}" for e in self.steps(knob)]
-            if chain:
-                parts.append(f"{knob}=" + ",".join(chain))
-        text = ";".join(parts)
-        text = "".join(ch for ch in text if 32 <= ord(ch) < 127)
+        chains: dict[str, list[str]] = {knob: [] for knob in _COMPACT_KNOBS}
+        for entry in self.trace:  # one pass: this runs for every response
+            chain = chains.get(entry.knob)
+            if chain is not None:
+                chain.append(f"{entry.plugin}>{entry.new}")
+        text = ";".join(f"{knob}=" + ",".join(chain) for knob, chain in chains.items() if chain)
+        if not text.isascii() or not text.isprintable():
+            text = "".join(ch for ch in text if 32 <= ord(ch) < 127)
         return text[:limit]
+
+
+#: the knobs X-Autotune-Plan summarises, in this order
+_COMPACT_KNOBS = ("num_ctx", "kv_type", "num_keep", "num_batch", "keep_alive", "flash_attn", "messages")

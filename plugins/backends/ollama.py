@@ -13,6 +13,7 @@ nothing could be tuned there. What Ollama honours (§1.3–1.9):
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import re
@@ -80,6 +81,7 @@ class OllamaSettings(BaseModel):
     server_keep_alive: float = 300.0
 
 
+@functools.lru_cache(maxsize=16)  # asked on every request (engine, prompt counting); versions are few
 def _version_tuple(version: str | None) -> tuple[int, int, int]:
     nums = [int(x) for x in re.findall(r"\d+", version or "")[:3]] + [0, 0, 0]
     return nums[0], nums[1], nums[2]
