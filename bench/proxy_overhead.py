@@ -32,9 +32,14 @@ from pathlib import Path
 from typing import Any
 
 MODEL = "bench:latest"
-#: same model, but the upstream takes SLOW_MS per answer (a realistic service time for the throughput context)
-SLOW_MODEL = "bench-slow:latest"
-SLOW_MS = 50
+#: the same model answering after a fixed service time (ms): throughput against an upstream that does work
+SERVICE_MS = (10, 50, 200)
+
+
+def timed_model(ms: int) -> str:
+    return f"bench-{ms}ms:latest"
+
+
 STREAM_CHUNKS = 40
 CHUNK_GAP_S = 0.001
 
@@ -50,9 +55,13 @@ _SHOW = {
     "capabilities": ["completion"],
 }
 _TAGS = {"models": [{"name": name, "model": name, "modified_at": "2026-01-01T00:00:00Z", "size": 1_300_000_000,
-                     "digest": "0" * 64, "details": _SHOW["details"]} for name in (MODEL, SLOW_MODEL)]}
+                     "digest": "0" * 64, "details": _SHOW["details"]}
+                    for name in (MODEL, *map(timed_model, SERVICE_MS))]}
 _FINAL = {"done": True, "done_reason": "stop", "total_duration": 1_000_000, "load_duration": 0,
           "prompt_eval_count": 12, "prompt_eval_duration": 100_000, "eval_count": 8, "eval_duration": 800_000}
+
+
+_SERVICE_S = {timed_model(ms): ms / 1000 for ms in SERVICE_MS}
 
 
 def _response(status: int, body: bytes, ctype: bytes = b"application/json") -> bytes:
@@ -78,8 +87,9 @@ async def _upstream_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWri
                 if request.get("stream", True):
                     await _stream(writer, request)
                     continue
-                if request["model"] == SLOW_MODEL:
-                    await asyncio.sleep(SLOW_MS / 1000)
+                delay = _SERVICE_S.get(request["model"])
+                if delay:
+                    await asyncio.sleep(delay)
                 reply = {"model": request["model"], "created_at": "2026-01-01T00:00:00Z",
                          "message": {"role": "assistant", "content": "Hello from the upstream."}, **_FINAL}
                 writer.write(_response(200, json.dumps(reply).encode()))
@@ -305,7 +315,7 @@ def main() -> None:
         ready_s = time.perf_counter() - spawned
         time.sleep(1.0)
         idle_rss = rss_mb(proxy.pid)
-        results = measure(args, up_port, proxy_port)
+        results = measure(args, up_port, proxy_port, proxy.pid)
         report(args, ready_s, idle_rss, rss_mb(proxy.pid), results)
     finally:
         for process in (proxy, upstream):
@@ -316,7 +326,14 @@ def main() -> None:
                 process.kill()
 
 
-def measure(args: argparse.Namespace, up_port: int, proxy_port: int) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(args: argparse.Namespace, up_port: int, proxy_port: int, proxy_pid: int) -> dict[str, Any]:
     direct, proxied = Conn(up_port), Conn(proxy_port)
     out: dict[str, Any] = {}
     doors = {"ollama": "/api/chat", "openai": "/v1/chat/completions"}
@@ -362,25 +379,34 @@ def measure(args: argparse.Namespace, up_port: int, proxy_port: int) -> dict[str
                      "chunks": len(lags["proxy"])}
     direct.close()
     proxied.close()
-    # throughput at concurrency 32, alternating arms twice
+    # throughput at concurrency 32, alternating arms twice; the server's CPU time per proxied request
     rates: dict[str, list[float]] = {"direct": [], "proxy": []}
     errors = 0
+    cpu_s = 0.0
+    served = 0
     for _ in range(2):
-        for arm, port, path in (("direct", up_port, b"/api/chat"), ("proxy", proxy_port, b"/api/chat")):
-            rate, failed = asyncio.run(_throughput(port, path, chat_body(False, "ollama"), 32, args.seconds))
+        for arm, port in (("direct", up_port), ("proxy", proxy_port)):
+            before = cpu_seconds(proxy_pid)
+            started = time.perf_counter()
+            rate, failed = asyncio.run(_throughput(port, b"/api/chat", chat_body(False, "ollama"), 32, args.seconds))
+            if arm == "proxy":
+                cpu_s += cpu_seconds(proxy_pid) - before
+                served += round(rate * (time.perf_counter() - started))
             rates[arm].append(rate)
             errors += failed
     out["throughput"] = {"direct": statistics.mean(rates["direct"]), "proxy": statistics.mean(rates["proxy"]),
-                         "errors": errors}
-    slow: dict[str, list[float]] = {"direct": [], "proxy": []}
-    for _ in range(2):
-        for arm, port in (("direct", up_port), ("proxy", proxy_port)):
-            rate, failed = asyncio.run(_throughput(port, b"/api/chat", chat_body(False, "ollama", SLOW_MODEL), 32,
-                                                   args.seconds))
-            slow[arm].append(rate)
-            errors += failed
-    out["throughput_slow"] = {"direct": statistics.mean(slow["direct"]), "proxy": statistics.mean(slow["proxy"]),
-                              "errors": errors}
+                         "errors": errors, "cpu_ms": cpu_s * 1000 / max(1, served)}
+    for ms in SERVICE_MS:
+        timed: dict[str, list[float]] = {"direct": [], "proxy": []}
+        failures = 0
+        for _ in range(2):
+            for arm, port in (("direct", up_port), ("proxy", proxy_port)):
+                rate, failed = asyncio.run(_throughput(port, b"/api/chat", chat_body(False, "ollama", timed_model(ms)),
+                                                       32, args.seconds))
+                timed[arm].append(rate)
+                failures += failed
+        out[f"throughput_{ms}"] = {"direct": statistics.mean(timed["direct"]),
+                                   "proxy": statistics.mean(timed["proxy"]), "errors": failures}
     return out
 
 
@@ -402,12 +428,14 @@ def report(args: argparse.Namespace, ready_s: float, idle_rss: float, rss_after:
           f"{s['proxy_lag'] - s['direct_lag']:>10.3f}{'<= 0.2':>10}")
     t = results["throughput"]
     ratio = t["proxy"] / t["direct"] if t["direct"] else float("nan")
-    print(f"{'throughput c=32 req/s':<44}{t['direct']:>10.0f}{t['proxy']:>10.0f}{ratio:>9.0%} {'>= 80%':>9}"
-          + (f"  ({t['errors']} errors)" if t["errors"] else ""))
-    t = results["throughput_slow"]
-    ratio = t["proxy"] / t["direct"] if t["direct"] else float("nan")
-    print(f"{f'throughput c=32 req/s, {SLOW_MS} ms upstream':<44}{t['direct']:>10.0f}{t['proxy']:>10.0f}{ratio:>9.0%}"
-          f" {'(context)':>9}")
+    print(f"{'throughput c=32 req/s, instant upstream':<44}{t['direct']:>10.0f}{t['proxy']:>10.0f}{ratio:>9.0%} "
+          f"{'>= 80%':>9}" + (f"  ({t['errors']} errors)" if t["errors"] else ""))
+    for ms in SERVICE_MS:
+        t = results[f"throughput_{ms}"]
+        ratio = t["proxy"] / t["direct"] if t["direct"] else float("nan")
+        print(f"{f'throughput c=32 req/s, {ms} ms upstream':<44}{t['direct']:>10.0f}{t['proxy']:>10.0f}{ratio:>9.0%}"
+              f" {'>= 80%':>9}" + (f"  ({t['errors']} errors)" if t["errors"] else ""))
+    print(f"{'server CPU per proxied request ms (c=32)':<44}{'':>10}{results['throughput']['cpu_ms']:>10.3f}")
     print(f"{'server idle RSS MB (after load)':<44}{'':>10}{idle_rss:>10.1f}{'':>10}{'<= 80':>10}"
           f"   ({rss_after:.1f} after the run)")
     print(f"{'server ready s (spawn -> /health 200)':<44}{'':>10}{ready_s:>10.2f}{'':>10}{'<= 1.5':>10}")

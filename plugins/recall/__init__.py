@@ -29,6 +29,8 @@ log = logging.getLogger("autotune.recall")
 
 __all__ = ["MemoryStore", "RecallPlugin"]
 
+#: how long a store found empty is believed empty before looking again (seconds)
+EMPTY_RECHECK_S = 10.0
 PREFERRED_EMBEDDERS = ("nomic-embed-text", "mxbai-embed-large", "all-minilm", "snowflake-arctic-embed",
                        "bge-m3", "embeddinggemma")
 
@@ -99,6 +101,8 @@ class RecallPlugin:
         self._host: PluginHost | None = None
         self._embedder: dict[str, tuple[float, str | None]] = {}
         self._blocks: OrderedDict[str, str | None] = OrderedDict()
+        #: monotonic time of the last check that found the store empty (None: not known to be empty)
+        self._empty_since: float | None = None
         self.saved = 0
         self.injected = 0
 
@@ -179,7 +183,10 @@ class RecallPlugin:
             block = self._blocks[key]
             reason = "same memories as earlier in this conversation (stable prefix)"
         else:
-            block, reason = await self._search(ctx, request, query, settings)
+            if await self._store_is_empty(ctx):
+                block, reason = None, "no memories stored yet (no embedding call, no search)"
+            else:
+                block, reason = await self._search(ctx, request, query, settings)
             self._blocks[key] = block
             while len(self._blocks) > 512:
                 self._blocks.popitem(last=False)
@@ -193,6 +200,19 @@ class RecallPlugin:
         plan.messages.insert(at, Message(role="system", content=block))
         self.injected += 1
         plan.record(self.name, "messages", before, len(plan.messages), reason)
+
+    async def _store_is_empty(self, ctx: HookContext) -> bool:
+        """An empty store (the usual state until a client sends conversation ids) costs no embedding call.
+
+        Known-empty is re-checked every ``EMPTY_RECHECK_S`` (another process may have added memories);
+        a save here clears it at once.
+        """
+        now = time.monotonic()
+        if self._empty_since is not None and now - self._empty_since < EMPTY_RECHECK_S:
+            return True
+        empty = not await asyncio.to_thread(self.store(ctx.host).has_memories)
+        self._empty_since = now if empty else None
+        return empty
 
     async def _search(self, ctx: HookContext, request: ChatRequest, query: str,
                       settings: RecallSettings) -> tuple[str | None, str]:
@@ -229,6 +249,7 @@ class RecallPlugin:
         await asyncio.to_thread(store.add_turn, request.conversation_id, user, result.content, model=request.model,
                                 embedding=embedded[1] if embedded else None,
                                 embedding_model=embedded[0] if embedded else None, system_prompt=system)
+        self._empty_since = None
         self.saved += 1
 
     # -- CLI and routes -----------------------------------------------------------------------------

@@ -234,6 +234,11 @@ class MemoryStore:
         if extra > 0:
             db.execute("DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?)", (extra,))
 
+    def has_memories(self) -> bool:
+        """Whether there is anything to recall (one indexed row lookup)."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM memories LIMIT 1").fetchone() is not None
+
     def memories(self, *, conv_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         sql = "SELECT id, conv_id, created_at, model, text, embedding_model FROM memories"
         args: tuple[Any, ...] = ()

@@ -282,3 +282,22 @@ def test_settings_validated() -> None:
 
     with pytest.raises(ConfigError, match="recall"):
         _host(RecallPlugin(), settings={"min_score": 3})
+
+
+async def test_an_empty_store_costs_no_embedding_call() -> None:
+    """Until something is saved there is nothing to recall: no embed round trip before the answer."""
+    plugin = RecallPlugin()
+    host = _host(plugin, settings={"path": ":memory:"})
+    calls: list[str] = []
+
+    async def counting_embed(model: str, inputs: list[str]) -> object:
+        calls.append(inputs[0])
+        return await topic_embed(model, inputs)
+
+    host.backend("fake").embed = counting_embed  # type: ignore[method-assign]
+    trace = await _turn(host, "What port does the staging database listen on?", "It listens on 6543.", None)
+    assert calls == [] and "no memories stored yet" in trace
+    await _turn(host, "Remember that the staging database listens on port 6543.", "Noted: 6543.", "conv-a")
+    assert len(calls) == 1  # the save embeds the new memory
+    trace = await _turn(host, "Which port is the staging database on again?", "6543.", "conv-b")
+    assert len(calls) == 3 and "no memories stored yet" not in trace  # query embedded and searched
