@@ -28,6 +28,8 @@ LEVELS: tuple[tuple[str, float | None, str], ...] = (
 )
 
 _REQUIRED_KV: StashKey[str] = StashKey("noswap-guard.required_kv")
+#: the request's budget, worked out once (both folds and their explanations ask for it)
+_BUDGET: StashKey[tuple[int, str]] = StashKey("noswap-guard.budget")
 
 
 def fmt_bytes(value: int) -> str:
@@ -59,7 +61,13 @@ class NoSwapGuardPlugin:
         return settings
 
     def budget(self, ctx: HookContext, plan: Plan) -> tuple[int, str]:
-        """Bytes the KV cache may take, and how that was worked out."""
+        """Bytes the KV cache may take, and how that was worked out (once per request)."""
+        cached = ctx.stash.get(_BUDGET)
+        if cached is None:
+            cached = ctx.stash[_BUDGET] = self._budget(ctx, plan)
+        return cached
+
+    def _budget(self, ctx: HookContext, plan: Plan) -> tuple[int, str]:
         settings = self._settings(ctx)
         margin = int(settings.safety_margin_gib * GiB)
         hardware = ctx.hardware
