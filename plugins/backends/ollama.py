@@ -87,6 +87,14 @@ def _version_tuple(version: str | None) -> tuple[int, int, int]:
     return nums[0], nums[1], nums[2]
 
 
+def _answer_parts(request: ChatRequest, data: dict[str, Any]) -> tuple[str, Any, list[ToolCall]]:
+    """Content, thinking and tool calls of an answer or a stream line (/api/generate or /api/chat)."""
+    if request.kind == "completion":
+        return str(data.get("response") or ""), data.get("thinking"), []
+    message = data.get("message") or {}
+    return str(message.get("content") or ""), message.get("thinking"), _tool_calls(message.get("tool_calls"))
+
+
 def _canonical(model: str) -> str:
     return model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
 
@@ -427,12 +435,7 @@ class OllamaBackend(Backend):
         was_loaded = self._was_loaded(request.model)
         data = await self._request("POST", self._path(request), model=request.model, json=body)
         self._mark_loaded(request.model, body)
-        if request.kind == "completion":
-            content, thinking, calls = str(data.get("response") or ""), data.get("thinking"), []
-        else:
-            message = data.get("message") or {}
-            content, thinking = str(message.get("content") or ""), message.get("thinking")
-            calls = _tool_calls(message.get("tool_calls"))
+        content, thinking, calls = _answer_parts(request, data)
         finish = "tool_calls" if calls else data.get("done_reason") or "stop"
         return ChatResult(model=request.model, backend=self.name, content=content, thinking=thinking,
                           tool_calls=calls, finish_reason=finish, usage=self._usage(data),
@@ -456,12 +459,7 @@ class OllamaBackend(Backend):
                     raise UpstreamError(f"Ollama sent a line that is not JSON: {line[:200]!r}") from exc
                 if "error" in data:
                     raise UpstreamError(f"Ollama: {data['error']}")
-                if request.kind == "completion":
-                    content, thinking, calls = str(data.get("response") or ""), data.get("thinking"), []
-                else:
-                    message = data.get("message") or {}
-                    content, thinking = str(message.get("content") or ""), message.get("thinking")
-                    calls = _tool_calls(message.get("tool_calls"))
+                content, thinking, calls = _answer_parts(request, data)
                 saw_tools = saw_tools or bool(calls)
                 if data.get("done"):
                     self._mark_loaded(request.model, body)
