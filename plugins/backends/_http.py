@@ -29,6 +29,8 @@ POOL_LIMIT = 64
 MAX_LINE_BYTES = 16 * 1024 * 1024
 #: most bytes of an error body we read (the message is cut to 500 characters anyway)
 MAX_ERROR_BYTES = 64 * 1024
+#: most bytes of a whole (non-streamed) answer: far above any chat answer, bounded against a broken upstream
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -149,7 +151,7 @@ class UpstreamClient:
         return self._session
 
     def mapped(self, exc: BaseException) -> UpstreamError:
-        """The core's error for a transport failure (the server turns it into 504, 502 or 502)."""
+        """The core's typed error for a transport failure (the server turns each into its status code)."""
         import aiohttp
 
         if isinstance(exc, UpstreamError):
@@ -174,12 +176,26 @@ class UpstreamClient:
         body = jsonlib.dumps(json).encode() if json is not None else None
         response = await self.send(method, path, body)
         try:
-            content = await response.read()
+            content = await self._read_bounded(response)
         except _transport_errors() as exc:
             raise self.mapped(exc) from exc
         finally:
             response.release()
         return UpstreamResponse(response.status, content)
+
+    async def _read_bounded(self, response: aiohttp.ClientResponse) -> bytes:
+        declared = response.content_length
+        if declared is not None and declared <= MAX_RESPONSE_BYTES:
+            return await response.read()  # the common case: one read of a known, acceptable length
+        parts: list[bytes] = []
+        size = 0
+        async for data in response.content.iter_any():
+            size += len(data)
+            if size > MAX_RESPONSE_BYTES:
+                response.close()
+                raise UpstreamError(f"{self.label} sent an answer larger than {MAX_RESPONSE_BYTES} bytes")
+            parts.append(data)
+        return b"".join(parts)
 
     def stream(self, method: str, path: str, *, json: Any = None) -> _Stream:
         """``async with client.stream("POST", path, json=body) as response: async for line in ...``."""

@@ -183,3 +183,21 @@ def test_a_client_outlives_its_event_loop() -> None:
     assert asyncio.run(once()) == {"ok": True}
     assert asyncio.run(once()) == {"ok": True}  # a fresh session on the new loop, not the dead one
     asyncio.run(client.aclose())
+
+
+@pytest.mark.parametrize("declared", [True, False])
+async def test_an_oversized_answer_is_refused(monkeypatch: pytest.MonkeyPatch, declared: bool) -> None:
+    monkeypatch.setattr(_http, "MAX_RESPONSE_BYTES", 10_000)
+
+    async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        if declared:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 50000\r\n\r\n" + b"x" * 50_000)
+        else:
+            writer.write(chunked_head() + b"".join(chunk(b"x" * 5_000) for _ in range(10)) + b"0\r\n\r\n")
+        await writer.drain()
+
+    server, url = await serve(huge)
+    async with server, UpstreamClient(url, 2.0, label="Ollama") as client:
+        with pytest.raises(UpstreamError, match="larger than 10000 bytes"):
+            await client.request("POST", "/api/chat", json={})
