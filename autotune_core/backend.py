@@ -137,6 +137,9 @@ class Backend(abc.ABC):
         """Release connections, threads and loaded models."""
 
 
+_UNSUPPORTED = KnobSupport(scope=KnobScope.UNSUPPORTED)
+
+
 def reconcile_plan(plan: Plan, caps: Capabilities, *, backend: str) -> None:
     """Record in the trace how each decided knob will really be applied by this backend.
 
@@ -147,7 +150,7 @@ def reconcile_plan(plan: Plan, caps: Capabilities, *, backend: str) -> None:
         value = getattr(plan, knob, None)
         if value is None:
             continue
-        support = caps.knobs.get(knob, KnobSupport(scope=KnobScope.UNSUPPORTED))
+        support = caps.knobs.get(knob) or _UNSUPPORTED
         if support.scope in (KnobScope.PER_REQUEST, KnobScope.AT_LOAD):
             plan.applied[knob] = support.scope.value
             continue

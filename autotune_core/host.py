@@ -351,7 +351,7 @@ class PluginHost:
                 result = self._invoke(impl, hook, kwargs, isolate=True)
             except _Isolated:
                 continue
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
@@ -370,7 +370,7 @@ class PluginHost:
                 continue
             try:
                 result = self._invoke(impl, hook, kwargs, isolate=True)
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):  # most hooks are sync and return None
                     result = await result
             except _Isolated:
                 continue

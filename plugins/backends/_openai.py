@@ -142,6 +142,7 @@ class OpenAIBackend(Backend):
         self._version: str | None = None
         self._load_config: dict[str, dict[str, Any]] = {}
         self._probe_lock = asyncio.Lock()
+        self._caps: tuple[str, Capabilities] | None = None
 
     # -- plumbing --------------------------------------------------------------------------------------------
 
@@ -235,6 +236,12 @@ class OpenAIBackend(Backend):
         return None
 
     def capabilities(self) -> Capabilities:
+        """Per flavour, built once (asked on every request; the flavour can change only on refresh)."""
+        if self._caps is None or self._caps[0] != self.flavour:
+            self._caps = (self.flavour, self._build_capabilities())
+        return self._caps[1]
+
+    def _build_capabilities(self) -> Capabilities:
         knobs = FLAVOUR_KNOBS.get(self.flavour, FLAVOUR_KNOBS["generic"])
         return Capabilities(dialect=f"openai:{self.flavour}", knobs=dict(knobs), can_embed=True,
                             can_tokenize=self.flavour in ("llama-server", "vllm"),

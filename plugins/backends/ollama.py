@@ -53,6 +53,21 @@ from ._http import UpstreamClient
 
 DEFAULT_URL = "http://127.0.0.1:11434"
 
+#: what Ollama honours and how (research/backend-knobs.md); the same for every supported version
+_CAPABILITIES = Capabilities(dialect="ollama", can_tokenize=False, can_embed=True, prefix_cache=True, knobs={
+    "num_ctx": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="options.num_ctx"),
+    "num_batch": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="options.num_batch"),
+    "kv_type": KnobSupport(scope=KnobScope.SERVER_ENV,
+                           how="OLLAMA_KV_CACHE_TYPE (e.g. q8_0) and restart `ollama serve`"),
+    "flash_attn": KnobSupport(scope=KnobScope.SERVER_ENV,
+                              how="OLLAMA_FLASH_ATTENTION=1 and restart `ollama serve`"),
+    "keep_alive": KnobSupport(scope=KnobScope.PER_REQUEST, how="keep_alive"),
+    "num_keep": KnobSupport(scope=KnobScope.PER_REQUEST, how="options.num_keep"),
+    "parallel": KnobSupport(scope=KnobScope.SERVER_ENV,
+                            how="OLLAMA_NUM_PARALLEL and restart `ollama serve`"),
+})
+
+
 #: every key Ollama accepts in ``options`` (api/types.go); anything else is dropped before sending
 OPTION_KEYS: frozenset[str] = frozenset({
     "num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread", "draft_num_predict", "num_keep",
@@ -217,18 +232,7 @@ class OllamaBackend(Backend):
     # -- facts ----------------------------------------------------------------------------------------------
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(dialect="ollama", can_tokenize=False, can_embed=True, prefix_cache=True, knobs={
-            "num_ctx": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="options.num_ctx"),
-            "num_batch": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="options.num_batch"),
-            "kv_type": KnobSupport(scope=KnobScope.SERVER_ENV,
-                                   how="OLLAMA_KV_CACHE_TYPE (e.g. q8_0) and restart `ollama serve`"),
-            "flash_attn": KnobSupport(scope=KnobScope.SERVER_ENV,
-                                      how="OLLAMA_FLASH_ATTENTION=1 and restart `ollama serve`"),
-            "keep_alive": KnobSupport(scope=KnobScope.PER_REQUEST, how="keep_alive"),
-            "num_keep": KnobSupport(scope=KnobScope.PER_REQUEST, how="options.num_keep"),
-            "parallel": KnobSupport(scope=KnobScope.SERVER_ENV,
-                                    how="OLLAMA_NUM_PARALLEL and restart `ollama serve`"),
-        })
+        return _CAPABILITIES  # the same for every Ollama version we support; asked on every request
 
     @property
     def engine(self) -> str:
