@@ -111,10 +111,12 @@ class _Stream:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self._response is not None:
-            if not self._response.content.is_eof():
-                self._response.close()  # unfinished: drop the connection instead of returning it to the pool
-            self._response.release()
+        if self._response is None:
+            return
+        if self._response.content.is_eof():
+            self._response.release()  # finished: the connection goes back to the pool
+        else:
+            self._response.close()  # unfinished: drop the connection instead of returning it to the pool
 
 
 class UpstreamClient:

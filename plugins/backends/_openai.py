@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -94,6 +95,13 @@ FLAVOUR_KNOBS: dict[str, dict[str, KnobSupport]] = {
 }
 
 
+@functools.cache  # asked on every request; one object per flavour
+def flavour_capabilities(flavour: str) -> Capabilities:
+    knobs = FLAVOUR_KNOBS.get(flavour, FLAVOUR_KNOBS["generic"])
+    return Capabilities(dialect=f"openai:{flavour}", knobs=dict(knobs), can_embed=True,
+                        can_tokenize=flavour in ("llama-server", "vllm"), prefix_cache=flavour != "generic")
+
+
 class OpenAISettings(BaseModel):
     """``[backends.openai]``."""
 
@@ -142,7 +150,6 @@ class OpenAIBackend(Backend):
         self._version: str | None = None
         self._load_config: dict[str, dict[str, Any]] = {}
         self._probe_lock = asyncio.Lock()
-        self._caps: tuple[str, Capabilities] | None = None
 
     # -- plumbing --------------------------------------------------------------------------------------------
 
@@ -179,9 +186,6 @@ class OpenAIBackend(Backend):
                 return ModelNotFound(model, names)
         return status_error(status, message, f"{self.label} ({self.flavour})")
 
-    async def _get_json(self, client: UpstreamClient, path: str) -> Any:
-        return await client.get_json(path)
-
     # -- discovery ----------------------------------------------------------------------------------------------
 
     async def _ensure(self) -> None:
@@ -193,7 +197,7 @@ class OpenAIBackend(Backend):
         async with self._probe_lock:
             for url in self.candidates:
                 async with make_client(url, self.config.probe_timeout, self._headers(), label=self.label) as probe:
-                    models = await self._get_json(probe, "/v1/models")
+                    models = await probe.get_json("/v1/models")
                     if models is None:
                         continue
                     if self.url != url.rstrip("/"):
@@ -208,14 +212,14 @@ class OpenAIBackend(Backend):
             raise BackendUnavailable(f"no OpenAI-compatible server answered at {tried}")
 
     async def _detect(self, probe: UpstreamClient, models: Any) -> str:
-        props = await self._get_json(probe, "/props")
+        props = await probe.get_json("/props")
         if isinstance(props, dict) and "default_generation_settings" in props:
             return "llama-server"
-        lms = await self._get_json(probe, "/api/v1/models")
+        lms = await probe.get_json("/api/v1/models")
         if isinstance(lms, dict) and any(isinstance(m, dict) and "loaded_instances" in m
                                          for m in lms.get("models") or []):
             return "lmstudio"
-        health = await self._get_json(probe, "/api/v1/health")
+        health = await probe.get_json("/api/v1/health")
         if isinstance(health, dict) and "all_models_loaded" in health:
             return "lemonade"
         data = models.get("data") if isinstance(models, dict) else None
@@ -225,27 +229,18 @@ class OpenAIBackend(Backend):
 
     async def _server_version(self, probe: UpstreamClient) -> str | None:
         if self.flavour == "llama-server":
-            props = await self._get_json(probe, "/props")
+            props = await probe.get_json("/props")
             return str(props.get("build_info")) if isinstance(props, dict) and props.get("build_info") else None
         if self.flavour == "vllm":
-            data = await self._get_json(probe, "/version")
+            data = await probe.get_json("/version")
             return str(data.get("version")) if isinstance(data, dict) else None
         if self.flavour == "lemonade":
-            data = await self._get_json(probe, "/api/v1/health")
+            data = await probe.get_json("/api/v1/health")
             return str(data.get("version")) if isinstance(data, dict) and data.get("version") else None
         return None
 
     def capabilities(self) -> Capabilities:
-        """Per flavour, built once (asked on every request; the flavour can change only on refresh)."""
-        if self._caps is None or self._caps[0] != self.flavour:
-            self._caps = (self.flavour, self._build_capabilities())
-        return self._caps[1]
-
-    def _build_capabilities(self) -> Capabilities:
-        knobs = FLAVOUR_KNOBS.get(self.flavour, FLAVOUR_KNOBS["generic"])
-        return Capabilities(dialect=f"openai:{self.flavour}", knobs=dict(knobs), can_embed=True,
-                            can_tokenize=self.flavour in ("llama-server", "vllm"),
-                            prefix_cache=self.flavour != "generic")
+        return flavour_capabilities(self.flavour)
 
     async def available(self) -> Availability:
         try:

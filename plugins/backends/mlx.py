@@ -71,7 +71,7 @@ class MLXBackend(OpenAIBackend):
         if self.url is None:
             self.url = self.candidates[0].rstrip("/")
         async with make_client(self.url, self.config.probe_timeout) as probe:
-            if await self._get_json(probe, "/v1/models") is None:
+            if await probe.get_json("/v1/models") is None:
                 from autotune_core.errors import BackendUnavailable
 
                 raise BackendUnavailable(f"mlx_lm.server at {self.url} is not answering")
