@@ -25,6 +25,7 @@ from ..messages import ChatRequest, ChatResult, StreamChunk
 from ..pipeline import Prepared
 from ..profiles import PROFILES
 from .errors import Door, PayloadTooLarge, classify, dumps, error_body, error_headers
+from .hangup import ClientDisconnected, unless_hung_up
 from .queue import Ticket
 from .sse import NDJSON_MEDIA, SSE_DONE, SSE_MEDIA, SSE_QUEUED, SSE_WAITING, StreamBody
 from .state import ServerState
@@ -127,7 +128,7 @@ def error_response(state: ServerState, door: Door, endpoint: str, exc: BaseExcep
 
 @dataclass
 class Resolved:
-    """A validated request and the backend that will serve it (resolved before queueing: 404/503 at once)."""
+    """A validated request and the backend that will serve it (resolved before queueing: 404/502 at once)."""
 
     chat: ChatRequest
     client_model: str
@@ -219,6 +220,14 @@ async def handle(state: ServerState, request: Request, dialect: Dialect) -> Resp
     resolved = Resolved(chat, chat.model, backend, upstream_model, started)
     if chat.stream and ticket is not None and dialect.sse:
         return _queued_stream(state, dialect, resolved, ticket)
+    try:
+        return await unless_hung_up(request.receive, _serve(state, dialect, resolved, ticket))
+    except ClientDisconnected as exc:
+        return error_response(state, dialect.door, dialect.endpoint, exc)
+
+
+async def _serve(state: ServerState, dialect: Dialect, resolved: Resolved, ticket: Ticket | None) -> Response:
+    """Wait for a slot, plan, and answer (or open the stream); the slot is released on every way out."""
     if ticket is not None:
         try:
             await state.queue.wait(ticket)
@@ -234,7 +243,7 @@ async def handle(state: ServerState, request: Request, dialect: Dialect) -> Resp
         if not isinstance(exc, Exception):
             raise
         return error_response(state, dialect.door, dialect.endpoint, exc)
-    if chat.stream:
+    if resolved.chat.stream:
         return await _stream(state, dialect, resolved, prepared, hold_started)
     return await _complete(state, dialect, resolved, prepared, hold_started)
 
@@ -292,7 +301,16 @@ async def _stream(state: ServerState, dialect: Dialect, resolved: Resolved, prep
     overhead = time.perf_counter() - resolved.started - resolved.waited_s - resolved.upstream_s
     upstream, first = await _open(state, prepared)
     grace = min(state.keepalive_interval, state.config.upstream_timeout)
-    await asyncio.wait((first,), timeout=grace)
+    try:
+        await asyncio.wait((first,), timeout=grace)
+    except BaseException:  # cancelled (the client hung up, or shutdown): close upstream, free the slot
+        first.cancel()
+        with contextlib.suppress(BaseException):
+            await first
+        with contextlib.suppress(Exception):
+            await upstream.aclose()  # type: ignore[attr-defined]
+        state.queue.release(time.perf_counter() - hold_started)
+        raise
     failure: BaseException | None = None
     if first.done():
         failure = first.exception()
@@ -398,8 +416,13 @@ async def _body(state: ServerState, dialect: Dialect, resolved: Resolved, ticket
             record_result(state, prepared, result)
 
 
-async def in_slot(state: ServerState, factory: Callable[[], Awaitable[Any]]) -> Any:
-    """Run one upstream call (embeddings, ...) under the queue and the upstream timeout."""
+async def in_slot(state: ServerState, request: Request, factory: Callable[[], Awaitable[Any]]) -> Any:
+    """Run one upstream call (embeddings, ...) under the queue and the upstream timeout; a client that
+    hangs up meanwhile leaves the line or frees the slot and cancels the call."""
+    return await unless_hung_up(request.receive, _in_slot(state, factory))
+
+
+async def _in_slot(state: ServerState, factory: Callable[[], Awaitable[Any]]) -> Any:
     ticket = state.queue.admit()
     if ticket is not None:
         await state.queue.wait(ticket)

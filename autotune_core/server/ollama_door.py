@@ -137,7 +137,7 @@ def routes(state: ServerState) -> list[Route]:
             if not inputs:
                 raise SchemaError("input: must not be empty", param="input")
             backend, upstream = await state.resolve(body.model)
-            result = await in_slot(state, lambda: backend.embed(upstream, inputs))
+            result = await in_slot(state, request, lambda: backend.embed(upstream, inputs))
             vectors = [v[: body.dimensions] if body.dimensions else v for v in result.vectors]
             return ok(state, "ollama", endpoint, {"model": body.model, "embeddings": vectors,
                                                   "prompt_eval_count": result.prompt_tokens})
@@ -149,7 +149,7 @@ def routes(state: ServerState) -> list[Route]:
         try:
             body = wire.validate(wire.LegacyEmbeddingsBody, await read_json(request, state.config.max_body_bytes))
             backend, upstream = await state.resolve(body.model)
-            result = await in_slot(state, lambda: backend.embed(upstream, [body.prompt]))
+            result = await in_slot(state, request, lambda: backend.embed(upstream, [body.prompt]))
             return ok(state, "ollama", endpoint, {"embedding": result.vectors[0] if result.vectors else []})
         except Exception as exc:
             return error_response(state, "ollama", endpoint, exc)

@@ -47,7 +47,7 @@ def routes(state: ServerState) -> list[Route]:
             if not inputs:
                 raise SchemaError("input: must not be empty", param="input")
             backend, upstream = await state.resolve(body.model)
-            result = await in_slot(state, lambda: backend.embed(upstream, inputs))
+            result = await in_slot(state, request, lambda: backend.embed(upstream, inputs))
             vectors = [vector[: body.dimensions] if body.dimensions else vector for vector in result.vectors]
             return ok(state, "openai", endpoint,
                       wire.embeddings_response(vectors, body.model, result.prompt_tokens, body.encoding_format))

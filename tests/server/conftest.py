@@ -111,7 +111,8 @@ class Recorder:
 
 
 class SlowFake(FakeBackend):
-    """A FakeBackend whose non-streaming answers take ``chat_delay`` seconds and which counts cancellations."""
+    """A FakeBackend whose non-streaming answers (embeddings) take ``chat_delay`` (``embed_delay``) seconds and which
+    counts cancellations."""
 
     async def chat(self, request: Any, plan: Any) -> Any:
         try:
@@ -122,6 +123,14 @@ class SlowFake(FakeBackend):
         if self.settings.get("chat_error"):
             raise ConnectionError("fake upstream refused the connection")
         return await super().chat(request, plan)
+
+    async def embed(self, model: str, inputs: list[str]) -> Any:
+        try:
+            await asyncio.sleep(float(self.settings.get("embed_delay", 0.0)))
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return await super().embed(model, inputs)
 
 
 def backend_plugin(cls: type[FakeBackend]) -> object:

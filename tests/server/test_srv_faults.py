@@ -6,7 +6,9 @@ Every test also checks that no queue slot leaks.
 from __future__ import annotations
 
 import json
+import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -70,7 +72,8 @@ def test_slow_upstream_times_out_with_504_and_is_cancelled(live_factory: Any) ->
         stream = client.post("/v1/chat/completions", json={**CHAT, "stream": True})
         nd = client.post("/api/generate", json={"model": "llama3.2:1b", "prompt": "x", "stream": False})
         took = time.monotonic() - started
-    assert plain.status_code == 504 and plain.json()["error"]["type"] == "upstream_timeout"
+    assert plain.status_code == 504
+    assert plain.json()["error"]["type"] == plain.json()["error"]["code"] == "upstream_timeout"
     assert stream.status_code == 504 and nd.status_code == 504 and set(nd.json()) == {"error"}
     assert took < 3
     live.wait_idle()
@@ -81,18 +84,19 @@ def test_upstream_connection_refused_is_502(live_factory: Any) -> None:
     live: LiveServer = live_factory(backend=SlowFake, fake={"chat_error": True})
     response = httpx.post(live.url + "/v1/chat/completions", json=CHAT, timeout=10)
     assert response.status_code == 502
-    assert response.json()["error"]["type"] == "upstream_error"
+    assert response.json()["error"]["type"] == response.json()["error"]["code"] == "upstream_error"
     live.wait_idle()
 
 
-def test_no_backend_answers_is_503_not_404(live: LiveServer) -> None:
+def test_no_backend_answers_is_502_not_404(live: LiveServer) -> None:
     live.fake.up = False
     live.state.pipeline.resolver.invalidate()
     live.state.status.clear()
     openai_door = httpx.post(live.url + "/v1/chat/completions", json=CHAT, timeout=10)
     ollama_door = httpx.post(live.url + "/api/chat", json=CHAT, timeout=10)
-    assert openai_door.status_code == 503 and openai_door.json()["error"]["type"] == "backend_unavailable"
-    assert ollama_door.status_code == 503 and "fake backend is down" in ollama_door.json()["error"]
+    assert openai_door.status_code == 502
+    assert openai_door.json()["error"]["type"] == openai_door.json()["error"]["code"] == "backend_unavailable"
+    assert ollama_door.status_code == 502 and "fake backend is down" in ollama_door.json()["error"]
     health = httpx.get(live.url + "/health", timeout=5).json()
     assert health["status"] == "degraded" and health["backends"][0]["available"] is False
 
@@ -112,6 +116,49 @@ def test_client_disconnect_releases_the_slot_and_cancels_upstream(live_factory: 
     # the freed slot serves the next request at once
     assert httpx.post(live.url + "/v1/chat/completions", json=CHAT, timeout=10).status_code == 200
     assert "autotune_client_disconnects_total" in httpx.get(live.url + "/metrics").text
+
+
+def _hang_up_after_sending(live: LiveServer, path: str, body: dict[str, Any]) -> socket.socket:
+    """Send a whole request on a raw socket (the caller closes it without reading the answer)."""
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", int(live.url.rsplit(":", 1)[1])), timeout=5)
+    sock.sendall(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
+    return sock
+
+
+def _until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions", CHAT), ("/api/chat", {**CHAT, "stream": False}),
+    ("/v1/embeddings", {"model": "llama3.2:1b", "input": "hi"}),
+    ("/api/embed", {"model": "llama3.2:1b", "input": "hi"}),
+])
+def test_non_streaming_client_hanging_up_frees_its_slot_and_its_place_in_line(
+        live_factory: Any, path: str, body: dict[str, Any]) -> None:
+    """uvicorn does not cancel a handler whose client left: the proxy must notice, or the slot stays held
+    and the waiter behind it later makes an upstream call for nobody."""
+    live: LiveServer = live_factory(backend=SlowFake, fake={"chat_delay": 30, "embed_delay": 30},
+                                    max_concurrent=1, queue_timeout=30)
+    holder = _hang_up_after_sending(live, path, body)
+    assert _until(lambda: live.state.queue.active == 1)
+    waiter = _hang_up_after_sending(live, path, body)
+    assert _until(lambda: live.state.queue.depth == 1)
+    holder.close()
+    waiter.close()
+    assert _until(lambda: live.fake.cancelled == 1), "the upstream call was not cancelled"
+    live.wait_idle(timeout=2)  # the slot is free and the line empty long before the 30 s upstream call
+    assert live.fake.cancelled == 1  # the waiter never reached the upstream
+    metrics = httpx.get(live.url + "/metrics", timeout=5).text
+    assert f'autotune_requests_total{{door="{"ollama" if path.startswith("/api") else "openai"}",' \
+           f'endpoint="{path}",status="499"}} 2' in metrics
+    live.fake.settings.update(chat_delay=0, embed_delay=0)
+    assert httpx.post(live.url + path, json=body, timeout=10).status_code == 200
 
 
 def test_fake_ollama_killed_mid_stream(fake_ollama_factory: Any) -> None:

@@ -1,0 +1,58 @@
+"""Stop work for a client that hung up before its answer.
+
+Why: uvicorn does not cancel a handler when the client disconnects, so a non-streaming request whose
+client left would keep its place in the queue, then take a slot and make the upstream call for nobody.
+Streams have their own watcher (:class:`~autotune_core.server.sse.StreamBody`); this covers everything
+that answers in one piece: the wait for a slot, planning and the upstream call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from starlette.types import Receive
+
+from ..errors import AutotuneError
+
+T = TypeVar("T")
+
+
+class ClientDisconnected(AutotuneError):
+    """The client closed the connection before the answer (nginx's 499; nobody reads the body)."""
+
+    type = "client_disconnected"
+    status = 499
+    code = "client_disconnected"
+
+
+async def _hangup(receive: Receive) -> None:
+    # the body has been read: the only message left is the disconnect
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_hung_up(receive: Receive, work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work``; if the client disconnects first, cancel it and raise :class:`ClientDisconnected`.
+
+    Cancelling ``work`` runs its own cleanup (the queue line is left or the slot released, the upstream
+    connection closed, plugins get ``post_response``), exactly as for any other failure.
+    """
+    job = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_hangup(receive))
+
+    def on_hangup(done: asyncio.Future[None]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            job.cancel()
+
+    watch.add_done_callback(on_hangup)
+    try:
+        return await job
+    except asyncio.CancelledError:
+        if job.cancelled() and watch.done() and not watch.cancelled():
+            raise ClientDisconnected("the client closed the connection before the answer") from None
+        raise
+    finally:
+        watch.remove_done_callback(on_hangup)
+        watch.cancel()
