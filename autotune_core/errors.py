@@ -72,16 +72,21 @@ class UpstreamError(AutotuneError):
 
     type = "upstream_error"
     status = 502
+    code = "upstream_error"
 
 
 class UpstreamTimeout(UpstreamError):
     type = "upstream_timeout"
     status = 504
+    code = "upstream_timeout"
 
 
 class BackendUnavailable(UpstreamError):
+    """Nothing answers where the model server should be (connection refused): a proxy's 502, as nginx does."""
+
     type = "backend_unavailable"
-    status = 503
+    status = 502
+    code = "backend_unavailable"
 
 
 class QueueFull(AutotuneError):
@@ -99,6 +104,7 @@ class ConfigError(AutotuneError):
 
     type = "config_error"
     status = 500
+    code = "config_error"
 
 
 class PluginError(AutotuneError):
@@ -106,3 +112,4 @@ class PluginError(AutotuneError):
 
     type = "plugin_error"
     status = 500
+    code = "plugin_error"

@@ -162,7 +162,7 @@ class ServerState:
     # -- models -------------------------------------------------------------------------------------------
 
     async def resolve(self, model: str) -> tuple[Backend, str]:
-        """The backend for ``model`` (cached briefly); 503, not 404, when no backend answers at all."""
+        """The backend for ``model`` (cached briefly); 502 ``backend_unavailable``, not 404, when none answers."""
         now = time.monotonic()
         hit = self._resolved.get(model)
         if hit is not None and hit[0] > now:

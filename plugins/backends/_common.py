@@ -5,10 +5,12 @@ Kept beside the backends so each plugin stays importable on its own and imports 
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from autotune_core.backend import EmbeddingResult
 from autotune_core.errors import UpstreamError
 from autotune_core.messages import ChatRequest, Message, ToolCall, Usage
 from autotune_core.plan import Plan
@@ -42,10 +44,39 @@ def error_text(body: bytes | str) -> str:
     return text.strip()[:500]
 
 
+def json_object(payload: bytes | str, label: str) -> dict[str, Any]:
+    """A JSON object from the model server; anything else is the server's failure (502), not ours (500)."""
+    try:
+        data = json.loads(payload)
+    except ValueError as exc:
+        raise UpstreamError(f"{label} sent something that is not JSON: {payload[:200]!r}") from exc
+    if not isinstance(data, dict):
+        raise UpstreamError(f"{label} sent JSON that is not an object: {payload[:200]!r}")
+    return data
+
+
+@contextlib.contextmanager
+def readable_answer(label: str) -> Iterator[None]:
+    """Reading an answer whose fields have unexpected types (a string where an object belongs, ...) is the
+    server's failure: 502 ``upstream_error`` naming the problem, never a 500 from deep in the translation."""
+    try:
+        yield
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
+        raise UpstreamError(f"{label} sent an answer autotune cannot read: {type(exc).__name__}: {exc}"[:400]) from exc
+
+
+def checked_embeddings(result: EmbeddingResult, inputs: int, label: str) -> EmbeddingResult:
+    """One vector per input, or the answer is wrong (never hand a client fewer vectors than it sent texts)."""
+    if len(result.vectors) != inputs:
+        raise UpstreamError(f"{label} sent {len(result.vectors)} embeddings for {inputs} inputs")
+    return result
+
+
 def status_error(status: int, message: str, label: str) -> UpstreamError:
     """An HTTP error answer: client errors keep their status, server errors become 502."""
     if 400 <= status < 500 and status != 404:
-        return UpstreamError(f"{label}: {message}", status=status, type="invalid_request_error")
+        return UpstreamError(f"{label}: {message}", status=status, type="invalid_request_error",
+                             code="rejected_by_model_server")
     return UpstreamError(f"{label} answered HTTP {status}: {message}")
 
 

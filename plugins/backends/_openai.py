@@ -27,12 +27,15 @@ from autotune_core.plan import Plan
 
 from ._common import (
     ToolCallAssembler,
+    checked_embeddings,
     error_text,
+    json_object,
     make_client,
     openai_body,
     openai_message,
     openai_tool_calls,
     openai_usage,
+    readable_answer,
     sse_data,
     status_error,
 )
@@ -174,7 +177,7 @@ class OpenAIBackend(Backend):
         response = await self.client.request(method, path, **kwargs)
         if response.status_code >= 400:
             raise await self._http_error(response.status_code, error_text(response.content), model)
-        return response.json() if response.content else {}
+        return json_object(response.content, self.label) if response.content else {}
 
     async def _http_error(self, status: int, message: str, model: str | None) -> Exception:
         if status == 404 and model is not None and ("model" in message.lower() or "not found" in message.lower()):
@@ -331,9 +334,11 @@ class OpenAIBackend(Backend):
 
     async def embed(self, model: str, inputs: list[str]) -> EmbeddingResult:
         data = await self._request("POST", "/v1/embeddings", model=model, json={"model": model, "input": inputs})
-        vectors = [item["embedding"] for item in sorted(data.get("data") or [], key=lambda d: d.get("index", 0))]
-        usage = data.get("usage") or {}
-        return EmbeddingResult(vectors=vectors, prompt_tokens=int(usage.get("prompt_tokens") or 0), model=model)
+        with readable_answer(self.label):
+            vectors = [item["embedding"] for item in sorted(data.get("data") or [], key=lambda d: d.get("index", 0))]
+            usage = data.get("usage") or {}
+            result = EmbeddingResult(vectors=vectors, prompt_tokens=int(usage.get("prompt_tokens") or 0), model=model)
+        return checked_embeddings(result, len(inputs), self.label)
 
     # -- at-load knobs ---------------------------------------------------------------------------------------------
 
@@ -434,16 +439,17 @@ class OpenAIBackend(Backend):
         load_ms = await self.ensure_loaded(request.model, plan)
         data = await self._request("POST", self._path(request), model=request.model,
                                    json=self.build_body(request, plan, stream=False))
-        choice = (data.get("choices") or [{}])[0]
-        if request.kind == "completion":
-            content, calls = str(choice.get("text") or ""), []
-        else:
-            message = choice.get("message") or {}
-            content, calls = str(message.get("content") or ""), openai_tool_calls(message.get("tool_calls"))
-        usage = self._with_cache(openai_usage(data.get("usage")), data) or Usage()
-        return ChatResult(model=request.model, backend=self.name, content=content, tool_calls=calls,
-                          finish_reason=choice.get("finish_reason") or "stop", usage=usage,
-                          timings=self._timings(data, load_ms), raw={"flavour": self.flavour})
+        with readable_answer(self.label):
+            choice = (data.get("choices") or [{}])[0]
+            if request.kind == "completion":
+                content, calls = str(choice.get("text") or ""), []
+            else:
+                message = choice.get("message") or {}
+                content, calls = str(message.get("content") or ""), openai_tool_calls(message.get("tool_calls"))
+            usage = self._with_cache(openai_usage(data.get("usage")), data) or Usage()
+            return ChatResult(model=request.model, backend=self.name, content=content, tool_calls=calls,
+                              finish_reason=choice.get("finish_reason") or "stop", usage=usage,
+                              timings=self._timings(data, load_ms), raw={"flavour": self.flavour})
 
     async def stream_chat(self, request: ChatRequest, plan: Plan) -> AsyncIterator[StreamChunk]:
         await self._ensure()
@@ -457,31 +463,38 @@ class OpenAIBackend(Backend):
             if response.status_code >= 400:
                 await response.aread()
                 raise await self._http_error(response.status_code, error_text(response.content), request.model)
+            events = 0
             async for payload in sse_data(response):
+                events += 1
                 if payload.strip() == "[DONE]":
                     break
-                try:
-                    data = json.loads(payload)
-                except ValueError as exc:
-                    raise UpstreamError(f"{self.label} sent an event that is not JSON: {payload[:200]!r}") from exc
+                data = json_object(payload, self.label)
                 if "error" in data:
                     raise UpstreamError(f"{self.label} ({self.flavour}): {error_text(json.dumps(data))}")
-                if data.get("usage"):
-                    usage = self._with_cache(openai_usage(data["usage"]), data)
-                if "timings" in data:
-                    last = data
-                for choice in data.get("choices") or []:
-                    delta = choice.get("delta") or {}
-                    content = delta.get("content") if request.kind == "chat" else choice.get("text")
-                    if delta.get("tool_calls"):
-                        tools.add(delta["tool_calls"])
-                    if choice.get("finish_reason"):
-                        finish = choice["finish_reason"]
-                    if content:
-                        yield StreamChunk(content=str(content))
-        usage = self._with_cache(usage, last) if usage is not None else None
-        yield StreamChunk(done=True, tool_calls=tools.calls(), finish_reason=finish or "stop",
-                          usage=usage or Usage(), timings=self._timings(last, load_ms))
+                texts: list[str] = []
+                with readable_answer(self.label):
+                    if data.get("usage"):
+                        usage = self._with_cache(openai_usage(data["usage"]), data)
+                    if "timings" in data:
+                        last = data
+                    for choice in data.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        content = delta.get("content") if request.kind == "chat" else choice.get("text")
+                        if delta.get("tool_calls"):
+                            tools.add(delta["tool_calls"])
+                        if choice.get("finish_reason"):
+                            finish = choice["finish_reason"]
+                        if content:
+                            texts.append(str(content))
+                for text in texts:
+                    yield StreamChunk(content=text)
+        if not events:
+            raise UpstreamError(f"{self.label} sent a stream without a single event")
+        with readable_answer(self.label):
+            usage = self._with_cache(usage, last) if usage is not None else None
+            final = StreamChunk(done=True, tool_calls=tools.calls(), finish_reason=finish or "stop",
+                                usage=usage or Usage(), timings=self._timings(last, load_ms))
+        yield final
 
 
 def _ctx_from_launch(command: Any) -> int | None:

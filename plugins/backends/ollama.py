@@ -41,10 +41,13 @@ from autotune_core.modelinfo import ModelInfo
 from autotune_core.plan import Plan
 
 from ._common import (
+    checked_embeddings,
     effective_messages,
     error_text,
+    json_object,
     make_client,
     max_tokens,
+    readable_answer,
     sampling,
     status_error,
     strip_data_url,
@@ -218,7 +221,7 @@ class OllamaBackend(Backend):
         response = await self.client.request(method, path, **kwargs)
         if response.status_code >= 400:
             raise await self._http_error(response.status_code, error_text(response.content), model)
-        return response.json() if response.content else {}
+        return json_object(response.content, "Ollama") if response.content else {}
 
     async def _http_error(self, status: int, message: str, model: str | None) -> Exception:
         if status == 404 and model is not None and "not found" in message.lower():
@@ -321,8 +324,10 @@ class OllamaBackend(Backend):
         if runner:
             body["options"] = dict(runner)  # embedding without the loaded num_ctx would reload (ollama#6148)
         data = await self._request("POST", "/api/embed", model=model, json=body)
-        return EmbeddingResult(vectors=data.get("embeddings") or [], prompt_tokens=int(data.get("prompt_eval_count")
-                                                                                        or 0), model=model)
+        with readable_answer("Ollama"):
+            result = EmbeddingResult(vectors=data.get("embeddings") or [],
+                                     prompt_tokens=int(data.get("prompt_eval_count") or 0), model=model)
+        return checked_embeddings(result, len(inputs), "Ollama")
 
     # -- translation ------------------------------------------------------------------------------------------
 
@@ -439,11 +444,12 @@ class OllamaBackend(Backend):
         was_loaded = self._was_loaded(request.model)
         data = await self._request("POST", self._path(request), model=request.model, json=body)
         self._mark_loaded(request.model, body)
-        content, thinking, calls = _answer_parts(request, data)
-        finish = "tool_calls" if calls else data.get("done_reason") or "stop"
-        return ChatResult(model=request.model, backend=self.name, content=content, thinking=thinking,
-                          tool_calls=calls, finish_reason=finish, usage=self._usage(data),
-                          timings=self._timings(request.model, data, was_loaded), raw=self._raw(data))
+        with readable_answer("Ollama"):
+            content, thinking, calls = _answer_parts(request, data)
+            finish = "tool_calls" if calls else data.get("done_reason") or "stop"
+            return ChatResult(model=request.model, backend=self.name, content=content, thinking=thinking,
+                              tool_calls=calls, finish_reason=finish, usage=self._usage(data),
+                              timings=self._timings(request.model, data, was_loaded), raw=self._raw(data))
 
     async def stream_chat(self, request: ChatRequest, plan: Plan) -> AsyncIterator[StreamChunk]:
         await self._ensure_version()
@@ -457,23 +463,26 @@ class OllamaBackend(Backend):
             async for line in response.aiter_lines():
                 if not line.strip():
                     continue
-                try:
-                    data = json.loads(line)
-                except ValueError as exc:
-                    raise UpstreamError(f"Ollama sent a line that is not JSON: {line[:200]!r}") from exc
+                data = json_object(line, "Ollama")
                 if "error" in data:
                     raise UpstreamError(f"Ollama: {data['error']}")
-                content, thinking, calls = _answer_parts(request, data)
-                saw_tools = saw_tools or bool(calls)
-                if data.get("done"):
-                    self._mark_loaded(request.model, body)
-                    finish = "tool_calls" if saw_tools else data.get("done_reason") or "stop"
-                    yield StreamChunk(content=content, thinking=thinking or None, tool_calls=calls, done=True,
-                                      finish_reason=finish, usage=self._usage(data),
-                                      timings=self._timings(request.model, data, was_loaded))
+                with readable_answer("Ollama"):
+                    content, thinking, calls = _answer_parts(request, data)
+                    saw_tools = saw_tools or bool(calls)
+                    done = bool(data.get("done"))
+                    chunk = None
+                    if done:
+                        self._mark_loaded(request.model, body)
+                        finish = "tool_calls" if saw_tools else data.get("done_reason") or "stop"
+                        chunk = StreamChunk(content=content, thinking=thinking or None, tool_calls=calls, done=True,
+                                            finish_reason=finish, usage=self._usage(data),
+                                            timings=self._timings(request.model, data, was_loaded))
+                    elif content or thinking or calls:
+                        chunk = StreamChunk(content=content, thinking=thinking or None, tool_calls=calls)
+                if chunk is not None:
+                    yield chunk
+                if done:
                     return
-                if content or thinking or calls:
-                    yield StreamChunk(content=content, thinking=thinking or None, tool_calls=calls)
         raise UpstreamError("Ollama ended the stream without a final (done) message")
 
 

@@ -286,6 +286,24 @@ async def test_errors_are_mapped(fake_ollama: FakeOllama) -> None:
         await backend.aclose()
 
 
+@pytest.mark.parametrize("body", ["<html>captive portal</html>", [1, 2], {"message": "not an object", "done": True},
+                                  {"embeddings": 5, "message": {"content": 3, "tool_calls": "x"}, "done": True}])
+async def test_an_answer_autotune_cannot_read_is_an_upstream_error(fake_ollama: FakeOllama, body: Any) -> None:
+    """200 with the wrong body (a captive portal, a different server): the server's failure (502), not a crash."""
+    backend = backend_for(fake_ollama)
+    try:
+        await backend.version()
+        fake_ollama.set(status_override=(200, body))
+        with pytest.raises(UpstreamError, match="Ollama sent"):
+            await backend.chat(req(), plan())
+        with pytest.raises(UpstreamError, match="Ollama sent"):
+            [c async for c in backend.stream_chat(req(), plan())]
+        with pytest.raises(UpstreamError, match="Ollama sent"):
+            await backend.embed("llama3.2:1b", ["hi"])
+    finally:
+        await backend.aclose()
+
+
 async def test_timeout_and_refused(fake_ollama: FakeOllama) -> None:
     fake_ollama.set(hang=True, hang_seconds=5)
     backend = backend_for(fake_ollama, timeout=0.3)

@@ -208,3 +208,21 @@ def test_every_flavour_classifies_every_knob() -> None:
     for flavour in FLAVOURS:
         caps = OpenAIBackend({"flavour": flavour, "url": "http://127.0.0.1:1"}).capabilities()
         assert set(KNOBS) <= set(caps.knobs), flavour
+
+
+@pytest.mark.parametrize("body", ["<html>captive portal</html>", [1, 2], {"choices": "x", "data": 3},
+                                  {"choices": [{"message": "text", "delta": 7}], "data": [{"embedding": 1}]}])
+async def test_an_answer_autotune_cannot_read_is_an_upstream_error(fake_llama_server: FakeOpenAI, body: Any) -> None:
+    backend = backend_for(fake_llama_server)
+    try:
+        await backend.refresh()
+        fake_llama_server.set(status_override=(200, body))
+        request = req(fake_llama_server)
+        with pytest.raises(UpstreamError, match="sent"):
+            await backend.chat(request, Plan(model=request.model))
+        with pytest.raises(UpstreamError, match="sent"):
+            [c async for c in backend.stream_chat(request, Plan(model=request.model))]
+        with pytest.raises(UpstreamError, match="sent"):
+            await backend.embed(request.model, ["hi"])
+    finally:
+        await backend.aclose()
