@@ -14,39 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..plugin_report import hook_names, hook_order, plugins_report
 from .common import echo_json, get_host, table
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from ..host import PluginHost, PluginRecord
-
-
-def hook_names() -> list[str]:
-    """Every hook of the contract, in the order of ``hookspecs.py``'s request path."""
-    from .. import hookspecs
-    from ..markers import PROJECT
-
-    marker = f"{PROJECT}_spec"
-    names = [name for name, obj in vars(hookspecs).items() if callable(obj) and hasattr(obj, marker)]
-    return names
-
-
-def hook_order(host: PluginHost) -> dict[str, list[dict[str, Any]]]:
-    """Per hook, the plugins in the order they are called, with stage and tryfirst/trylast."""
-    from ..host import FOLD_HOOKS
-
-    order: dict[str, list[dict[str, Any]]] = {}
-    for hook in hook_names():
-        rows = []
-        for position, impl in enumerate(host.hook_impls(hook), start=1):
-            row: dict[str, Any] = {"position": position, "plugin": impl.plugin, "tryfirst": impl.tryfirst,
-                                   "trylast": impl.trylast}
-            if hook in FOLD_HOOKS:
-                row["stage"] = impl.stage
-            rows.append(row)
-        order[hook] = rows
-    return order
 
 
 def _placement(row: dict[str, Any]) -> str:
@@ -182,12 +156,11 @@ def list_plugins(as_json: bool, order: bool, only_hook: str | None) -> None:
     if only_hook is not None and only_hook not in hook_names():
         close = difflib.get_close_matches(only_hook, hook_names(), n=1)
         raise click.UsageError(f"no hook named {only_hook!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+    if as_json:
+        echo_json(plugins_report(host, only_hook))
+        return
     records = [r for r in host.records.values() if only_hook is None or only_hook in r.hooks]
     calls = hook_order(host)
-    if as_json:
-        echo_json({"plugins": [r.as_dict() for r in records], "hook_order": calls,
-                   "startup_ms": round(host.startup_ms, 2)})
-        return
     rows = []
     for r in records:
         note = r.reason or (f"{r.failures} failure(s): {r.last_failure}" if r.failures else "")

@@ -18,6 +18,7 @@ from .. import __version__
 from ..config import Settings
 from ..errors import AutotuneError
 from ..host import PluginHost
+from ..plugin_report import plugins_report
 from . import ollama_door, openai_door
 from .auth import ApiKeyMiddleware
 from .errors import NotFoundRoute, classify, door_for_path, error_body, error_headers
@@ -101,12 +102,9 @@ def _observability_routes(state: ServerState) -> list[BaseRoute]:
         return PlainTextResponse(m.render(), media_type=PROMETHEUS_MEDIA)
 
     async def plugins(request: Request) -> Response:
-        hooks = ("pre_request", "choose_num_ctx", "choose_kv_type", "post_response", "on_pressure")
-        return json_response({
-            "plugins": state.host.plugins_info(),
-            "stack": sorted(state.host.stack) if state.host.stack is not None else None,
-            "hook_order": {hook: [n for n in state.host.hook_order(hook) if state.host.enabled(n)] for hook in hooks},
-        })
+        """Exactly what ``autotune plugins list --json`` prints for this host, plus the server's stack."""
+        stack = sorted(state.host.stack) if state.host.stack is not None else None
+        return json_response({**plugins_report(state.host), "stack": stack})
 
     async def root(request: Request) -> Response:
         return PlainTextResponse("autotune is running (OpenAI /v1 and Ollama /api)")

@@ -94,7 +94,7 @@ class EmbedBody(BaseModel):
     input: str | list[str] = ""
     truncate: bool | None = None
     keep_alive: str | float | None = None
-    dimensions: int | None = None
+    dimensions: int | None = Field(default=None, ge=1)
 
 
 class LegacyEmbeddingsBody(BaseModel):

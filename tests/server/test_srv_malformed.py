@@ -86,6 +86,17 @@ def test_schema_errors_name_the_field(small: LiveServer, path: str, name: str, b
     no_internal_errors(small)
 
 
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/api/embed"])
+@pytest.mark.parametrize("dimensions", [0, -1, 1.5])
+def test_embedding_dimensions_must_be_a_positive_integer(small: LiveServer, path: str, dimensions: Any) -> None:
+    """A negative size would slice the vector from the end (v[:-1]): refused, never silently trimmed."""
+    response = httpx.post(small.url + path, json={"model": "llama3.2:1b", "input": "hi", "dimensions": dimensions},
+                          timeout=10)
+    assert response.status_code == 400, response.text
+    check_shape(path, response)
+    assert "dimensions" in json.dumps(response.json())
+
+
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
 def test_oversized_body_by_content_length_and_by_streamed_bytes(small: LiveServer, path: str) -> None:
     big = json.dumps({"model": "llama3.2:1b", "messages": [{"role": "user", "content": "x" * 100_000}]}).encode()

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from autotune_core.context import Choice, fold_stage
 from autotune_core.markers import hookimpl
+from autotune_core.plugin_report import plugins_report
 
 MSGS: list[Any] = [{"role": "user", "content": "hi"}]
 
@@ -108,7 +109,9 @@ def test_plugins_endpoint_and_plugin_routes(live_factory: Any) -> None:
     info = httpx.get(live.url + "/-/plugins", timeout=5).json()
     names = {p["name"] for p in info["plugins"]}
     assert {"core", "recorder", "routes", "fake-backend"} <= names
-    assert info["hook_order"]["pre_request"] == ["core", "recorder"]
+    assert [row["plugin"] for row in info["hook_order"]["pre_request"]] == ["core", "recorder"]
+    # the same report as `autotune plugins list --json` for this host, plus the server's stack
+    assert info == {**plugins_report(live.host), "stack": None}
     assert httpx.get(live.url + "/api/conversations", timeout=5).json() == {"conversations": []}
     assert httpx.get(live.url + "/v1/models", timeout=5).json()["object"] == "list"
 
