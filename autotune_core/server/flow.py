@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..backend import Backend
-from ..errors import InvalidRequest, UpstreamTimeout
+from ..errors import AutotuneError, InvalidRequest, UpstreamTimeout
 from ..messages import ChatRequest, ChatResult, StreamChunk
 from ..pipeline import Prepared
 from ..profiles import PROFILES
@@ -117,12 +117,17 @@ def apply_headers(chat: ChatRequest, request: Request) -> ChatRequest:
     return chat
 
 
-def error_response(state: ServerState, door: Door, endpoint: str, exc: BaseException) -> Response:
-    error = classify(exc)
+def count_error(state: ServerState, error: AutotuneError) -> None:
+    """Errors by type, and queue refusals by reason (whether sent as a status or in-band in a stream)."""
     state.metrics.errors.inc({"type": error.type})
-    state.metrics.requests.inc({"door": door, "endpoint": endpoint, "status": str(error.status)})
     if error.status == 429:
         state.metrics.queue_rejected.inc({"reason": error.code or "queue_full"})
+
+
+def error_response(state: ServerState, door: Door, endpoint: str, exc: BaseException) -> Response:
+    error = classify(exc)
+    count_error(state, error)
+    state.metrics.requests.inc({"door": door, "endpoint": endpoint, "status": str(error.status)})
     return json_response(error_body(door, error), error.status, error_headers(error))
 
 
@@ -167,6 +172,12 @@ def plan_headers(prepared: Prepared, overhead_ms: float) -> dict[str, str]:
                "X-Autotune-Profile": prepared.plan.profile, "Cache-Control": "no-store"}
     headers["X-Autotune-Plan"] = prepared.plan.compact_trace()
     return headers
+
+
+def plan_comments(headers: dict[str, str]) -> bytes:
+    """The plan headers as SSE comment lines, for a stream whose headers were sent before it was planned."""
+    return "".join(f": {name.lower()}: {value}\n" for name, value in headers.items()
+                   if name.startswith("X-Autotune-")).encode() + b"\n"
 
 
 def record_result(state: ServerState, prepared: Prepared, result: ChatResult) -> None:
@@ -218,8 +229,6 @@ async def handle(state: ServerState, request: Request, dialect: Dialect) -> Resp
     except Exception as exc:
         return error_response(state, dialect.door, dialect.endpoint, exc)
     resolved = Resolved(chat, chat.model, backend, upstream_model, started)
-    if chat.stream and ticket is not None and dialect.sse:
-        return _queued_stream(state, dialect, resolved, ticket)
     try:
         return await unless_hung_up(request.receive, _serve(state, dialect, resolved, ticket))
     except ClientDisconnected as exc:
@@ -228,7 +237,23 @@ async def handle(state: ServerState, request: Request, dialect: Dialect) -> Resp
 
 async def _serve(state: ServerState, dialect: Dialect, resolved: Resolved, ticket: Ticket | None) -> Response:
     """Wait for a slot, plan, and answer (or open the stream); the slot is released on every way out."""
-    if ticket is not None:
+    if ticket is not None and resolved.chat.stream and dialect.sse:
+        # an SSE stream waits up to one keep-alive interval before committing to a 200 with ': queued'
+        # comments: most waits end sooner and then get real headers (plan, overhead) or a real 429
+        patience = min(state.keepalive_interval, state.queue.timeout)
+        try:
+            await asyncio.wait((ticket.future,), timeout=patience)
+        except BaseException:
+            state.queue.abandon(ticket)
+            raise
+        if not state.queue.granted(ticket):
+            if patience < state.queue.timeout:
+                return _queued_stream(state, dialect, resolved, ticket)
+            state.queue.abandon(ticket)
+            return error_response(state, dialect.door, dialect.endpoint, state.queue.timeout_error())
+        resolved.waited_s = time.perf_counter() - ticket.enqueued
+        state.metrics.queue_wait.observe(resolved.waited_s)
+    elif ticket is not None:
         try:
             await state.queue.wait(ticket)
         except Exception as exc:
@@ -351,6 +376,7 @@ async def _body(state: ServerState, dialect: Dialect, resolved: Resolved, ticket
     encoder = dialect.encoder(resolved.chat)
     last: StreamChunk | None = None
     ttft: float | None = None
+    failed_status = 200  # the status line said 200; an in-band error is counted under its own status
     try:
         if ticket is not None:
             yield SSE_QUEUED
@@ -367,7 +393,12 @@ async def _body(state: ServerState, dialect: Dialect, resolved: Resolved, ticket
             has_slot, ticket = True, None
             hold_started = time.perf_counter()
             metrics.queue_wait.observe(hold_started - resolved.started)
+            resolved.waited_s = hold_started - resolved.started
             prepared = await plan(state, resolved)
+            overhead = time.perf_counter() - resolved.started - resolved.waited_s - resolved.upstream_s
+            metrics.overhead.observe(overhead)
+            # the headers left long ago: what they would have said goes out as SSE comments (clients skip them)
+            yield plan_comments(plan_headers(prepared, overhead * 1000))
             upstream, first = await _open(state, prepared)
         assert upstream is not None and first is not None
         async for keepalive in _first(state, first, hold_started + state.config.upstream_timeout, dialect.sse):
@@ -381,16 +412,31 @@ async def _body(state: ServerState, dialect: Dialect, resolved: Resolved, ticket
         if chunk.done:
             last = chunk
         yield encoder.start() + encoder.chunk(chunk)
-        async for chunk in upstream:
-            if chunk.done:
-                last = chunk
-            frame = encoder.chunk(chunk)
-            if frame:
-                yield frame
+        gap = state.config.upstream_timeout
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(None) as idle:  # armed only while waiting on the upstream
+            while True:
+                idle.reschedule(loop.time() + gap)
+                try:
+                    chunk = await anext(upstream)
+                except StopAsyncIteration:
+                    break
+                finally:
+                    if not idle.expired():
+                        idle.reschedule(None)
+                if chunk.done:
+                    last = chunk
+                frame = encoder.chunk(chunk)
+                if frame:
+                    yield frame
         yield done_marker
     except Exception as exc:
+        if isinstance(exc, TimeoutError):
+            exc = UpstreamTimeout(f"the model server sent nothing for {state.config.upstream_timeout:g} s "
+                                  "in the middle of the answer")
         error = classify(exc)
-        metrics.errors.inc({"type": error.type})
+        failed_status = error.status
+        count_error(state, error)
         yield encoder.error(error_body(dialect.door, error)) + done_marker
     finally:
         if first is not None and not first.done():
@@ -404,8 +450,8 @@ async def _body(state: ServerState, dialect: Dialect, resolved: Resolved, ticket
             queue.release(time.perf_counter() - hold_started)
         elif ticket is not None:
             queue.abandon(ticket)
-        metrics.requests.inc({"door": dialect.door, "endpoint": dialect.endpoint, "status": "200"})
-        _log(state, resolved.chat, dialect.door, 200, (time.perf_counter() - resolved.started) * 1000)
+        metrics.requests.inc({"door": dialect.door, "endpoint": dialect.endpoint, "status": str(failed_status)})
+        _log(state, resolved.chat, dialect.door, failed_status, (time.perf_counter() - resolved.started) * 1000)
         if prepared is not None:
             result = ChatResult(model=prepared.request.model, backend=prepared.backend.name)
             if last is not None:

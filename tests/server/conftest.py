@@ -124,6 +124,16 @@ class SlowFake(FakeBackend):
             raise ConnectionError("fake upstream refused the connection")
         return await super().chat(request, plan)
 
+    async def stream_chat(self, request: Any, plan: Any) -> Any:
+        """``stall_after_chunks``: after that many chunks, go silent for ``stall_seconds`` (a hung runner)."""
+        stall_after = self.settings.get("stall_after_chunks")
+        sent = 0
+        async for chunk in super().stream_chat(request, plan):
+            if stall_after is not None and sent == stall_after:
+                await asyncio.sleep(float(self.settings.get("stall_seconds", 30.0)))
+            sent += 1
+            yield chunk
+
     async def embed(self, model: str, inputs: list[str]) -> Any:
         try:
             await asyncio.sleep(float(self.settings.get("embed_delay", 0.0)))

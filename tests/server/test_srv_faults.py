@@ -80,6 +80,20 @@ def test_slow_upstream_times_out_with_504_and_is_cancelled(live_factory: Any) ->
     assert live.fake.cancelled >= 3
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+def test_an_upstream_that_goes_silent_mid_stream_is_cut_off_after_upstream_timeout(live_factory: Any,
+                                                                                   path: str) -> None:
+    live: LiveServer = live_factory(backend=SlowFake, fake={"stall_after_chunks": 2, "stall_seconds": 30},
+                                    upstream_timeout=0.5)
+    started = time.monotonic()
+    text = httpx.post(live.url + path, json={**CHAT, "stream": True}, timeout=10).text
+    assert time.monotonic() - started < 3
+    assert "upstream_timeout" in text or "sent nothing for 0.5 s" in text
+    assert "Hello" in text  # what arrived before the stall was passed on
+    live.wait_idle()
+    assert live.state.metrics.errors.get({"type": "upstream_timeout"}) == 1
+
+
 def test_upstream_connection_refused_is_502(live_factory: Any) -> None:
     live: LiveServer = live_factory(backend=SlowFake, fake={"chat_error": True})
     response = httpx.post(live.url + "/v1/chat/completions", json=CHAT, timeout=10)

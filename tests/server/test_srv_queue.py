@@ -150,7 +150,36 @@ def test_queued_stream_gets_keepalive_comments_then_answers(live_factory: Any) -
     assert second.startswith(": queued\n\n")
     assert second.rstrip().endswith("data: [DONE]") and '"content":" backend."' in second
     assert ": queued" not in first
+    # the headers went out before the plan existed: the plan follows as comments, before the first event
+    comments = second[:second.index("data: ")]
+    assert ": x-autotune-plan: " in comments and ": x-autotune-overhead-ms: " in comments
     live.wait_idle()
+    assert live.state.metrics.overhead.count() == 2
+
+
+def test_a_stream_that_waits_briefly_gets_real_headers_and_a_real_429(live_factory: Any) -> None:
+    """Within one keep-alive interval nothing is committed: a slot brings the plan headers, a timeout a 429."""
+    live: LiveServer = live_factory(fake={"chunk_delay": 0.02}, keepalive_interval=5.0, max_concurrent=1,
+                                    queue_timeout=0.3)
+
+    async def run(first_delay: float) -> httpx.Response:
+        live.fake.chunk_delay = first_delay
+        async with httpx.AsyncClient(base_url=live.url, timeout=10) as client:
+            body = {"model": "llama3.2:1b", "messages": MSGS, "stream": True}
+            first = asyncio.create_task(client.post("/v1/chat/completions", json=body))
+            await asyncio.sleep(0.05)
+            second = await client.post("/v1/chat/completions", json=body)
+            await first
+            return second
+
+    served = asyncio.run(run(0.02))  # the first stream ends well within the wait
+    assert served.status_code == 200 and "x-autotune-plan" in served.headers
+    assert ": queued" not in served.text and served.text.rstrip().endswith("data: [DONE]")
+    refused = asyncio.run(run(0.2))  # the first stream outlasts queue_timeout
+    assert refused.status_code == 429 and refused.headers["retry-after"]
+    assert refused.json()["error"]["code"] == "queue_timeout"
+    live.wait_idle()
+    assert live.state.metrics.queue_rejected.get({"reason": "queue_timeout"}) == 1
 
 
 def test_queued_stream_times_out_in_band(live_factory: Any) -> None:
@@ -168,5 +197,9 @@ def test_queued_stream_times_out_in_band(live_factory: Any) -> None:
 
     second = asyncio.run(run())
     assert '"code":"queue_timeout"' in second.text and second.text.rstrip().endswith("data: [DONE]")
+    # counted as what it was, although the status line said 200
+    assert live.state.metrics.queue_rejected.get({"reason": "queue_timeout"}) == 1
+    assert live.state.metrics.requests.get({"door": "openai", "endpoint": "/v1/chat/completions",
+                                            "status": "429"}) == 1
     # a non-streaming request in the same spot gets a real 429 with Retry-After
     live.wait_idle()
