@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -93,13 +94,13 @@ def routes(state: ServerState) -> list[Route]:
         capabilities = ["completion"]
         if info is not None:
             arch = info.architecture
-            model_info = {"general.architecture": arch, "general.parameter_count": info.parameter_count,
-                          f"{arch}.block_count": info.block_count, f"{arch}.context_length": info.context_length,
-                          f"{arch}.embedding_length": info.embedding_length,
-                          f"{arch}.attention.head_count": info.head_count,
-                          f"{arch}.attention.head_count_kv": info.head_count_kv}
-            if info.sliding_window:
-                model_info[f"{arch}.attention.sliding_window"] = info.sliding_window
+            known = {"general.parameter_count": info.parameter_count, f"{arch}.block_count": info.block_count,
+                     f"{arch}.context_length": info.context_length, f"{arch}.embedding_length": info.embedding_length,
+                     f"{arch}.attention.head_count": info.head_count,
+                     f"{arch}.attention.head_count_kv": info.head_count_kv,
+                     f"{arch}.attention.sliding_window": info.sliding_window}
+            # what the backend could not tell is left out, never reported as 0 (clients size things from these)
+            model_info = {"general.architecture": arch, **{key: value for key, value in known.items() if value}}
             capabilities = list(info.capabilities) or capabilities
         return ok(state, "ollama", "/api/show", {
             "modelfile": f"# served by autotune via the {backend.name} backend\nFROM {upstream}\n",
@@ -112,11 +113,14 @@ def routes(state: ServerState) -> list[Route]:
             if name not in state.backends_used and not (state.status.get(name) and state.status[name].ok):
                 continue
             with contextlib.suppress(Exception):
-                for loaded in await asyncio.wait_for(state.host.backend(name).loaded_models(), 3.0):
+                loaded_models = await asyncio.wait_for(state.host.backend(name).loaded_models(), 3.0)
+                listed = {entry.name: entry for entry in await state.pipeline.resolver.models_of(name)}
+                for loaded in loaded_models:
+                    entry = listed.get(loaded.name)
                     models.append({"name": loaded.name, "model": loaded.name, "size": loaded.size_bytes or 0,
                                    "size_vram": loaded.size_vram_bytes or 0,
-                                   "digest": hashlib.sha256(f"{name}/{loaded.name}".encode()).hexdigest(),
-                                   "details": _details(None), "expires_at": loaded.expires_at or started_iso,
+                                   "digest": _digest(entry or ModelEntry(name=loaded.name, backend=name)),
+                                   "details": _details(entry), "expires_at": loaded.expires_at or started_iso,
                                    "context_length": loaded.context_length})
         return ok(state, "ollama", "/api/ps", {"models": models})
 
@@ -137,9 +141,11 @@ def routes(state: ServerState) -> list[Route]:
             if not inputs:
                 raise SchemaError("input: must not be empty", param="input")
             backend, upstream = await state.resolve(body.model)
+            started = time.perf_counter_ns()
             result = await in_slot(state, request, lambda: backend.embed(upstream, inputs))
             vectors = [v[: body.dimensions] if body.dimensions else v for v in result.vectors]
             return ok(state, "ollama", endpoint, {"model": body.model, "embeddings": vectors,
+                                                  "total_duration": time.perf_counter_ns() - started,
                                                   "prompt_eval_count": result.prompt_tokens})
         except Exception as exc:
             return error_response(state, "ollama", endpoint, exc)

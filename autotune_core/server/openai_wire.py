@@ -268,12 +268,14 @@ class ChatStreamEncoder:
         self.completion = completion
         self.object = "text_completion" if completion else "chat.completion.chunk"
         head = dumps({"id": self.id, "object": self.object, "created": self.created, "model": self.model})[:-1]
+        # with include_usage OpenAI sends "usage": null on every chunk but the last (SDKs type it Optional)
+        tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
         if completion:
             self._pre = b"data: " + head + b',"choices":[{"index":0,"text":'
-            self._post = b',"logprobs":null,"finish_reason":null}]}\n\n'
+            self._post = b',"logprobs":null,"finish_reason":null}]' + tail
         else:
             self._pre = b"data: " + head + b',"choices":[{"index":0,"delta":{"content":'
-            self._post = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+            self._post = b'},"logprobs":null,"finish_reason":null}]' + tail
         self._tool_index = 0
 
     def start(self) -> bytes:
@@ -291,6 +293,8 @@ class ChatStreamEncoder:
                                 "choices": [choice]}
         if usage is not None:
             data["usage"] = usage_dict(usage)
+        elif self.include_usage:
+            data["usage"] = None
         return b"data: " + dumps(data) + b"\n\n"
 
     def chunk(self, chunk: StreamChunk) -> bytes:

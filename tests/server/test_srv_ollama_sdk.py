@@ -7,7 +7,10 @@ from typing import Any
 import httpx
 import ollama
 import pytest
-from conftest import LiveServer, Recorder
+from conftest import LiveServer, Recorder, serve, settings
+
+from autotune_core.host import PluginHost
+from autotune_core.testing import make_hardware
 
 REPLY = "Hello from the fake backend."
 MSGS: list[Any] = [{"role": "user", "content": "hi"}]
@@ -75,10 +78,52 @@ def test_tags_show_ps_version(live: LiveServer) -> None:
     assert version["version"] and version["autotune"]
 
 
+def test_ps_describes_a_loaded_model_as_tags_does(fake_ollama_factory: Any) -> None:
+    """Through the real Ollama backend: /api/ps carries the upstream's details and digest, not blanks."""
+    from autotune_plugins.backends.ollama import OllamaPlugin
+
+    fake = fake_ollama_factory()
+    config = settings()
+    config.backend_order = ["ollama"]
+    config.backends["ollama"] = {"url": fake.url}
+    live = serve(PluginHost(config=config, plugins=[OllamaPlugin()], load_entrypoints=False,
+                            hardware=make_hardware()))
+    try:
+        client = sdk(live)
+        model = fake.models[0].name
+        client.chat(model=model, messages=MSGS)
+        running = next(m for m in client.ps().models if m.model == model)
+        listed = next(m for m in client.list().models if m.model == model)
+        assert running.details == listed.details and running.digest == listed.digest
+        assert running.details is not None and running.details.family and running.details.quantization_level
+    finally:
+        live.stop()
+
+
+def test_show_leaves_out_what_the_backend_cannot_tell(fake_openai_factory: Any) -> None:
+    """A generic OpenAI-compatible server tells little about its model: /api/show omits the unknown fields
+    instead of reporting 0 layers or a null parameter count (clients size things from these)."""
+    from autotune_plugins.backends.openai_compat import OpenAIPlugin
+
+    fake = fake_openai_factory("generic")
+    config = settings()
+    config.backend_order = ["openai"]
+    config.backends["openai"] = {"url": fake.url, "flavour": "generic"}
+    live = serve(PluginHost(config=config, plugins=[OpenAIPlugin()], load_entrypoints=False,
+                            hardware=make_hardware()))
+    try:
+        shown = httpx.post(live.url + "/api/show", json={"model": fake.models[0].name}, timeout=10).json()
+        assert "general.architecture" in shown["model_info"]
+        assert all(value not in (0, None) for value in shown["model_info"].values()), shown["model_info"]
+    finally:
+        live.stop()
+
+
 def test_embed_and_legacy_embeddings(live: LiveServer) -> None:
     client = sdk(live)
     embedded = client.embed(model="llama3.2:1b", input=["a b", "c"])
     assert len(embedded.embeddings) == 2 and len(embedded.embeddings[0]) == 32
+    assert embedded.total_duration is not None and embedded.total_duration > 0  # nanoseconds, as Ollama
     legacy = client.embeddings(model="llama3.2:1b", prompt="a b")
     assert list(legacy.embedding) == pytest.approx(list(embedded.embeddings[0]))
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from conftest import LiveServer, Recorder
@@ -64,6 +66,12 @@ def test_chat_streaming_with_usage(live: LiveServer) -> None:
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finish == ["stop"]
     assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    # as OpenAI: every other chunk carries "usage": null (the key present, the value null)
+    raw = httpx.post(live.url + "/v1/chat/completions", timeout=10, json={
+        "model": "llama3.2:1b", "messages": MSGS, "stream": True, "stream_options": {"include_usage": True}}).text
+    events = [json.loads(block[6:]) for block in raw.split("\n\n") if block.startswith("data: {")]
+    assert all("usage" in event for event in events)
+    assert [event["usage"] is None for event in events] == [True] * (len(events) - 1) + [False]
     live.wait_idle()
 
 
@@ -71,6 +79,9 @@ def test_streaming_without_include_usage_has_no_usage_chunk(live: LiveServer) ->
     chunks = list(sdk(live).chat.completions.create(model="llama3.2:1b", messages=MSGS, stream=True))
     assert all(c.choices for c in chunks)
     assert all(c.usage is None for c in chunks)
+    raw = httpx.post(live.url + "/v1/chat/completions", timeout=10,
+                     json={"model": "llama3.2:1b", "messages": MSGS, "stream": True}).text
+    assert '"usage"' not in raw
 
 
 def test_fields_pass_through_into_chat_request(live_factory: Any) -> None:
