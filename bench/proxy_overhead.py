@@ -9,6 +9,8 @@ upstream), and this client. Both arms are measured side by side, interleaved, in
 - added latency per streamed chunk: arrival time minus the upstream's send stamp (CLOCK_MONOTONIC is shared
   by all processes on Linux), proxied median minus direct median;
 - throughput at concurrency 32 (requests/s, proxied / direct);
+- the same latency and throughput through a do-nothing pass-through proxy built on the same server and client
+  libraries (uvicorn + httptools + uvloop, aiohttp): the floor any proxy on this stack pays before it does work;
 - the server's idle RSS and its time from spawn to a healthy ``/health``.
 
 Run: ``python bench/proxy_overhead.py`` (``--quick`` for a smoke run). Prints a table and the ratios.
@@ -134,6 +136,43 @@ def run_upstream(port: int) -> None:
     asyncio.run(main())
 
 
+# -- the stack's ceiling: a do-nothing pass-through on the libraries autotune's server uses ----------------------
+
+
+def run_passthrough(upstream_port: int, port: int) -> None:
+    """uvicorn (httptools, uvloop) + a raw ASGI app + an aiohttp pool of 64: forward the body, return the answer.
+
+    No parsing, planning or re-encoding: what any proxy built on this stack costs before it does any work.
+    """
+    import aiohttp
+    import uvicorn
+
+    target = f"http://127.0.0.1:{upstream_port}"
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def app(scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[dict[str, Any]], Any]) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if not sessions:
+            sessions.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)))
+        async with sessions[0].request(scope["method"], target + scope["path"], data=body or None,
+                                       headers={"Content-Type": "application/json"}) as answer:
+            data = await answer.read()
+        await send({"type": "http.response.start", "status": answer.status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]})
+        await send({"type": "http.response.body", "body": data})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, server_header=False)
+
+
 # -- a minimal HTTP/1.1 keep-alive client (identical in both arms) ---------------------------------------------
 
 
@@ -197,8 +236,23 @@ class Conn:
                 if line.strip():
                     on_line(line, arrived)
 
+    def get(self, path: str) -> bytes:
+        self.sock.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path.encode())
+        headers = self._head()
+        length = int(headers.get(b"content-length", b"0"))
+        while len(self.buf) < length:
+            self._fill()
+        data, self.buf = self.buf[:length], self.buf[length:]
+        return data
+
     def close(self) -> None:
         self.sock.close()
+
+    def __enter__(self) -> Conn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 async def _async_post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: bytes,
@@ -285,20 +339,25 @@ def chat_body(stream: bool, door: str, model: str = MODEL) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--passthrough", type=int, nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     parser.add_argument("--requests", type=int, default=1000, help="non-streaming pairs per door")
     parser.add_argument("--streams", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput round")
+    parser.add_argument("--latency-only", action="store_true", help="skip the throughput rounds (A/B checks)")
     parser.add_argument("--minimal-stack", action="store_true",
                         help="only the core and the Ollama backend (default: every installed plugin)")
     args = parser.parse_args()
     if args.upstream:
         run_upstream(args.upstream)
         return
+    if args.passthrough:
+        run_passthrough(*args.passthrough)
+        return
     if args.quick:
         args.requests, args.streams, args.seconds = 200, 8, 1.0
 
-    up_port, proxy_port = free_port(), free_port()
+    up_port, proxy_port, bare_port = free_port(), free_port(), free_port()
     home = Path(tempfile.mkdtemp(prefix="autotune-bench-"))
     env = {**os.environ, "AUTOTUNE_CONFIG": str(home / "config.toml"), "AUTOTUNE_DATA_DIR": str(home / "data"),
            "AUTOTUNE_OLLAMA_URL": f"http://127.0.0.1:{up_port}", "AUTOTUNE_MAX_CONCURRENT": "64",
@@ -307,6 +366,8 @@ def main() -> None:
         env["AUTOTUNE_LOAD_PLUGINS"] = "ollama"
     upstream = subprocess.Popen([sys.executable, __file__, "--upstream", str(up_port)], env=env)
     wait_healthy(f"http://127.0.0.1:{up_port}/api/version", 10)
+    bare = subprocess.Popen([sys.executable, __file__, "--passthrough", str(up_port), str(bare_port)])
+    wait_healthy(f"http://127.0.0.1:{bare_port}/api/version", 10)
     spawned = time.perf_counter()
     proxy = subprocess.Popen([sys.executable, "-m", "autotune_core.server", "--port", str(proxy_port),
                               "--log-level", "warning"], env=env, stderr=subprocess.DEVNULL)
@@ -315,10 +376,10 @@ def main() -> None:
         ready_s = time.perf_counter() - spawned
         time.sleep(1.0)
         idle_rss = rss_mb(proxy.pid)
-        results = measure(args, up_port, proxy_port, proxy.pid)
+        results = measure(args, {"direct": up_port, "bare": bare_port, "proxy": proxy_port}, proxy.pid)
         report(args, ready_s, idle_rss, rss_mb(proxy.pid), results)
     finally:
-        for process in (proxy, upstream):
+        for process in (proxy, bare, upstream):
             process.terminate()
             try:
                 process.wait(timeout=10)
@@ -333,32 +394,40 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(args: argparse.Namespace, up_port: int, proxy_port: int, proxy_pid: int) -> dict[str, Any]:
-    direct, proxied = Conn(up_port), Conn(proxy_port)
+def measure(args: argparse.Namespace, ports: dict[str, int], proxy_pid: int) -> dict[str, Any]:
+    """``ports``: ``direct`` (the upstream), ``bare`` (the do-nothing pass-through) and ``proxy`` (autotune)."""
+    direct, bare, proxied = Conn(ports["direct"]), Conn(ports["bare"]), Conn(ports["proxy"])
     out: dict[str, Any] = {}
     doors = {"ollama": "/api/chat", "openai": "/v1/chat/completions"}
     # warm-up: model lists, model info, first plans
     for _ in range(50):
         direct.post("/api/chat", chat_body(False, "ollama"))
+        bare.post("/api/chat", chat_body(False, "ollama"))
         for path in doors.values():
             headers, _ = proxied.post(path, chat_body(False, "openai"))
             assert headers[b":status"] == b"200", headers
     for door, path in doors.items():
         d_times: list[float] = []
+        b_times: list[float] = []
         p_times: list[float] = []
         overheads: list[float] = []
         d_body, p_body = chat_body(False, "ollama"), chat_body(False, door)
-        for _ in range(args.requests):  # interleaved: direct, proxied, direct, proxied, ...
+        for _ in range(args.requests):  # interleaved: direct, pass-through, proxied, direct, ...
             t0 = time.perf_counter()
             direct.post("/api/chat", d_body)
             t1 = time.perf_counter()
-            headers, _ = proxied.post(path, p_body)
+            if door == "ollama":  # the pass-through forwards paths as they are: only the upstream's own door
+                bare.post("/api/chat", d_body)
             t2 = time.perf_counter()
+            headers, _ = proxied.post(path, p_body)
+            t3 = time.perf_counter()
             d_times.append((t1 - t0) * 1000)
-            p_times.append((t2 - t1) * 1000)
+            b_times.append((t2 - t1) * 1000)
+            p_times.append((t3 - t2) * 1000)
             overheads.append(float(headers.get(b"x-autotune-overhead-ms", b"nan")))
         out[door] = {"direct_p50": pct(d_times, 0.5), "direct_p99": pct(d_times, 0.99),
                      "proxy_p50": pct(p_times, 0.5), "proxy_p99": pct(p_times, 0.99),
+                     "bare_p50": pct(b_times, 0.5), "bare_p99": pct(b_times, 0.99),
                      "header_p50": pct(overheads, 0.5)}
     # streaming: per-chunk latency = arrival - upstream send stamp
     lags: dict[str, list[float]] = {"direct": [], "proxy": []}
@@ -377,15 +446,17 @@ def measure(args: argparse.Namespace, up_port: int, proxy_port: int, proxy_pid: 
         proxied.stream("/api/chat", chat_body(True, "ollama"), collect("proxy"))
     out["stream"] = {"direct_lag": statistics.median(lags["direct"]), "proxy_lag": statistics.median(lags["proxy"]),
                      "chunks": len(lags["proxy"])}
-    direct.close()
-    proxied.close()
-    # throughput at concurrency 32, alternating arms twice; the server's CPU time per proxied request
-    rates: dict[str, list[float]] = {"direct": [], "proxy": []}
+    for conn in (direct, bare, proxied):
+        conn.close()
+    if args.latency_only:
+        return out
+    # throughput at concurrency 32, arms alternating twice; the server's CPU time per proxied request
+    rates: dict[str, list[float]] = {"direct": [], "bare": [], "proxy": []}
     errors = 0
     cpu_s = 0.0
     served = 0
     for _ in range(2):
-        for arm, port in (("direct", up_port), ("proxy", proxy_port)):
+        for arm, port in ports.items():
             before = cpu_seconds(proxy_pid)
             started = time.perf_counter()
             rate, failed = asyncio.run(_throughput(port, b"/api/chat", chat_body(False, "ollama"), 32, args.seconds))
@@ -394,19 +465,19 @@ def measure(args: argparse.Namespace, up_port: int, proxy_port: int, proxy_pid: 
                 served += round(rate * (time.perf_counter() - started))
             rates[arm].append(rate)
             errors += failed
-    out["throughput"] = {"direct": statistics.mean(rates["direct"]), "proxy": statistics.mean(rates["proxy"]),
+    out["throughput"] = {**{arm: statistics.mean(values) for arm, values in rates.items()},
                          "errors": errors, "cpu_ms": cpu_s * 1000 / max(1, served)}
     for ms in SERVICE_MS:
-        timed: dict[str, list[float]] = {"direct": [], "proxy": []}
+        timed: dict[str, list[float]] = {"direct": [], "bare": [], "proxy": []}
         failures = 0
         for _ in range(2):
-            for arm, port in (("direct", up_port), ("proxy", proxy_port)):
+            for arm, port in ports.items():
                 rate, failed = asyncio.run(_throughput(port, b"/api/chat", chat_body(False, "ollama", timed_model(ms)),
                                                        32, args.seconds))
                 timed[arm].append(rate)
                 failures += failed
-        out[f"throughput_{ms}"] = {"direct": statistics.mean(timed["direct"]),
-                                   "proxy": statistics.mean(timed["proxy"]), "errors": failures}
+        out[f"throughput_{ms}"] = {**{arm: statistics.mean(values) for arm, values in timed.items()},
+                                   "errors": failures}
     return out
 
 
@@ -415,30 +486,43 @@ def report(args: argparse.Namespace, ready_s: float, idle_rss: float, rss_after:
     stack = "core + ollama backend" if args.minimal_stack else "default (every installed plugin)"
     print(f"proxy overhead, loopback, plugin stack: {stack}; {args.requests} interleaved pairs per door, "
           f"{args.streams} streams x {STREAM_CHUNKS} chunks, {args.seconds:g} s x 2 throughput rounds per arm")
-    print(f"{'measure':<44}{'direct':>10}{'proxied':>10}{'added':>10}{'target':>10}")
+    print("'pass-through' = a do-nothing proxy on the same server and client libraries (uvicorn + httptools + "
+          "uvloop, aiohttp): the stack's own cost")
+    print(f"{'measure':<46}{'direct':>10}{'proxied':>10}{'added':>10}{'target':>10}")
+
+    def row(label: str, direct: float, proxied: float, target: str) -> None:
+        print(f"{label:<46}{direct:>10.3f}{proxied:>10.3f}{proxied - direct:>10.3f}{target:>10}")
+
     for door in ("ollama", "openai"):
         r = results[door]
-        print(f"{'non-stream c=1 p50 ms (' + door + ' door)':<44}{r['direct_p50']:>10.3f}{r['proxy_p50']:>10.3f}"
-              f"{r['proxy_p50'] - r['direct_p50']:>10.3f}{'<= 1':>10}")
-        print(f"{'non-stream c=1 p99 ms (' + door + ' door)':<44}{r['direct_p99']:>10.3f}{r['proxy_p99']:>10.3f}"
-              f"{r['proxy_p99'] - r['direct_p99']:>10.3f}{'<= 3':>10}")
-        print(f"{'  X-Autotune-Overhead-Ms p50 (' + door + ')':<44}{'':>10}{r['header_p50']:>10.3f}")
+        row(f"non-stream c=1 p50 ms ({door} door)", r["direct_p50"], r["proxy_p50"], "<= 1")
+        row(f"non-stream c=1 p99 ms ({door} door)", r["direct_p99"], r["proxy_p99"], "<= 3")
+        print(f"{'  X-Autotune-Overhead-Ms p50 (' + door + ')':<46}{'':>10}{r['header_p50']:>10.3f}")
+    r = results["ollama"]
+    row("  pass-through c=1 p50 ms", r["direct_p50"], r["bare_p50"], "")
+    row("  pass-through c=1 p99 ms", r["direct_p99"], r["bare_p99"], "")
     s = results["stream"]
-    print(f"{'stream: median lag per chunk ms':<44}{s['direct_lag']:>10.3f}{s['proxy_lag']:>10.3f}"
-          f"{s['proxy_lag'] - s['direct_lag']:>10.3f}{'<= 0.2':>10}")
-    t = results["throughput"]
-    ratio = t["proxy"] / t["direct"] if t["direct"] else float("nan")
-    print(f"{'throughput c=32 req/s, instant upstream':<44}{t['direct']:>10.0f}{t['proxy']:>10.0f}{ratio:>9.0%} "
-          f"{'>= 80%':>9}" + (f"  ({t['errors']} errors)" if t["errors"] else ""))
+    row("stream: median lag per chunk ms", s["direct_lag"], s["proxy_lag"], "<= 0.2")
+
+    if "throughput" not in results:
+        return
+
+    def rate_rows(label: str, t: dict[str, Any]) -> None:
+        def share(part: float, whole: float) -> str:
+            return f"{part / whole:.0%}" if whole else "nan"
+
+        print(f"{label:<46}{t['direct']:>10.0f}{t['proxy']:>10.0f}{share(t['proxy'], t['direct']):>10}{'>= 80%':>10}"
+              + (f"  ({t['errors']} errors)" if t["errors"] else ""))
+        print(f"{'  pass-through; autotune / pass-through':<46}{t['direct']:>10.0f}{t['bare']:>10.0f}"
+              f"{share(t['bare'], t['direct']):>10}{share(t['proxy'], t['bare']):>10}")
+
+    rate_rows("throughput c=32 req/s, instant upstream", results["throughput"])
     for ms in SERVICE_MS:
-        t = results[f"throughput_{ms}"]
-        ratio = t["proxy"] / t["direct"] if t["direct"] else float("nan")
-        print(f"{f'throughput c=32 req/s, {ms} ms upstream':<44}{t['direct']:>10.0f}{t['proxy']:>10.0f}{ratio:>9.0%}"
-              f" {'>= 80%':>9}" + (f"  ({t['errors']} errors)" if t["errors"] else ""))
-    print(f"{'server CPU per proxied request ms (c=32)':<44}{'':>10}{results['throughput']['cpu_ms']:>10.3f}")
-    print(f"{'server idle RSS MB (after load)':<44}{'':>10}{idle_rss:>10.1f}{'':>10}{'<= 80':>10}"
+        rate_rows(f"throughput c=32 req/s, {ms} ms upstream", results[f"throughput_{ms}"])
+    print(f"{'server CPU per proxied request ms (c=32)':<46}{'':>10}{results['throughput']['cpu_ms']:>10.3f}")
+    print(f"{'server idle RSS MB (after load)':<46}{'':>10}{idle_rss:>10.1f}{'':>10}{'<= 80':>10}"
           f"   ({rss_after:.1f} after the run)")
-    print(f"{'server ready s (spawn -> /health 200)':<44}{'':>10}{ready_s:>10.2f}{'':>10}{'<= 1.5':>10}")
+    print(f"{'server ready s (spawn -> /health 200)':<46}{'':>10}{ready_s:>10.2f}{'':>10}{'<= 1.5':>10}")
     for door in ("ollama", "openai"):
         r = results[door]
         print(f"ratio proxied/direct p50 ({door} door): {r['proxy_p50'] / r['direct_p50']:.2f}x")

@@ -135,18 +135,23 @@ def test_fifty_concurrent_requests_against_a_small_queue(live_factory: Any) -> N
     assert "autotune_queue_wait_seconds_count" in metrics
 
 
-def test_queued_stream_gets_keepalive_comments_then_answers(live_factory: Any) -> None:
-    live: LiveServer = live_factory(fake={"chunk_delay": 0.08}, keepalive_interval=0.05, max_concurrent=1)
+def two_streams(live: LiveServer) -> tuple[httpx.Response, httpx.Response]:
+    """Start a stream, and 50 ms later a second one that has to wait behind it (max_concurrent=1)."""
 
-    async def run() -> tuple[str, str]:
+    async def run() -> tuple[httpx.Response, httpx.Response]:
         async with httpx.AsyncClient(base_url=live.url, timeout=10) as client:
             body = {"model": "llama3.2:1b", "messages": MSGS, "stream": True}
             first = asyncio.create_task(client.post("/v1/chat/completions", json=body))
             await asyncio.sleep(0.05)
             second = await client.post("/v1/chat/completions", json=body)
-            return (await first).text, second.text
+            return await first, second
 
-    first, second = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_queued_stream_gets_keepalive_comments_then_answers(live_factory: Any) -> None:
+    live: LiveServer = live_factory(fake={"chunk_delay": 0.08}, keepalive_interval=0.05, max_concurrent=1)
+    first, second = (response.text for response in two_streams(live))
     assert second.startswith(": queued\n\n")
     assert second.rstrip().endswith("data: [DONE]") and '"content":" backend."' in second
     assert ": queued" not in first
@@ -161,21 +166,11 @@ def test_a_stream_that_waits_briefly_gets_real_headers_and_a_real_429(live_facto
     """Within one keep-alive interval nothing is committed: a slot brings the plan headers, a timeout a 429."""
     live: LiveServer = live_factory(fake={"chunk_delay": 0.02}, keepalive_interval=5.0, max_concurrent=1,
                                     queue_timeout=0.3)
-
-    async def run(first_delay: float) -> httpx.Response:
-        live.fake.chunk_delay = first_delay
-        async with httpx.AsyncClient(base_url=live.url, timeout=10) as client:
-            body = {"model": "llama3.2:1b", "messages": MSGS, "stream": True}
-            first = asyncio.create_task(client.post("/v1/chat/completions", json=body))
-            await asyncio.sleep(0.05)
-            second = await client.post("/v1/chat/completions", json=body)
-            await first
-            return second
-
-    served = asyncio.run(run(0.02))  # the first stream ends well within the wait
+    _, served = two_streams(live)  # the first stream ends well within the wait
     assert served.status_code == 200 and "x-autotune-plan" in served.headers
     assert ": queued" not in served.text and served.text.rstrip().endswith("data: [DONE]")
-    refused = asyncio.run(run(0.2))  # the first stream outlasts queue_timeout
+    live.fake.chunk_delay = 0.2
+    _, refused = two_streams(live)  # now the first stream outlasts queue_timeout
     assert refused.status_code == 429 and refused.headers["retry-after"]
     assert refused.json()["error"]["code"] == "queue_timeout"
     live.wait_idle()
@@ -185,21 +180,10 @@ def test_a_stream_that_waits_briefly_gets_real_headers_and_a_real_429(live_facto
 def test_queued_stream_times_out_in_band(live_factory: Any) -> None:
     live: LiveServer = live_factory(fake={"chunk_delay": 0.1}, keepalive_interval=0.05, max_concurrent=1,
                                     queue_timeout=0.15)
-
-    async def run() -> httpx.Response:
-        async with httpx.AsyncClient(base_url=live.url, timeout=10) as client:
-            body = {"model": "llama3.2:1b", "messages": MSGS, "stream": True}
-            first = asyncio.create_task(client.post("/v1/chat/completions", json=body))
-            await asyncio.sleep(0.05)
-            second = await client.post("/v1/chat/completions", json=body)
-            await first
-            return second
-
-    second = asyncio.run(run())
+    _, second = two_streams(live)
     assert '"code":"queue_timeout"' in second.text and second.text.rstrip().endswith("data: [DONE]")
     # counted as what it was, although the status line said 200
     assert live.state.metrics.queue_rejected.get({"reason": "queue_timeout"}) == 1
     assert live.state.metrics.requests.get({"door": "openai", "endpoint": "/v1/chat/completions",
                                             "status": "429"}) == 1
-    # a non-streaming request in the same spot gets a real 429 with Retry-After
     live.wait_idle()
