@@ -406,29 +406,32 @@ def measure(args: argparse.Namespace, ports: dict[str, int], proxy_pid: int) -> 
         for path in doors.values():
             headers, _ = proxied.post(path, chat_body(False, "openai"))
             assert headers[b":status"] == b"200", headers
-    for door, path in doors.items():
-        d_times: list[float] = []
-        b_times: list[float] = []
-        p_times: list[float] = []
-        overheads: list[float] = []
-        d_body, p_body = chat_body(False, "ollama"), chat_body(False, door)
-        for _ in range(args.requests):  # interleaved: direct, pass-through, proxied, direct, ...
-            t0 = time.perf_counter()
-            direct.post("/api/chat", d_body)
-            t1 = time.perf_counter()
-            if door == "ollama":  # the pass-through forwards paths as they are: only the upstream's own door
-                bare.post("/api/chat", d_body)
-            t2 = time.perf_counter()
-            headers, _ = proxied.post(path, p_body)
+    # one loop for every arm and both doors, interleaved: direct, pass-through, Ollama door, OpenAI door, ...
+    # (measuring the doors one after the other let the first one absorb the machine's slow start)
+    d_times: list[float] = []
+    b_times: list[float] = []
+    p_times: dict[str, list[float]] = {door: [] for door in doors}
+    overheads: dict[str, list[float]] = {door: [] for door in doors}
+    d_body = chat_body(False, "ollama")
+    p_bodies = {door: chat_body(False, door) for door in doors}
+    for _ in range(args.requests):
+        t0 = time.perf_counter()
+        direct.post("/api/chat", d_body)
+        t1 = time.perf_counter()
+        bare.post("/api/chat", d_body)  # forwards paths as they are: the upstream's own door
+        t2 = time.perf_counter()
+        d_times.append((t1 - t0) * 1000)
+        b_times.append((t2 - t1) * 1000)
+        for door, path in doors.items():
             t3 = time.perf_counter()
-            d_times.append((t1 - t0) * 1000)
-            b_times.append((t2 - t1) * 1000)
-            p_times.append((t3 - t2) * 1000)
-            overheads.append(float(headers.get(b"x-autotune-overhead-ms", b"nan")))
+            headers, _ = proxied.post(path, p_bodies[door])
+            p_times[door].append((time.perf_counter() - t3) * 1000)
+            overheads[door].append(float(headers.get(b"x-autotune-overhead-ms", b"nan")))
+    for door in doors:
         out[door] = {"direct_p50": pct(d_times, 0.5), "direct_p99": pct(d_times, 0.99),
-                     "proxy_p50": pct(p_times, 0.5), "proxy_p99": pct(p_times, 0.99),
+                     "proxy_p50": pct(p_times[door], 0.5), "proxy_p99": pct(p_times[door], 0.99),
                      "bare_p50": pct(b_times, 0.5), "bare_p99": pct(b_times, 0.99),
-                     "header_p50": pct(overheads, 0.5)}
+                     "header_p50": pct(overheads[door], 0.5)}
     # streaming: per-chunk latency = arrival - upstream send stamp
     lags: dict[str, list[float]] = {"direct": [], "proxy": []}
 
@@ -484,8 +487,9 @@ def measure(args: argparse.Namespace, ports: dict[str, int], proxy_pid: int) -> 
 def report(args: argparse.Namespace, ready_s: float, idle_rss: float, rss_after: float,
            results: dict[str, Any]) -> None:
     stack = "core + ollama backend" if args.minimal_stack else "default (every installed plugin)"
-    print(f"proxy overhead, loopback, plugin stack: {stack}; {args.requests} interleaved pairs per door, "
-          f"{args.streams} streams x {STREAM_CHUNKS} chunks, {args.seconds:g} s x 2 throughput rounds per arm")
+    print(f"proxy overhead, loopback, plugin stack: {stack}; {args.requests} interleaved rounds (direct, "
+          f"pass-through, each door), {args.streams} streams x {STREAM_CHUNKS} chunks, "
+          f"{args.seconds:g} s x 2 throughput rounds per arm")
     print("'pass-through' = a do-nothing proxy on the same server and client libraries (uvicorn + httptools + "
           "uvloop, aiohttp): the stack's own cost")
     print(f"{'measure':<46}{'direct':>10}{'proxied':>10}{'added':>10}{'target':>10}")
