@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -76,3 +79,26 @@ def test_errors_on_the_embedded_model(embedded: tuple[LiveServer, str]) -> None:
     with pytest.raises(ollama.ResponseError) as bad:
         ollama.Client(host=live.url, timeout=30).chat(model=model, messages=[{"role": "robot", "content": "x"}])
     assert bad.value.status_code == 400
+
+
+def test_a_client_hanging_up_stops_the_embedded_generation(embedded: tuple[LiveServer, str]) -> None:
+    """Non-streaming: the slot frees at once and the worker thread stops at its next token, not at the end."""
+    live, model = embedded
+    backend: Any = live.host.backend("llamacpp")
+    body = json.dumps({"model": model, "max_tokens": 1500, "temperature": 0, "messages": [
+        {"role": "user", "content": "Count from 1 to 1000, one number per line."}]}).encode()
+    sock = socket.create_connection(("127.0.0.1", int(live.url.rsplit(":", 1)[1])), timeout=10)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    deadline = time.monotonic() + 30
+    while not any(t.is_alive() for t in backend.threads) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # well into the answer: 1500 tokens take far longer than this
+    assert any(t.is_alive() for t in backend.threads), "the generation ended before the client hung up"
+    sock.close()
+    live.wait_idle(timeout=3)
+    deadline = time.monotonic() + 5
+    while any(t.is_alive() for t in backend.threads) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.is_alive() for t in backend.threads), "the generation went on for nobody"
+    assert live.state.metrics.errors.get({"type": "client_disconnected"}) == 1
