@@ -124,11 +124,17 @@ def count_error(state: ServerState, error: AutotuneError) -> None:
         state.metrics.queue_rejected.inc({"reason": error.code or "queue_full"})
 
 
-def error_response(state: ServerState, door: Door, endpoint: str, exc: BaseException) -> Response:
+def error_response(state: ServerState, door: Door, endpoint: str, exc: BaseException,
+                   prepared: Prepared | None = None) -> Response:
+    """The door's error shape; a request that failed after planning also carries its plan headers (what was
+    asked of the model server is often why it failed)."""
     error = classify(exc)
     count_error(state, error)
     state.metrics.requests.inc({"door": door, "endpoint": endpoint, "status": str(error.status)})
-    return json_response(error_body(door, error), error.status, error_headers(error))
+    headers = error_headers(error)
+    if prepared is not None:
+        headers = {**plan_headers(prepared, prepared.planning_ms), **headers}
+    return json_response(error_body(door, error), error.status, headers)
 
 
 @dataclass
@@ -286,7 +292,7 @@ async def _complete(state: ServerState, dialect: Dialect, resolved: Resolved, pr
             raise
         if isinstance(exc, TimeoutError):
             exc = UpstreamTimeout(f"the model server did not answer within {state.config.upstream_timeout:g} s")
-        return error_response(state, dialect.door, dialect.endpoint, exc)
+        return error_response(state, dialect.door, dialect.endpoint, exc, prepared)
     now = time.perf_counter()
     upstream = now - sent
     state.queue.release(now - hold_started)
@@ -350,7 +356,7 @@ async def _stream(state: ServerState, dialect: Dialect, resolved: Resolved, prep
         with contextlib.suppress(Exception):
             await upstream.aclose()  # type: ignore[attr-defined]
         state.queue.release(time.perf_counter() - hold_started)
-        return error_response(state, dialect.door, dialect.endpoint, failure)
+        return error_response(state, dialect.door, dialect.endpoint, failure, prepared)
     state.metrics.overhead.observe(overhead)
     body = _body(state, dialect, resolved, None, prepared, upstream, first, hold_started)
     return StreamBody(body, media_type=SSE_MEDIA if dialect.sse else NDJSON_MEDIA,

@@ -60,6 +60,7 @@ def test_failure_before_the_first_chunk_keeps_its_status(live_factory: Any) -> N
         nd = client.post("/api/chat", json=CHAT)
     assert sse.status_code == 502 and sse.json()["error"]["type"] == "upstream_error"
     assert nd.status_code == 502 and "error" in nd.json()
+    assert "x-autotune-plan" in sse.headers and "x-autotune-plan" in nd.headers
     live.wait_idle()
 
 
@@ -99,6 +100,10 @@ def test_upstream_connection_refused_is_502(live_factory: Any) -> None:
     response = httpx.post(live.url + "/v1/chat/completions", json=CHAT, timeout=10)
     assert response.status_code == 502
     assert response.json()["error"]["type"] == response.json()["error"]["code"] == "upstream_error"
+    # it failed after planning: what was asked of the model server comes along (often the reason it failed)
+    assert "x-autotune-plan" in response.headers and "x-autotune-overhead-ms" in response.headers
+    unknown = httpx.post(live.url + "/v1/chat/completions", json={**CHAT, "model": "nope"}, timeout=10)
+    assert unknown.status_code == 404 and "x-autotune-plan" not in unknown.headers  # refused before planning
     live.wait_idle()
 
 
