@@ -65,6 +65,18 @@ class ServerConfig(BaseModel):
     models: dict[str, ModelOverride] = Field(default_factory=dict)
     #: log prompt text (off by default: prompts are private)
     log_prompts: bool = False
+    #: Host names accepted besides loopback and the bound address (DNS-rebinding protection); "*" = any
+    allowed_hosts: list[str] = Field(default_factory=list)
+    #: browser origins allowed besides Ollama's local defaults (OLLAMA_ORIGINS forms, "*" wildcards)
+    allowed_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """``AUTOTUNE_ORIGINS=a,b`` arrives as one string, as ``OLLAMA_ORIGINS`` does."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
 
 class PluginsConfig(BaseModel):
@@ -121,6 +133,8 @@ ENV_OVERRIDES: dict[str, str] = {
     "AUTOTUNE_UPSTREAM_TIMEOUT": "server.upstream_timeout",
     "AUTOTUNE_API_KEY": "server.api_key",
     "AUTOTUNE_LOG_PROMPTS": "server.log_prompts",
+    "AUTOTUNE_ALLOWED_HOSTS": "server.allowed_hosts",
+    "AUTOTUNE_ORIGINS": "server.allowed_origins",
     "AUTOTUNE_OLLAMA_URL": "backends.ollama.url",
     "AUTOTUNE_OPENAI_URL": "backends.openai.url",
     "AUTOTUNE_OPENAI_FLAVOUR": "backends.openai.flavour",

@@ -14,7 +14,7 @@ def _isolated_autotune_home(
     monkeypatch.setenv("AUTOTUNE_DATA_DIR", str(home / "data"))
     for var in ("AUTOTUNE_LOAD_PLUGINS", "AUTOTUNE_DISABLE_PLUGINS", "AUTOTUNE_TRACE_PLUGINS",
                 "AUTOTUNE_PROFILE", "AUTOTUNE_BACKEND", "AUTOTUNE_OLLAMA_URL", "AUTOTUNE_OPENAI_URL",
-                "AUTOTUNE_API_KEY"):
+                "AUTOTUNE_API_KEY", "AUTOTUNE_ALLOWED_HOSTS", "AUTOTUNE_ORIGINS"):
         monkeypatch.delenv(var, raising=False)
 
 

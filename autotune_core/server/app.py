@@ -23,6 +23,7 @@ from . import ollama_door, openai_door
 from .auth import ApiKeyMiddleware
 from .errors import NotFoundRoute, classify, door_for_path, error_body, error_headers
 from .flow import json_response
+from .guard import guard_middleware
 from .state import ServerState
 
 log = logging.getLogger("autotune.server")
@@ -152,6 +153,9 @@ def create_app(host: PluginHost | None = None, settings: Settings | None = None,
     routes += _plugin_routes(host)
     handler = _error_handler(state)
     middleware = [Middleware(ApiKeyMiddleware, api_key=config.api_key)] if config.api_key else []
+    # outermost: Host/Origin refusals before any work; CORS headers on every answer, 401s included
+    methods = {method for route in routes for method in (getattr(route, "methods", None) or ())}
+    middleware.insert(0, guard_middleware(config, methods))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                     exception_handlers={HTTPException: handler, Exception: handler})
     app.state.autotune = state
