@@ -151,6 +151,8 @@ class ModelEntry(BaseModel):
     modified_at: str | None = None
     digest: str | None = None
     aliases: list[str] = Field(default_factory=list)
+    #: what a user should know before using it (e.g. "base model, not for chat"); shown by models and /api/show
+    note: str | None = None
 
 
 class LoadedModel(BaseModel):

@@ -100,6 +100,9 @@ def register(cli: click.Group) -> None:
         rows = [[m["name"], m["backend"], _size(m["size_bytes"]), m["quantization"] or "", m["context_length"] or "",
                  ", ".join(m["aliases"])] for m in models]
         click.echo(table(["model", "backend", "size", "quant", "context", "aliases"], rows))
+        for m in models:
+            if m.get("note"):
+                click.echo(f"\n{m['name']}: {m['note']}")
 
     @cli.command("ps")
     @click.option("--json", "as_json", is_flag=True, help="machine-readable output")

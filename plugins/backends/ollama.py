@@ -39,6 +39,7 @@ from autotune_core.messages import (
 )
 from autotune_core.modelinfo import ModelInfo
 from autotune_core.plan import Plan
+from autotune_core.pull_progress import PullEvent
 
 from ._common import (
     checked_embeddings,
@@ -317,6 +318,27 @@ class OllamaBackend(Backend):
         self._loaded_until.pop(_canonical(model), None)
         self._sent_runner.pop(_canonical(model), None)
         return True
+
+    async def pull(self, model: str) -> AsyncIterator[PullEvent]:
+        """``POST /api/pull``: Ollama's NDJSON progress lines as :class:`PullEvent`; an ``{"error": ...}`` line
+        (or an HTTP error) raises :class:`UpstreamError` with Ollama's message."""
+        async with self.client.stream("POST", "/api/pull", json={"model": model, "stream": True}) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise status_error(response.status_code, error_text(response.content), "Ollama")
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                data = json_object(line, "Ollama")
+                if "error" in data:
+                    raise UpstreamError(f"Ollama could not pull {model}: {data['error']}")
+                with readable_answer("Ollama"):
+                    event = PullEvent(status=str(data.get("status") or ""), digest=data.get("digest"),
+                                      total=data.get("total"), completed=data.get("completed"))
+                yield event
+                if event.status == "success":
+                    return
+        raise UpstreamError(f"Ollama ended the pull of {model} without success")
 
     async def embed(self, model: str, inputs: list[str]) -> EmbeddingResult:
         body: dict[str, Any] = {"model": model, "input": inputs}

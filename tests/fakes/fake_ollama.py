@@ -17,6 +17,8 @@ What it models (see /work/shared/research/backend-knobs.md section 1):
 * Prefix cache per runner: ``prompt_eval_count`` is the full prompt (except on exactly v0.30.0, where it is
   the uncached part only), ``prompt_eval_duration`` covers only the uncached tokens.
 * ``/api/show``, ``/api/tags``, ``/api/ps``, ``/api/version``, ``/api/embed``, ``/api/embeddings``.
+* ``/api/pull``: NDJSON progress (status, digest, total, completed), ``success`` or ``{"error": ...}``
+  (:mod:`fakes.ollama_pull`); a finished pull shows up in ``/api/tags``.
 * ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1/models``: the OpenAI-compatible
   layer, which drops ``options``/``keep_alive``/any unknown field (recorded in ``.dropped_on_v1``) and so
   runs at the default context -- reloading a runner that was loaded with an explicit ``num_ctx``.
@@ -35,6 +37,7 @@ from typing import Any
 
 from .models import FakeModel, default_models
 from .ollama_api import OllamaNativeRoutes
+from .ollama_pull import OllamaPullRoutes, default_registry
 from .ollama_scheduler import OllamaScheduler
 from .ollama_types import LoadEvent, Runner, parse_go_duration
 from .ollama_v1 import OllamaV1Routes
@@ -50,7 +53,7 @@ def _version_tuple(version: str) -> tuple[int, int, int]:
     return (nums[0], nums[1], nums[2])
 
 
-class FakeOllama(OllamaV1Routes, OllamaNativeRoutes, OllamaScheduler, FakeServer):
+class FakeOllama(OllamaV1Routes, OllamaNativeRoutes, OllamaPullRoutes, OllamaScheduler, FakeServer):
     """Fake Ollama. Constructor kwargs (besides the common knobs of :class:`FakeServer`):
 
     * ``models``: list of :class:`FakeModel` (default: llama3.2:1b, gemma3:270m, nomic-embed-text).
@@ -65,6 +68,9 @@ class FakeOllama(OllamaV1Routes, OllamaNativeRoutes, OllamaScheduler, FakeServer
     * ``vram_fraction``: ``size_vram / size`` in ``/api/ps`` (1.0; 0 when ``num_gpu`` is 0).
     * ``thinking_text``: ``message.thinking`` answered when ``think`` is on and the model has the "thinking"
       capability (``think`` on a model without it is a 400, as in Ollama).
+    * ``registry``: name -> :class:`FakeModel` that ``/api/pull`` can fetch (default: qwen2.5:0.5b and
+      hf.co/ggml-org/gemma-3-270m-it-GGUF:Q8_0); ``pull_error``: an error message ending every pull after
+      the first layer. ``pulls`` records the names pulled.
 
     State for assertions: ``requests``, ``loads``, ``reloads``, ``unloads``, ``load_events``, ``runners``
     (model name -> :class:`Runner`), ``ignored_options`` (unknown option keys, in order),
@@ -94,6 +100,8 @@ class FakeOllama(OllamaV1Routes, OllamaNativeRoutes, OllamaScheduler, FakeServer
         "kv_cache_type",
         "vram_fraction",
         "thinking_text",
+        "registry",
+        "pull_error",
     )
 
     def __init__(
@@ -110,6 +118,8 @@ class FakeOllama(OllamaV1Routes, OllamaNativeRoutes, OllamaScheduler, FakeServer
         kv_cache_type: str = "f16",
         vram_fraction: float = 1.0,
         thinking_text: str | None = None,
+        registry: dict[str, FakeModel] | None = None,
+        pull_error: str | None = None,
         **common: Any,
     ) -> None:
         self.models: list[FakeModel] = list(models) if models is not None else default_models()
@@ -123,6 +133,10 @@ class FakeOllama(OllamaV1Routes, OllamaNativeRoutes, OllamaScheduler, FakeServer
         self.kv_cache_type = kv_cache_type
         self.vram_fraction = vram_fraction
         self.thinking_text = thinking_text
+        #: what ``/api/pull`` can bring in (name -> model), and an error to end pulls with (see ollama_pull)
+        self.registry: dict[str, FakeModel] = dict(registry) if registry is not None else default_registry()
+        self.pull_error = pull_error
+        self.pulls: list[str] = []
         self.runners: dict[str, Runner] = {}
         self.loads = 0
         self.reloads = 0
@@ -160,6 +174,7 @@ class FakeOllama(OllamaV1Routes, OllamaNativeRoutes, OllamaScheduler, FakeServer
         r("GET", "/api/version", self._api_version)
         r("POST", "/api/embed", self._api_embed)
         r("POST", "/api/embeddings", self._api_embeddings)
+        r("POST", "/api/pull", self._api_pull)
         r("POST", "/v1/chat/completions", self._v1_chat)
         r("POST", "/v1/completions", self._v1_completions)
         r("POST", "/v1/embeddings", self._v1_embeddings)

