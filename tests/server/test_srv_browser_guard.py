@@ -177,6 +177,16 @@ def test_both_doors_and_the_plugin_route_answer_an_allowed_origin(guarded: LiveS
     assert missing.status_code == 404 and missing.headers["access-control-allow-origin"] == LOCAL_UI
 
 
+def test_streams_carry_the_cors_headers_on_both_doors(guarded: LiveServer) -> None:
+    for path, last in (("/v1/chat/completions", b"data: [DONE]"), ("/api/chat", b'"done":true')):
+        with httpx.stream("POST", guarded.url + path, json={**CHAT, "stream": True}, headers={"Origin": LOCAL_UI},
+                          timeout=5) as response:
+            assert response.status_code == 200
+            assert response.headers["access-control-allow-origin"] == LOCAL_UI
+            body = response.read()
+        assert last in body, path
+
+
 def test_no_origin_is_unaffected(guarded: LiveServer) -> None:
     response = post_chat(guarded, "/v1/chat/completions")
     assert response.status_code == 200 and "access-control-allow-origin" not in response.headers
