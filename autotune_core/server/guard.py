@@ -176,7 +176,6 @@ class BrowserGuardMiddleware:
         self._origins_ok: set[bytes] = set()
         self._warned: set[str] = set()
         self._methods = ", ".join(sorted({m.upper() for m in methods} | {"OPTIONS"})).encode()
-        self._allowed_headers = frozenset(ALLOWED_HEADERS)
         self._exposed = EXPOSED_HEADERS.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
