@@ -61,6 +61,11 @@ def _digest(entry: ModelEntry) -> str:
     return entry.digest or hashlib.sha256(f"{entry.backend}/{entry.name}".encode()).hexdigest()
 
 
+def _note_line(entry: ModelEntry | None) -> str:
+    """A modelfile comment with what the backend says users should know (e.g. "base model, not for chat")."""
+    return f"# note: {entry.note}\n" if entry is not None and entry.note else ""
+
+
 def routes(state: ServerState) -> list[Route]:
     started_iso = datetime.fromtimestamp(state.started_at, UTC).isoformat().replace("+00:00", "Z")
 
@@ -103,7 +108,7 @@ def routes(state: ServerState) -> list[Route]:
             model_info = {"general.architecture": arch, **{key: value for key, value in known.items() if value}}
             capabilities = list(info.capabilities) or capabilities
         return ok(state, "ollama", "/api/show", {
-            "modelfile": f"# served by autotune via the {backend.name} backend\nFROM {upstream}\n",
+            "modelfile": f"# served by autotune via the {backend.name} backend\n{_note_line(entry)}FROM {upstream}\n",
             "parameters": "", "template": "", "details": _details(entry, info), "model_info": model_info,
             "capabilities": capabilities, "modified_at": (entry.modified_at if entry else None) or started_iso})
 

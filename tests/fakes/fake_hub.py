@@ -75,6 +75,8 @@ class FakeHub:
         #: file names kept in git rather than LFS even if they end in .gguf (ETag = git blob id, no redirect)
         self.regular: set[str] = set()
         self.by_sha: dict[str, bytes] = {}
+        #: id(content) -> (sha256, git blob id), computed once (hashing 250 MB per request would dominate)
+        self._ids: dict[int, tuple[bytes, str, str]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._servers: list[asyncio.base_events.Server] = []
@@ -87,8 +89,17 @@ class FakeHub:
         commit = commit or hashlib.sha1(repo.encode(), usedforsecurity=False).hexdigest()
         self.repos[repo] = _Repo(commit=commit, files=dict(files))
         for data in files.values():
-            self.by_sha[hashlib.sha256(data).hexdigest()] = data
+            self.by_sha[self._sha(data)] = data
         return commit
+
+    def _sha(self, data: bytes) -> str:
+        return self._hashes(data)[0]
+
+    def _hashes(self, data: bytes) -> tuple[str, str]:
+        known = self._ids.get(id(data))
+        if known is None or known[0] is not data:  # the entry keeps the bytes alive, so ids are not reused
+            known = self._ids[id(data)] = (data, hashlib.sha256(data).hexdigest(), git_blob_id(data))
+        return known[1], known[2]
 
     @property
     def url(self) -> str:
@@ -231,9 +242,9 @@ class FakeHub:
         for name, data in found.files.items():
             sibling: dict[str, Any] = {"rfilename": name}
             if blobs:
-                sibling.update(size=len(data), blobId=git_blob_id(data))
+                sibling.update(size=len(data), blobId=self._hashes(data)[1])
                 if self._is_lfs(name):
-                    sibling["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                    sibling["lfs"] = {"sha256": self._sha(data), "size": len(data),
                                       "pointerSize": 134}
             siblings.append(sibling)
         return self._json(200, {"_id": "0" * 24, "id": repo, "modelId": repo, "author": repo.split("/")[0],
@@ -253,13 +264,13 @@ class FakeHub:
         if data is None:
             return self._json(404, {"error": "Entry not found"}, [("X-Error-Code", "EntryNotFound"), commit])
         if self._is_lfs(file):
-            sha = hashlib.sha256(data).hexdigest()
+            sha = self._sha(data)
             pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n"
             body = f"Found. Redirecting to {self.cdn_url}/lfs/{sha}".encode()
             return 302, [("Location", f"{self.cdn_url}/lfs/{sha}?download=true&X-Amz-Signature=fake"),
                          ("ETag", f'"{git_blob_id(pointer.encode())}"'), ("X-Linked-Etag", f'"{sha}"'),
                          ("X-Linked-Size", str(len(data))), commit, ("Content-Type", "text/plain")], body
-        return 200, [("ETag", f'"{git_blob_id(data)}"'), commit, ("Accept-Ranges", "bytes"),
+        return 200, [("ETag", f'"{self._hashes(data)[1]}"'), commit, ("Accept-Ranges", "bytes"),
                      ("Content-Type", "application/octet-stream")], data
 
     async def _cdn(self, method: str, path: str, headers: dict[str, str], writer: asyncio.StreamWriter,
@@ -268,7 +279,7 @@ class FakeHub:
         data = self.by_sha.get(sha)
         if data is None:
             return await self._send(writer, method, 404, "Not Found", [("Content-Type", "text/plain")], b"NoSuchKey")
-        if self.corrupt and any(hashlib.sha256(f).hexdigest() == sha for repo in self.repos.values()
+        if self.corrupt and any(self._sha(f) == sha for repo in self.repos.values()
                                 for name, f in repo.files.items() if name in self.corrupt):
             data = bytes(b ^ 0x5A for b in data)
         if method == "GET" and self.cut_times <= 0 and self.status_after_cut is not None:
