@@ -119,6 +119,14 @@ class Backend(abc.ABC):
     async def loaded_models(self) -> list[LoadedModel]:
         return []
 
+    async def native_show(self, model: str, *, verbose: bool = False) -> dict[str, Any] | None:
+        """The model server's own ``/api/show`` answer, verbatim, where it speaks Ollama's API; else None.
+
+        Clients read fields autotune does not know (modelfile, template, license, every ``model_info``
+        key), so a door that can pass them through does so instead of describing the model itself.
+        """
+        return None
+
     async def unload(self, model: str) -> bool:
         return False
 

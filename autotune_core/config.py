@@ -10,12 +10,14 @@ import os
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .durations import parse_duration
 from .errors import ConfigError
+from .modelinfo import kv_type_bytes
 from .profiles import PROFILES
 
 APP = "autotune"
@@ -39,13 +41,44 @@ def data_dir() -> Path:
 
 
 class ModelOverride(BaseModel):
-    """Per-model overrides of the server's plugin stack and profile."""
+    """Per-model overrides: the plugin stack, the profile, who decides the client's knobs, and fixed knobs.
+
+    A knob set here is pinned like a client's value (see precedence.py): plugins only propose, safety
+    guards may lower it with a warning, and a client's explicit value still wins over it.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     profile: str | None = None
     disabled: list[str] = Field(default_factory=list)
     plugins: list[str] | None = None
+    #: "respect" (the client's explicit values win) or "tune" (the plugins decide); None = the global setting
+    client_overrides: Literal["respect", "tune"] | None = None
+    num_ctx: int | None = Field(default=None, ge=64)
+    num_batch: int | None = Field(default=None, ge=1)
+    num_keep: int | None = Field(default=None, ge=0)
+    num_thread: int | None = Field(default=None, ge=1)
+    #: seconds, or a duration such as "30m"; negative keeps the model loaded forever
+    keep_alive: float | None = None
+    kv_type: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float | None:
+        if value is None:
+            return None
+        if not isinstance(value, str | int | float):
+            raise ValueError("expected seconds or a duration such as '30m'")
+        return parse_duration(value)
+
+    @field_validator("kv_type")
+    @classmethod
+    def _known_kv(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        kv_type_bytes(value)  # raises ValueError naming the known types
+        return value.lower()
 
 
 class ServerConfig(BaseModel):
@@ -96,6 +129,8 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     profile: str = "balanced"
+    #: who decides a knob the client set explicitly: "respect" (the client, default) or "tune" (the plugins)
+    client_overrides: Literal["respect", "tune"] = "respect"
     #: force one backend by name (else: the first that answers, in ``backend_order``)
     backend: str | None = None
     backend_order: list[str] = Field(default_factory=lambda: ["ollama", "openai", "llamacpp", "mlx"])
@@ -122,6 +157,7 @@ class Settings(BaseModel):
 #: environment variable -> dotted config key
 ENV_OVERRIDES: dict[str, str] = {
     "AUTOTUNE_PROFILE": "profile",
+    "AUTOTUNE_CLIENT_OVERRIDES": "client_overrides",
     "AUTOTUNE_BACKEND": "backend",
     "AUTOTUNE_HOST": "server.host",
     "AUTOTUNE_PORT": "server.port",

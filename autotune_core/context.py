@@ -24,10 +24,15 @@ STAGES: tuple[str, ...] = ("propose", "snap", "adjust", "guard")
 
 @dataclass(frozen=True, slots=True)
 class Choice(Generic[T]):
-    """A fold step's answer: the new value and why."""
+    """A fold step's answer: the new value and why.
+
+    ``safety`` marks a choice made because the current value would not fit in memory (a guard, or
+    critical pressure): only such a choice may lower a value the client set explicitly.
+    """
 
     value: T
     reason: str = ""
+    safety: bool = False
 
 
 class StashKey(Generic[T]):

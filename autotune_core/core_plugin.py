@@ -1,4 +1,9 @@
-"""The essential core plugin: applies the profile's request defaults. It cannot be disabled."""
+"""The essential core plugin: carries the request's own output budget onto the plan. It cannot be disabled.
+
+It adds nothing the client did not ask for: no sampling (the model's own defaults apply) and no output
+limit. Sampling presets are the opt-in ``sampling-presets`` plugin's, which says on every request that it
+changes answers.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,12 @@ from .plan import Plan
 
 
 class CorePlugin:
-    """Profile defaults: the output budget and sampling defaults, only where the client sent none."""
+    """The request's own max_tokens onto the plan (pinned already when the client's values are respected)."""
 
     name = "core"
     tier = "essential"
 
     @hookimpl(tryfirst=True)
     def pre_request(self, ctx: HookContext, request: ChatRequest, plan: Plan) -> None:
-        if request.max_tokens is not None:
+        if request.max_tokens is not None and plan.max_tokens is None:
             plan.max_tokens = request.max_tokens
-        sent = request.sampling()
-        sent.update({key: value for key, value in request.options.items() if key in ctx.profile.sampling})
-        defaults = {key: value for key, value in ctx.profile.sampling.items() if key not in sent}
-        if defaults:
-            plan.sampling.update(defaults)
-            plan.record("core", "sampling", None, defaults, f"{ctx.profile.name} profile defaults (client sent none)")

@@ -388,10 +388,13 @@ class PluginHost:
              **kwargs: Any) -> Choice[Any] | None:
         """Fold ``hook`` over its stages; every change is recorded in ``plan.trace``.
 
-        A failing guard keeps the most conservative value seen so far in this fold.
+        A pinned knob (``plan.pins``) starts the fold at its value and keeps it: every implementation still
+        runs, its proposal is traced, and only a safety choice may lower it (:meth:`Plan.admits`). A failing
+        guard keeps the most conservative value seen so far in this fold.
         """
-        proposal = initial
-        seen: list[Any] = [initial.value] if initial is not None else []
+        pin = plan.pins.get(knob)
+        proposal = Choice(pin.value, pin.describe()) if pin is not None else initial
+        seen: list[Any] = [proposal.value] if proposal is not None else []
         skipped = self._skipped(hook, skip)
         for impl in self._impls(hook):
             if impl.plugin in skipped:
@@ -415,8 +418,13 @@ class PluginHost:
             if result is None:
                 continue
             old = proposal.value if proposal is not None else None
-            if result.value != old:
-                plan.record(impl.plugin, knob, old, result.value, result.reason)
+            if result.value == old:
+                proposal = result
+                continue
+            if pin is not None and not plan.admits(impl.plugin, knob, old, result.value, result.reason,
+                                                   safety=result.safety):
+                continue
+            plan.record(impl.plugin, knob, old, result.value, result.reason)
             proposal = result
             seen.append(result.value)
         return proposal

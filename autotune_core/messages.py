@@ -124,6 +124,8 @@ class ChatResult(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     timings: Timings = Field(default_factory=Timings)
     raw: dict[str, Any] = Field(default_factory=dict)
+    #: what autotune changed against the client's explicit values, and why (the plan's warnings)
+    warnings: list[str] = Field(default_factory=list)
 
 
 class StreamChunk(BaseModel):
@@ -136,6 +138,8 @@ class StreamChunk(BaseModel):
     finish_reason: str | None = None
     usage: Usage | None = None
     timings: Timings | None = None
+    #: on the final chunk: the plan's warnings (see ChatResult.warnings)
+    warnings: list[str] = Field(default_factory=list)
 
 
 class ModelEntry(BaseModel):
@@ -153,6 +157,8 @@ class ModelEntry(BaseModel):
     aliases: list[str] = Field(default_factory=list)
     #: what a user should know before using it (e.g. "base model, not for chat"); shown by models and /api/show
     note: str | None = None
+    #: the model server's own entry, verbatim (Ollama's ``/api/tags`` item), for doors that pass it through
+    upstream: dict[str, Any] | None = Field(default=None, exclude=True, repr=False)
 
 
 class LoadedModel(BaseModel):
@@ -165,3 +171,5 @@ class LoadedModel(BaseModel):
     context_length: int | None = None
     kv_type: str | None = None
     expires_at: str | None = None
+    #: the model server's own entry, verbatim (Ollama's ``/api/ps`` item)
+    upstream: dict[str, Any] | None = Field(default=None, exclude=True, repr=False)

@@ -22,6 +22,7 @@ from .host import PluginHost
 from .messages import ChatRequest, ChatResult, StreamChunk, Usage
 from .modelinfo import ModelInfo, smaller_kv_type
 from .plan import Plan
+from .precedence import pins_for
 from .profiles import get_profile
 from .resolver import ModelResolver
 from .tokens import estimate_message_tokens
@@ -111,6 +112,7 @@ class Pipeline:
         caps = backend.capabilities()
         plan = Plan(model=request.model, backend=backend.name, profile=profile.name,
                     messages=list(request.messages))
+        self.pin(plan, request)
         ctx = HookContext(host=self.host, hardware=self.host.hardware, capabilities=caps,
                           backend_name=backend.name, profile=profile, model=info,
                           pressure=self.host.pressure or Pressure())
@@ -137,22 +139,41 @@ class Pipeline:
         return Prepared(request=request, plan=plan, ctx=ctx, backend=backend, skip=skip,
                         planning_ms=(time.perf_counter() - started) * 1000, tokenize_ms=tokenize_ms)
 
+    def pin(self, plan: Plan, request: ChatRequest) -> None:
+        """Fix the knobs the client (or the model's config) set, before any hook runs (precedence.py)."""
+        override = self.host.config.server.models.get(request.model)
+        plan.pins = pins_for(request, override, self.host.config.client_overrides)
+        for pin in plan.pins.values():
+            setattr(plan, pin.knob, pin.value)
+            plan.record(pin.source, pin.knob, None, pin.value, pin.describe())
+
     @staticmethod
     def _check_fit(plan: Plan) -> None:
-        """Never a silent cut: a prompt that cannot fit the context it will get is refused."""
+        """Never a silent cut: a prompt that cannot fit the context it will get is refused.
+
+        Where the context is the client's own (pinned), the request goes as asked, as it would without
+        autotune, and the response warns that the model server will cut the prompt.
+        """
         if plan.num_ctx is None or plan.prompt_tokens is None:
             return
+        ctx_pinned = "num_ctx" in plan.pins and plan.num_ctx == plan.pins["num_ctx"].value
         if plan.prompt_tokens >= plan.num_ctx:
+            if ctx_pinned:
+                plan.warn(f"the prompt is about {plan.prompt_tokens} tokens but num_ctx is {plan.num_ctx} "
+                          f"({plan.pins['num_ctx'].describe()}): the model server will drop the start of it")
+                return
             raise ContextOverflow(
                 f"the prompt is about {plan.prompt_tokens} tokens but the context for {plan.model} is "
                 f"{plan.num_ctx}; shorten the conversation or enable the context-compressor plugin")
         # An explicit max_tokens that overruns the context would make the server shift the context
-        # mid-answer (dropping prompt tokens): cap the output to the room left, visibly.
+        # mid-answer (dropping prompt tokens): cap the output to the room left, visibly. When the client chose
+        # both the context and the output budget, that combination is theirs and goes as asked.
         room = plan.num_ctx - plan.prompt_tokens
-        if plan.max_tokens is not None and plan.max_tokens > room:
+        if plan.max_tokens is not None and plan.max_tokens > room and not ctx_pinned:
             plan.flags["output_capped"] = {"requested": plan.max_tokens, "room": room}
             plan.set("core", "max_tokens", room, f"only {room} tokens of the {plan.num_ctx} context are left after "
-                                                 f"the prompt ({plan.prompt_tokens}); output capped, prompt kept")
+                                                 f"the prompt ({plan.prompt_tokens}); output capped, prompt kept",
+                     safety=True)
 
     async def run(self, prepared: Prepared) -> ChatResult:
         """Send a non-streaming request and run post_response."""
@@ -169,6 +190,7 @@ class Pipeline:
             raise
         if result.timings.total_ms is None:
             result.timings.total_ms = (time.perf_counter() - started) * 1000
+        result.warnings = list(prepared.plan.warnings)
         await self.finish(prepared, result)
         return result
 
@@ -193,6 +215,8 @@ class Pipeline:
                 if chunk.tool_calls:
                     result.tool_calls.extend(chunk.tool_calls)
                 if chunk.done:
+                    if prepared.plan.warnings:
+                        chunk.warnings = list(prepared.plan.warnings)
                     result.finish_reason = chunk.finish_reason or "stop"
                     result.usage = chunk.usage or Usage()
                     if chunk.timings is not None:

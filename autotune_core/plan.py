@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from .messages import Message
+from .precedence import Pin, lowers
 
 
 class TraceEntry(BaseModel):
@@ -19,6 +20,9 @@ class TraceEntry(BaseModel):
     old: Any = None
     new: Any = None
     reason: str = ""
+    #: a value a plugin proposed for a pinned knob and that was not applied (``old == new`` then)
+    proposed: Any = None
+    kept: bool = False
 
     def compact(self) -> str:
         return f"{self.plugin}:{self.knob}={self.new}"
@@ -35,11 +39,12 @@ class Plan(BaseModel):
     flash_attn: bool | None = None
     num_batch: int | None = None
     num_keep: int | None = None
+    num_thread: int | None = None
     #: seconds; negative means "keep loaded forever", 0 means "unload after this request"
     keep_alive: float | None = None
     parallel: int | None = None
     max_tokens: int | None = None
-    #: sampling defaults to use only where the client sent none
+    #: sampling to use only where the client sent none; empty unless an opt-in plugin (sampling-presets) fills it
     sampling: dict[str, Any] = Field(default_factory=dict)
     messages: list[Message] = Field(default_factory=list)
     #: prompt tokens as counted (tokenizer) or estimated before sending
@@ -53,18 +58,63 @@ class Plan(BaseModel):
     flags: dict[str, Any] = Field(default_factory=dict)
     #: allow a load that pre-flight says will not fit
     force: bool = False
+    #: knobs fixed before planning (the client's explicit values, the model's config): see precedence.py
+    pins: dict[str, Pin] = Field(default_factory=dict)
+    #: what a safety guard did to a pinned value, for the response (``X-Autotune-Warning``)
+    warnings: list[str] = Field(default_factory=list)
 
     def record(self, plugin: str, knob: str, old: Any, new: Any, reason: str) -> None:
         """Append one decision to the trace."""
         self.trace.append(TraceEntry(plugin=plugin, knob=knob, old=old, new=new, reason=reason))
 
-    def set(self, plugin: str, knob: str, value: Any, reason: str) -> None:
-        """Change a knob and record it; a no-op change is not recorded."""
+    def set(self, plugin: str, knob: str, value: Any, reason: str, *, safety: bool = False) -> bool:
+        """Change a knob and record it; a no-op change is not recorded. Returns whether it changed.
+
+        A pinned knob keeps its value and the proposal is only traced, unless this is a ``safety`` change
+        that lowers it (then the plan also carries a warning).
+        """
         old = getattr(self, knob)
         if old == value:
-            return
+            return False
+        if not self.admits(plugin, knob, old, value, reason, safety=safety):
+            return False
         setattr(self, knob, value)
         self.record(plugin, knob, old, value, reason)
+        return True
+
+    def admits(self, plugin: str, knob: str, current: Any, value: Any, reason: str, *, safety: bool) -> bool:
+        """The precedence rule for one proposal against the knob's current value (also used by folds).
+
+        Not pinned: yes. Pinned: only a safety choice that lowers it, which adds a warning; anything else is
+        traced as "proposed …; client asked …: kept" and refused.
+        """
+        pin = self.pins.get(knob)
+        if pin is None:
+            return True
+        if safety and lowers(knob, current, value):
+            self.warn(f"{knob} lowered from {current} ({pin.describe()}) to {value} by {plugin}: {reason}")
+            return True
+        self.trace.append(TraceEntry(plugin=plugin, knob=knob, old=current, new=current, proposed=value, kept=True,
+                                     reason=f"{value} proposed ({reason}); {pin.describe()}: kept"))
+        return False
+
+    def warn(self, text: str) -> None:
+        """A note for the response: a client value was changed, or the request will not run as asked."""
+        if text not in self.warnings:
+            self.warnings.append(text)
+
+    def client_values(self) -> list[dict[str, Any]]:
+        """Each pinned knob: asked for, sent, and whether it was kept (``autotune plan`` shows this)."""
+        return [{"knob": pin.knob, "source": pin.source, "origin": pin.origin,
+                 "asked": pin.sent if pin.sent is not None else pin.value, "sent": getattr(self, pin.knob),
+                 "kept": getattr(self, pin.knob) == pin.value} for pin in self.pins.values()]
+
+    def warning_header(self, limit: int = 1024) -> str:
+        """The warnings, header-safe (ASCII, one line)."""
+        text = " | ".join(self.warnings)
+        if not text.isascii() or not text.isprintable():
+            text = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text)
+        return text[:limit]
 
     def advise(self, text: str, *, knob: str = "") -> None:
         """Add advice the user can act on (shown in the trace, ``autotune plan`` and ``doctor``)."""
@@ -80,7 +130,7 @@ class Plan(BaseModel):
         for entry in self.trace:  # one pass: this runs for every response
             chain = chains.get(entry.knob)
             if chain is not None:
-                chain.append(f"{entry.plugin}>{entry.new}")
+                chain.append(f"{entry.plugin}~{entry.proposed}" if entry.kept else f"{entry.plugin}>{entry.new}")
         text = ";".join(f"{knob}=" + ",".join(chain) for knob, chain in chains.items() if chain)
         if not text.isascii() or not text.isprintable():
             text = "".join(ch for ch in text if 32 <= ord(ch) < 127)
@@ -88,4 +138,5 @@ class Plan(BaseModel):
 
 
 #: the knobs X-Autotune-Plan summarises, in this order
-_COMPACT_KNOBS = ("num_ctx", "kv_type", "num_keep", "num_batch", "keep_alive", "flash_attn", "messages")
+_COMPACT_KNOBS = ("num_ctx", "kv_type", "num_keep", "num_batch", "num_thread", "keep_alive", "max_tokens",
+                  "flash_attn", "messages")

@@ -104,8 +104,11 @@ class LivePressurePlugin:
                             f"tokens need {current}")
                 return None
             return Choice(floor, f"{tier} pressure ({why}): ×{factor} → {target} would cut the prompt "
-                                 f"({prompt} + {reserve} output); kept {floor}, the smallest bucket that fits")
-        return Choice(target, f"{tier} pressure ({why}): {current} ×{factor} snapped down to {target}")
+                                 f"({prompt} + {reserve} output); kept {floor}, the smallest bucket that fits",
+                          safety=tier == "critical")
+        # at the critical tier this is a safety step: it may lower even a context the client set explicitly
+        return Choice(target, f"{tier} pressure ({why}): {current} ×{factor} snapped down to {target}",
+                      safety=tier == "critical")
 
     @hookimpl
     @fold_stage("adjust")
@@ -120,4 +123,4 @@ class LivePressurePlugin:
         wanted = smaller_kv_type(current, settings.kv_type)
         if proposal is not None and wanted == proposal.value:
             return None
-        return Choice(wanted, f"{tier} pressure ({why}): KV {current} → {wanted}")
+        return Choice(wanted, f"{tier} pressure ({why}): KV {current} → {wanted}", safety=tier == "critical")

@@ -159,7 +159,8 @@ class NoSwapGuardPlugin:
         if not fits:
             self._flag_swap(ctx, plan, used)
             reason = "nothing fits; kept the smallest context that holds the prompt — " + reason
-        return Choice(size, reason) if size != current else None
+        # safety: the only kind of choice that may lower a context the client set explicitly
+        return Choice(size, reason, safety=True) if size != current else None
 
     @hookimpl  # not trylast: flash-attention and prefix-protect check the final KV type after this
     @fold_stage("guard")
@@ -173,9 +174,10 @@ class NoSwapGuardPlugin:
         size, level_kv, level, used, exact, fits = self._walk(ctx, plan, plan.num_ctx, kv)
         reason = self._explain(ctx, plan, size, level_kv, level, used, exact, fits)
         if size != plan.num_ctx:
-            plan.set(self.name, "num_ctx", size, f"the KV type {actual} does not fit at {plan.num_ctx}; {reason}")
+            plan.set(self.name, "num_ctx", size, f"the KV type {actual} does not fit at {plan.num_ctx}; {reason}",
+                     safety=True)
         if not fits and not plan.flags.get("swap_risk"):
             self._flag_swap(ctx, plan, used)
         if (proposal.value if proposal is not None else "f16") == level_kv:
             return None
-        return Choice(level_kv, reason)
+        return Choice(level_kv, reason, safety=True)

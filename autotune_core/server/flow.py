@@ -177,6 +177,8 @@ def plan_headers(prepared: Prepared, overhead_ms: float) -> dict[str, str]:
     headers = {"X-Autotune-Overhead-Ms": f"{overhead_ms:.3f}", "X-Autotune-Backend": prepared.backend.name,
                "X-Autotune-Profile": prepared.plan.profile, "Cache-Control": "no-store"}
     headers["X-Autotune-Plan"] = prepared.plan.compact_trace()
+    if prepared.plan.warnings:  # a client value a safety guard lowered, or a request that will not run as asked
+        headers["X-Autotune-Warning"] = prepared.plan.warning_header()
     return headers
 
 
@@ -298,6 +300,7 @@ async def _complete(state: ServerState, dialect: Dialect, resolved: Resolved, pr
     state.queue.release(now - hold_started)
     if result.timings.total_ms is None:
         result.timings.total_ms = upstream * 1000
+    result.warnings = list(prepared.plan.warnings)
     body = dumps(dialect.respond(result, resolved.client_model))
     overhead = time.perf_counter() - resolved.started - resolved.waited_s - resolved.upstream_s - upstream
     state.metrics.overhead.observe(overhead)

@@ -83,14 +83,23 @@ def routes(state: ServerState) -> list[Route]:
             if entry.name in seen:
                 continue
             seen.add(entry.name)
+            if entry.upstream is not None:  # an Ollama's own entry: every field, verbatim
+                models.append({**entry.upstream, "autotune": {"backend": entry.backend}})
+                continue
             models.append({"name": entry.name, "model": entry.name, "modified_at": entry.modified_at or started_iso,
-                           "size": entry.size_bytes or 0, "digest": _digest(entry), "details": _details(entry)})
+                           "size": entry.size_bytes or 0, "digest": _digest(entry), "details": _details(entry),
+                           "autotune": {"backend": entry.backend}})
         return ok(state, "ollama", "/api/tags", {"models": models})
 
     async def show(request: Request) -> Response:
         try:
-            name = wire.validate(wire.ModelNameBody, await read_json(request, state.config.max_body_bytes)).target()
+            body = wire.validate(wire.ModelNameBody, await read_json(request, state.config.max_body_bytes))
+            name = body.target()
             backend, upstream = await state.resolve(name)
+            native = await backend.native_show(upstream, verbose=bool((body.model_extra or {}).get("verbose")))
+            if native is not None:  # an Ollama behind us: its own answer, every field, plus ours under "autotune"
+                return ok(state, "ollama", "/api/show", {**native, "autotune": {"backend": backend.name,
+                                                                                "model": upstream}})
             info = await state.pipeline.model_info(backend, upstream)
         except Exception as exc:
             return error_response(state, "ollama", "/api/show", exc)
@@ -110,7 +119,8 @@ def routes(state: ServerState) -> list[Route]:
         return ok(state, "ollama", "/api/show", {
             "modelfile": f"# served by autotune via the {backend.name} backend\n{_note_line(entry)}FROM {upstream}\n",
             "parameters": "", "template": "", "details": _details(entry, info), "model_info": model_info,
-            "capabilities": capabilities, "modified_at": (entry.modified_at if entry else None) or started_iso})
+            "capabilities": capabilities, "modified_at": (entry.modified_at if entry else None) or started_iso,
+            "autotune": {"backend": backend.name, "model": upstream}})
 
     async def ps(request: Request) -> Response:
         models: list[dict[str, Any]] = []
@@ -121,12 +131,15 @@ def routes(state: ServerState) -> list[Route]:
                 loaded_models = await asyncio.wait_for(state.host.backend(name).loaded_models(), 3.0)
                 listed = {entry.name: entry for entry in await state.pipeline.resolver.models_of(name)}
                 for loaded in loaded_models:
+                    if loaded.upstream is not None:  # an Ollama's own entry, verbatim
+                        models.append({**loaded.upstream, "autotune": {"backend": name}})
+                        continue
                     entry = listed.get(loaded.name)
                     models.append({"name": loaded.name, "model": loaded.name, "size": loaded.size_bytes or 0,
                                    "size_vram": loaded.size_vram_bytes or 0,
                                    "digest": _digest(entry or ModelEntry(name=loaded.name, backend=name)),
                                    "details": _details(entry), "expires_at": loaded.expires_at or started_iso,
-                                   "context_length": loaded.context_length})
+                                   "context_length": loaded.context_length, "autotune": {"backend": name}})
         return ok(state, "ollama", "/api/ps", {"models": models})
 
     async def version(request: Request) -> Response:

@@ -213,8 +213,16 @@ def chat_response(result: ChatResult, model: str) -> dict[str, Any]:
         message["thinking"] = result.thinking
     if result.tool_calls:
         message["tool_calls"] = _tool_calls(result.tool_calls)
-    return {"model": model, "created_at": now_iso(), "message": message, "done": True,
-            "done_reason": _done_reason(result.finish_reason), **timing_fields(result.usage, result.timings)}
+    out = {"model": model, "created_at": now_iso(), "message": message, "done": True,
+           "done_reason": _done_reason(result.finish_reason), **timing_fields(result.usage, result.timings)}
+    return with_warnings(out, result.warnings)
+
+
+def with_warnings(out: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """autotune's note on a final answer, under a key of its own, only when it changed a client value."""
+    if warnings:
+        out["autotune"] = {"warnings": list(warnings)}
+    return out
 
 
 def generate_response(result: ChatResult, model: str) -> dict[str, Any]:
@@ -223,7 +231,7 @@ def generate_response(result: ChatResult, model: str) -> dict[str, Any]:
     if result.thinking:
         out["thinking"] = result.thinking
     out.update(timing_fields(result.usage, result.timings))
-    return out
+    return with_warnings(out, result.warnings)
 
 
 class NdjsonEncoder:
@@ -263,6 +271,7 @@ class NdjsonEncoder:
             out["done_reason"] = _done_reason(chunk.finish_reason)
             out.update(timing_fields(chunk.usage or Usage(), chunk.timings or Timings(),
                                      (time.perf_counter() - self.started) * 1000))
+            with_warnings(out, chunk.warnings)
         return dumps(out) + b"\n"
 
     def error(self, body: dict[str, Any]) -> bytes:

@@ -82,6 +82,8 @@ class _Sampling(BaseModel):
     repeat_penalty: float | None = None
     n: int | None = Field(default=None, ge=1)
     keep_alive: str | float | None = None
+    #: Ollama-style ``options`` (``extra_body={"options": {"num_ctx": 8192}}``), an autotune extension
+    options: dict[str, Any] | None = None
     profile: str | None = None
     conversation_id: str | None = None
 
@@ -109,6 +111,8 @@ class EmbeddingsBody(BaseModel):
 
 
 _SAMPLING_FIELDS = frozenset(_Sampling.model_fields)
+#: knob names a client may send at the top level of an OpenAI body (non-standard, read as options)
+_TOP_LEVEL_OPTIONS = ("num_ctx", "num_batch", "num_keep", "num_thread", "kv_type", "kv_cache_type")
 
 
 def _validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
@@ -156,6 +160,12 @@ def _common(body: _Sampling, extra_skip: frozenset[str]) -> dict[str, Any]:
     if body.n is not None and body.n > 1:
         raise Unsupported("n > 1 is not supported by the autotune proxy; send one request per choice")
     extra = {key: value for key, value in (body.model_extra or {}).items() if key not in extra_skip}
+    options = dict(body.options or {})
+    for name in _TOP_LEVEL_OPTIONS:  # extra_body={"num_ctx": ...} as LiteLLM-style clients send it
+        if name in extra and name not in options:
+            options[name] = extra[name]
+    if body.options is not None:
+        extra["options"] = body.options  # forwarded as sent to OpenAI-compatible servers
     return {
         "model": body.model, "stream": body.stream,
         "stream_include_usage": bool(body.stream and body.stream_options and body.stream_options.include_usage),
@@ -163,7 +173,7 @@ def _common(body: _Sampling, extra_skip: frozenset[str]) -> dict[str, Any]:
         "seed": body.seed, "stop": _stops(body.stop), "presence_penalty": body.presence_penalty,
         "frequency_penalty": body.frequency_penalty, "repeat_penalty": body.repeat_penalty,
         "keep_alive": body.keep_alive, "profile": body.profile, "conversation_id": body.conversation_id,
-        "dialect": "openai", "extra": extra, "options": {}, "tools": [], "tool_choice": None,
+        "dialect": "openai", "extra": extra, "options": options, "tools": [], "tool_choice": None,
         "response_format": None, "think": None, "raw": False, "prompt": None, "messages": [],
     }
 
@@ -232,17 +242,24 @@ def chat_response(result: ChatResult, model: str) -> dict[str, Any]:
             message["content"] = None
     if result.thinking:
         message["reasoning_content"] = result.thinking
-    return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": result.finish_reason or "stop"}],
-            "usage": usage_dict(result.usage)}
+    return _noted({"id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()),
+                   "model": model, "choices": [{"index": 0, "message": message, "logprobs": None,
+                                                "finish_reason": result.finish_reason or "stop"}],
+                   "usage": usage_dict(result.usage)}, result.warnings)
+
+
+def _noted(out: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """autotune's note (a client value a guard lowered) under a key of its own; SDKs keep unknown fields."""
+    if warnings:
+        out["autotune"] = {"warnings": list(warnings)}
+    return out
 
 
 def completion_response(result: ChatResult, model: str) -> dict[str, Any]:
-    return {"id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": result.content, "logprobs": None,
-                         "finish_reason": result.finish_reason or "stop"}],
-            "usage": usage_dict(result.usage)}
+    return _noted({"id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": model,
+                   "choices": [{"index": 0, "text": result.content, "logprobs": None,
+                                "finish_reason": result.finish_reason or "stop"}],
+                   "usage": usage_dict(result.usage)}, result.warnings)
 
 
 def embeddings_response(vectors: list[list[float]], model: str, prompt_tokens: int,
@@ -283,7 +300,8 @@ class ChatStreamEncoder:
             return b""
         return self._frame({"role": "assistant", "content": ""}, None)
 
-    def _frame(self, delta: dict[str, Any], finish: str | None, usage: Usage | None = None) -> bytes:
+    def _frame(self, delta: dict[str, Any], finish: str | None, usage: Usage | None = None,
+               warnings: list[str] | None = None) -> bytes:
         choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
         if self.completion:
             choice["text"] = delta.get("content", "")
@@ -295,7 +313,7 @@ class ChatStreamEncoder:
             data["usage"] = usage_dict(usage)
         elif self.include_usage:
             data["usage"] = None
-        return b"data: " + dumps(data) + b"\n\n"
+        return b"data: " + dumps(_noted(data, warnings or [])) + b"\n\n"
 
     def chunk(self, chunk: StreamChunk) -> bytes:
         if not chunk.tool_calls and chunk.thinking is None and not chunk.done:
@@ -318,7 +336,7 @@ class ChatStreamEncoder:
         if delta:
             out += self._frame(delta, None)
         if chunk.done:
-            out += self._frame({}, chunk.finish_reason or "stop")
+            out += self._frame({}, chunk.finish_reason or "stop", warnings=chunk.warnings)
             if self.include_usage:
                 data = {"id": self.id, "object": self.object, "created": self.created, "model": self.model,
                         "choices": [], "usage": usage_dict(chunk.usage or Usage())}

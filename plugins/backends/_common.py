@@ -110,14 +110,16 @@ def effective_messages(request: ChatRequest, plan: Plan) -> list[Message]:
 
 
 def sampling(request: ChatRequest, plan: Plan) -> dict[str, Any]:
-    """Plan defaults first, then whatever the client sent: the client always wins."""
+    """What the client sent, exactly; ``plan.sampling`` (empty unless the opt-in sampling-presets plugin runs)
+    only fills fields the client left out. Nothing here by default: the model's own defaults apply."""
     merged = {key: value for key, value in plan.sampling.items() if key in SAMPLING_FIELDS and value is not None}
     merged.update(request.sampling())
     return merged
 
 
 def max_tokens(request: ChatRequest, plan: Plan) -> int | None:
-    return request.max_tokens if request.max_tokens is not None else plan.max_tokens
+    """The plan's output budget (the client's, unless a guard had to cap it), else the request's."""
+    return plan.max_tokens if plan.max_tokens is not None else request.max_tokens
 
 
 # -- OpenAI wire ------------------------------------------------------------------------------------------

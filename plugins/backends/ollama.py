@@ -72,7 +72,7 @@ _CAPABILITIES = Capabilities(dialect="ollama", can_tokenize=False, can_embed=Tru
 })
 
 
-#: every key Ollama accepts in ``options`` (api/types.go); anything else is dropped before sending
+#: the ``options`` keys Ollama documents (api/types.go); the ones autotune itself may fill
 OPTION_KEYS: frozenset[str] = frozenset({
     "num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread", "draft_num_predict", "num_keep",
     "seed", "num_predict", "top_k", "top_p", "min_p", "typical_p", "repeat_last_n", "temperature",
@@ -80,6 +80,8 @@ OPTION_KEYS: frozenset[str] = frozenset({
 })
 #: runner options: a different value reloads the model (sched.go needsReload)
 RUNNER_KEYS: tuple[str, ...] = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
+#: autotune's own ``options`` (read by plugins, meaningless to Ollama): not forwarded
+AUTOTUNE_OPTIONS: frozenset[str] = frozenset({"kv_type", "kv_cache_type", "force"})
 #: top-level request fields we pass through from the client (request.extra) when present
 PASSTHROUGH_FIELDS: frozenset[str] = frozenset({"truncate", "shift", "logprobs", "top_logprobs", "suffix",
                                                 "system", "template", "context"})
@@ -140,6 +142,14 @@ def keep_alive_value(value: float | str | None) -> float | str | None:
     if value < 0:
         return -1
     return int(value) if float(value).is_integer() else value
+
+
+def _keep_alive_to_send(request: ChatRequest, plan: Plan) -> float | str | None:
+    """The client's own keep_alive text ("5m") when the plan kept it, else the plan's seconds."""
+    pin = plan.pins.get("keep_alive")
+    if pin is not None and pin.source == "client" and plan.keep_alive == pin.value:
+        return request.keep_alive
+    return plan.keep_alive if plan.keep_alive is not None else request.keep_alive
 
 
 def ollama_message(message: Message) -> dict[str, Any]:
@@ -276,8 +286,15 @@ class OllamaBackend(Backend):
                                   family=details.get("family"), parameter_size=details.get("parameter_size"),
                                   quantization=details.get("quantization_level"),
                                   context_length=details.get("context_length"), modified_at=item.get("modified_at"),
-                                  digest=item.get("digest"), aliases=aliases))
+                                  digest=item.get("digest"), aliases=aliases, upstream=item))
         return out
+
+    async def native_show(self, model: str, *, verbose: bool = False) -> dict[str, Any] | None:
+        """Ollama's own ``/api/show`` answer, every field (modelfile, template, license, model_info...)."""
+        body: dict[str, Any] = {"model": model}
+        if verbose:
+            body["verbose"] = True
+        return await self._request("POST", "/api/show", model=model, json=body)
 
     async def model_info(self, model: str) -> ModelInfo:
         key = _canonical(model)
@@ -309,7 +326,7 @@ class OllamaBackend(Backend):
         data = await self._request("GET", "/api/ps")
         return [LoadedModel(name=str(item.get("name")), backend=self.name, size_bytes=item.get("size"),
                             size_vram_bytes=item.get("size_vram"), context_length=item.get("context_length"),
-                            expires_at=item.get("expires_at"))
+                            expires_at=item.get("expires_at"), upstream=item)
                 for item in data.get("models") or []]
 
     async def unload(self, model: str) -> bool:
@@ -358,7 +375,7 @@ class OllamaBackend(Backend):
         key = _canonical(request.model)
         previous = self._sent_runner.get(key, {})
         runner: dict[str, Any] = {}
-        for knob in ("num_ctx", "num_batch"):
+        for knob in ("num_ctx", "num_batch", "num_thread"):
             value = getattr(plan, knob)
             if value is None and knob in previous:
                 value = previous[knob]
@@ -377,8 +394,13 @@ class OllamaBackend(Backend):
         return self._options(request, plan, commit=False)
 
     def _options(self, request: ChatRequest, plan: Plan, *, commit: bool) -> dict[str, Any]:
+        """The client's options as sent (every key, known to us or not), then the plan's decisions.
+
+        Under the precedence rule the plan already holds the client's explicit values, so what autotune
+        writes here only fills what the client left open (or, with ``client_overrides = "tune"``, replaces it).
+        """
         options: dict[str, Any] = {key: value for key, value in request.options.items()
-                                   if key in OPTION_KEYS and value is not None}
+                                   if key not in AUTOTUNE_OPTIONS and value is not None}
         options.update(sampling(request, plan))
         options.update(self._runner_options(request, plan, commit=commit))
         if plan.num_keep is not None:
@@ -388,7 +410,7 @@ class OllamaBackend(Backend):
             options["num_predict"] = limit
         if request.stop:
             options["stop"] = list(request.stop)
-        return {key: value for key, value in options.items() if key in OPTION_KEYS}
+        return options
 
     def build_body(self, request: ChatRequest, plan: Plan, *, stream: bool, commit: bool = True) -> dict[str, Any]:
         """The exact JSON sent to ``/api/chat`` (or ``/api/generate`` for completions)."""
@@ -411,7 +433,7 @@ class OllamaBackend(Backend):
             fmt = request.extra["format"]
         if fmt is not None:
             body["format"] = fmt
-        keep_alive = keep_alive_value(plan.keep_alive if plan.keep_alive is not None else request.keep_alive)
+        keep_alive = keep_alive_value(_keep_alive_to_send(request, plan))
         if keep_alive is not None:
             body["keep_alive"] = keep_alive
         if request.think is not None:

@@ -56,7 +56,8 @@ async def test_chat_uses_native_api_and_maps_timings(fake_ollama: FakeOllama) ->
     assert result.raw["engine"] == "llama-server"
 
 
-async def test_kv_flash_and_unknown_options_are_never_sent(fake_ollama: FakeOllama) -> None:
+async def test_plan_knobs_ollama_cannot_take_are_never_sent_and_client_options_pass_verbatim(
+        fake_ollama: FakeOllama) -> None:
     backend = backend_for(fake_ollama)
     p = plan(num_ctx=4096, kv_type="q8_0", flash_attn=True, parallel=2, num_keep=24, keep_alive=600)
     reconcile_plan(p, backend.capabilities(), backend="ollama")
@@ -71,9 +72,13 @@ async def test_kv_flash_and_unknown_options_are_never_sent(fake_ollama: FakeOlla
     finally:
         await backend.aclose()
     body = chat_bodies(fake_ollama)[0]
-    assert set(body["options"]) == {"num_ctx", "num_keep", "temperature", "num_thread"}
+    # the client's own options reach Ollama as sent (it ignores the ones it no longer knows, as it would
+    # without autotune); autotune's own option names (kv_cache_type, read by kv-precision) are not forwarded,
+    # and the plan adds only what Ollama honours per request
+    assert body["options"] == {"f16_kv": False, "flash_attn": True, "mirostat": 2, "low_vram": True,
+                               "num_thread": 2, "temperature": 0.2, "num_ctx": 4096, "num_keep": 24}
     assert body["keep_alive"] == 600
-    assert fake_ollama.ignored_options == []  # nothing Ollama would have to ignore
+    assert sorted(fake_ollama.ignored_options) == ["f16_kv", "flash_attn", "low_vram", "mirostat"]  # the client's
     assert "flash_attn" not in body and "kv_type" not in body
 
 

@@ -69,6 +69,8 @@ def test_every_environment_override_maps_to_a_real_key():
         value = "x" if key.startswith(("backends.", "backend")) or key.endswith(("host", "api_key")) else "4096"
         if key == "profile":
             value = "fast"
+        if key == "client_overrides":
+            value = "tune"
         if key == "server.log_prompts":
             value = "true"
         load_settings(Path("/nonexistent/autotune.toml"), env={var: value})  # raises if the key is wrong
