@@ -157,3 +157,41 @@ def test_the_cli_reports_a_failed_pull_without_a_traceback(hub: FakeHub) -> None
     result = CliRunner().invoke(_build(), ["pull", REPO, "--endpoint", hub.url, "-q"])
     assert result.exit_code == 1
     assert "checksum mismatch" in result.output and "Traceback" not in result.output
+
+
+def test_ctrl_c_during_a_pull_keeps_the_part_and_the_next_pull_continues(hub: FakeHub) -> None:
+    """A real ``autotune pull`` process, interrupted with SIGINT while the line is silent, as a user would."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    big = os.urandom(24 << 20)  # past huggingface_hub's 10 MiB write unit, so bytes reach the disk
+    hub.add_repo("owner/big-GGUF", {"big-Q4_K_M.gguf": big})
+    hub.stall_after = 12 << 20
+    folder = pull_dir() / "owner/big-GGUF"
+    proc = subprocess.Popen([sys.executable, "-c", "from autotune_core.cli import main; main()", "pull",
+                             "owner/big-GGUF", "--endpoint", hub.url, "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(p.stat().st_size >= 10 << 20 for p in folder.glob("*.part")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the download never reached the disk"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode == 1 and "interrupted; run the same pull again to resume" in err, (out, err)
+    (part,) = folder.glob("big-Q4_K_M.gguf.*.part")
+    kept = part.stat().st_size
+    assert kept == 10 << 20
+    hub.stall_after = None
+    hub.requests.clear()
+    _pull(hub, "owner/big-GGUF")
+    (resumed,) = hub.downloads()
+    assert resumed.headers["range"] == f"bytes={kept}-"
+    assert (folder / "big-Q4_K_M.gguf").read_bytes() == big

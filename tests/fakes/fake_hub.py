@@ -14,7 +14,8 @@ What it models (what ``huggingface_hub`` calls and reads):
 
 Failure knobs: ``cut_after`` (bytes of a CDN body sent before the connection is dropped, for the next
 ``cut_times`` downloads), ``status_after_cut`` (the status later downloads get, e.g. 503, so a pull fails
-as an interrupted one would), ``corrupt`` (file names served with the right size but wrong bytes).
+as an interrupted one would), ``stall_after`` (bytes sent before the CDN goes silent, as a dead line does),
+``corrupt`` (file names served with the right size but wrong bytes).
 
 Each response goes out in one ``write`` on a ``TCP_NODELAY`` socket. Nothing here imports autotune code.
 """
@@ -74,6 +75,9 @@ class FakeHub:
         self.corrupt: set[str] = set()
         #: file names kept in git rather than LFS even if they end in .gguf (ETag = git blob id, no redirect)
         self.regular: set[str] = set()
+        #: bytes of a CDN body sent before the stand-in goes silent (for ``stall_seconds``, then it hangs up)
+        self.stall_after: int | None = None
+        self.stall_seconds = 30.0
         self.by_sha: dict[str, bytes] = {}
         #: id(content) -> (sha256, git blob id), computed once (hashing 250 MB per request would dominate)
         self._ids: dict[int, tuple[bytes, str, str]] = {}
@@ -300,4 +304,8 @@ class FakeHub:
         if method == "GET" and self.cut_after is not None and self.cut_times > 0 and self.cut_after < len(body):
             self.cut_times -= 1
             cut = self.cut_after
+        if method == "GET" and self.stall_after is not None and self.stall_after < len(body):
+            await self._send(writer, method, status, reasons[status], common, body, cut=self.stall_after)
+            await asyncio.sleep(self.stall_seconds)
+            return False
         return await self._send(writer, method, status, reasons[status], common, body, cut=cut)
