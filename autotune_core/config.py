@@ -178,6 +178,10 @@ ENV_OVERRIDES: dict[str, str] = {
 }
 
 
+#: keys whose variable is always text: a key, and comma lists as OLLAMA_ORIGINS takes them
+TEXT_OVERRIDES = frozenset({"server.api_key", "server.allowed_hosts", "server.allowed_origins"})
+
+
 def _split_plugins_table(raw: dict[str, Any]) -> dict[str, Any]:
     plugins = dict(raw.get("plugins", {}))
     settings = {key: value for key, value in plugins.items() if isinstance(value, dict)}
@@ -246,7 +250,7 @@ def load_settings(path: Path | None = None, *, env: dict[str, str] | None = None
     applied = []
     for var, key in ENV_OVERRIDES.items():
         if var in environ and environ[var] != "":
-            set_dotted(raw, key, parse_value(environ[var]) if key != "server.api_key" else environ[var])
+            set_dotted(raw, key, parse_value(environ[var]) if key not in TEXT_OVERRIDES else environ[var])
             applied.append(var)
     for key, value in (overrides or {}).items():
         set_dotted(raw, key, value)
