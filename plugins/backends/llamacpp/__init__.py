@@ -170,11 +170,11 @@ class LlamaCppBackend(Backend):
             return model, table[model]
         if model in (DEFAULT_ALIAS, *DEFAULT_ALIASES) and self._bundled_available():
             return DEFAULT_ALIAS, gemma_path()
+        if model.endswith(".gguf") and Path(model).expanduser().is_file():
+            return model, str(Path(model).expanduser())
         pulled = find_pulled(model)
         if pulled is not None:
             return pulled.name, pulled.path
-        if model.endswith(".gguf") and Path(model).expanduser().is_file():
-            return model, str(Path(model).expanduser())
         names = [*table, *([DEFAULT_ALIAS] if self._bundled_available() else []), *(m.name for m in pulled_models())]
         raise ModelNotFound(model, names)
 

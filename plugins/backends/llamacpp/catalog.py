@@ -10,6 +10,8 @@ Kept apart from the backend so the engine's process model can change without tou
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,12 +56,33 @@ def pulled_models(root: Path | None = None) -> list[PulledModel]:
     return sorted(out, key=lambda m: m.name)
 
 
+#: seconds a scan answers name lookups (each request resolves its model; a scan costs ~0.2-0.6 ms)
+SCAN_TTL = 2.0
+_scans: dict[Path, tuple[float, dict[str, PulledModel]]] = {}
+_scans_lock = threading.Lock()
+
+
+def _by_name(root: Path, *, fresh: bool) -> dict[str, PulledModel]:
+    with _scans_lock:
+        cached = _scans.get(root)
+        if not fresh and cached is not None and time.monotonic() < cached[0]:
+            return cached[1]
+        table = {name.lower(): m for m in pulled_models(root) for name in (m.name, *m.aliases)}
+        _scans[root] = (time.monotonic() + SCAN_TTL, table)
+        return table
+
+
 def find_pulled(model: str, root: Path | None = None) -> PulledModel | None:
-    """The pulled model named ``model`` (its name or an alias, case-insensitive), else None."""
+    """The pulled model named ``model`` (its name or an alias, case-insensitive), else None.
+
+    Answers from a scan at most :data:`SCAN_TTL` old; a name it does not know, or a file gone since,
+    rescans at once (so a model pulled a moment ago resolves on its first request).
+    """
     wanted = model.strip().lower()
     if not wanted:
         return None
-    for pulled in pulled_models(root):
-        if wanted in (pulled.name.lower(), *(a.lower() for a in pulled.aliases)):
-            return pulled
-    return None
+    root = root or pull_dir()
+    found = _by_name(root, fresh=False).get(wanted)
+    if found is None or not Path(found.path).is_file():
+        found = _by_name(root, fresh=True).get(wanted)
+    return found
