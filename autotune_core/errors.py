@@ -89,6 +89,22 @@ class BackendUnavailable(UpstreamError):
     code = "backend_unavailable"
 
 
+class BackendCrashed(UpstreamError):
+    """The backend's engine process died (a signal, an out-of-memory kill) or hung and was killed.
+
+    Only the requests it held fail; the proxy and the other backends go on. ``signal`` names the signal
+    ("SIGSEGV") when there was one; the message says what probably caused it and how to fix it.
+    """
+
+    type = "backend_crashed"
+    status = 502
+    code = "backend_crashed"
+
+    def __init__(self, message: str, signal: str | None = None) -> None:
+        super().__init__(message)
+        self.signal = signal
+
+
 class QueueFull(AutotuneError):
     type = "rate_limit_exceeded"
     status = 429

@@ -1,4 +1,6 @@
-"""End-to-end on the real embedded model (Gemma 3 270M via llama-cpp-python). Short: max_tokens ≤ 16."""
+"""End-to-end on the real embedded model (Gemma 3 270M via llama-cpp-python in its worker process).
+
+Short: max_tokens ≤ 16."""
 
 from __future__ import annotations
 
@@ -93,11 +95,13 @@ async def test_closing_the_stream_stops_generation(backend: LlamaCppBackend) -> 
     stream = backend.stream_chat(req(user("Count from one to fifty."), max_tokens=16), Plan(model=MODEL, num_ctx=1024))
     first = await stream.__anext__()
     assert first.content
+    pid = backend.engine.pid
     await stream.aclose()
     deadline = time.monotonic() + 5
-    while any(t.is_alive() for t in backend.threads) and time.monotonic() < deadline:
+    while backend.engine.busy and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    assert not any(t.is_alive() for t in backend.threads)
+    assert backend.engine.busy == 0, "the worker went on generating for nobody"
+    assert backend.engine.pid == pid, "a cancel stops the generation, not the worker"
     after = await backend.chat(req(user("Hi"), max_tokens=2), Plan(model=MODEL, num_ctx=1024))
     assert after.usage.completion_tokens > 0
 
@@ -105,6 +109,7 @@ async def test_closing_the_stream_stops_generation(backend: LlamaCppBackend) -> 
 async def test_keep_alive_zero_unloads_and_embeddings(backend: LlamaCppBackend) -> None:
     await backend.chat(req(user("Hi"), max_tokens=1), Plan(model=MODEL, num_ctx=1024, keep_alive=0))
     assert backend.engine.loaded is None and await backend.loaded_models() == []
+    assert backend.engine.pid is None, "unloading ends the worker process"
     await backend.chat(req(user("Hi"), max_tokens=1), Plan(model=MODEL, num_ctx=1024, keep_alive=0.2))
     assert backend.engine.loaded is not None
     deadline = time.monotonic() + 3

@@ -82,7 +82,7 @@ def test_errors_on_the_embedded_model(embedded: tuple[LiveServer, str]) -> None:
 
 
 def test_a_client_hanging_up_stops_the_embedded_generation(embedded: tuple[LiveServer, str]) -> None:
-    """Non-streaming: the slot frees at once and the worker thread stops at its next token, not at the end."""
+    """Non-streaming: the slot frees at once and the worker process stops at its next token, not at the end."""
     live, model = embedded
     backend: Any = live.host.backend("llamacpp")
     body = json.dumps({"model": model, "max_tokens": 1500, "temperature": 0, "messages": [
@@ -91,14 +91,16 @@ def test_a_client_hanging_up_stops_the_embedded_generation(embedded: tuple[LiveS
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     deadline = time.monotonic() + 30
-    while not any(t.is_alive() for t in backend.threads) and time.monotonic() < deadline:
+    while not backend.engine.busy and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(1.0)  # well into the answer: 1500 tokens take far longer than this
-    assert any(t.is_alive() for t in backend.threads), "the generation ended before the client hung up"
+    assert backend.engine.busy, "the generation ended before the client hung up"
+    pid = backend.engine.pid
     sock.close()
     live.wait_idle(timeout=3)
     deadline = time.monotonic() + 5
-    while any(t.is_alive() for t in backend.threads) and time.monotonic() < deadline:
+    while backend.engine.busy and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(t.is_alive() for t in backend.threads), "the generation went on for nobody"
+    assert not backend.engine.busy, "the generation went on for nobody"
+    assert backend.engine.pid == pid, "the worker stopped generating; it was not killed"
     assert live.state.metrics.errors.get({"type": "client_disconnected"}) == 1

