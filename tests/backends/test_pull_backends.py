@@ -140,3 +140,7 @@ def test_cli_pull_to_the_embedded_backend_then_models_lists_it(hub: FakeHub) -> 
     assert Path(pull_dir() / REPO / "tiny-Q4_K_M.gguf").is_file()
     listed = json.loads(_cli(["models", "--json"]).stdout)  # type: ignore[attr-defined]
     assert f"hf.co/{REPO}:Q4_K_M" in [m["name"] for m in listed if m["backend"] == "llamacpp"]
+    table = _cli(["models"]).stdout  # type: ignore[attr-defined]
+    assert f"hf.co/{REPO}:Q4_K_M" in table
+    if "gemma3-270m" in [m["name"] for m in listed]:  # the bundled base model says what it is, under the table
+        assert f"gemma3-270m: {BASE_NOTE}" in table
