@@ -7,14 +7,17 @@ refuse. The system prompt stays first and byte-identical; the facts block goes r
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autotune_core import ChatRequest, HookContext, Message, Plan, hookimpl
-from autotune_core.tokens import PER_MESSAGE_OVERHEAD
+from autotune_core.tokens import PER_MESSAGE_OVERHEAD, estimate_tokens
 
+from .memo import Memo
 from .window import DEFAULT_RULES, Outcome, TierRule, compress_history
 
-__all__ = ["ContextCompressorPlugin", "compress_history"]
+__all__ = ["ContextCompressorPlugin", "Memo", "compress_history"]
 
 
 class CompressorSettings(BaseModel):
@@ -28,6 +31,9 @@ class CompressorSettings(BaseModel):
     recent_windows: tuple[int, int, int] = (8, 6, 4)
     #: tokens kept free besides the output reserve (the original's 64)
     safety_margin: int = Field(default=64, ge=0)
+    #: messages whose per-message results (score, compressed forms, facts) are remembered across
+    #: requests, so a long conversation costs about the same per turn as a short one; 0 = off
+    remembered_messages: int = Field(default=4096, ge=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> CompressorSettings:
@@ -39,11 +45,22 @@ class CompressorSettings(BaseModel):
         return self
 
 
+def _count(tokens: Callable[[str], int], message: Message) -> int:
+    total = PER_MESSAGE_OVERHEAD + tokens(message.content)
+    for call in message.tool_calls:
+        total += tokens(call.name) + tokens(call.arguments)
+    return total + 258 * len(message.images)
+
+
 class ContextCompressorPlugin:
     """History compression in tiers (55/75/90 %), re-checked to fit; code and tracebacks kept whole."""
 
     name = "context-compressor"
     Settings = CompressorSettings
+
+    def __init__(self) -> None:
+        #: per-message results shared by every conversation (keyed by role and exact text)
+        self.memo = Memo()
 
     def budget(self, ctx: HookContext, plan: Plan, prefix: list[Message], tail: list[Message],
                margin: int) -> int:
@@ -52,15 +69,8 @@ class ContextCompressorPlugin:
         if ctx.model is not None and ctx.model.context_length:
             ceiling = min(ceiling, ctx.model.context_length)
         reserve = plan.max_tokens or ctx.profile.max_new_tokens
-        fixed = sum(self._count(ctx, m) for m in (*prefix, *tail))
+        fixed = sum(_count(ctx.tokens, m) for m in (*prefix, *tail))
         return ceiling - fixed - reserve - margin
-
-    @staticmethod
-    def _count(ctx: HookContext, message: Message) -> int:
-        total = PER_MESSAGE_OVERHEAD + ctx.tokens(message.content)
-        for call in message.tool_calls:
-            total += ctx.tokens(call.name) + ctx.tokens(call.arguments)
-        return total + 258 * len(message.images)
 
     @hookimpl(trylast=True)
     def pre_request(self, ctx: HookContext, request: ChatRequest, plan: Plan) -> None:
@@ -74,11 +84,14 @@ class ContextCompressorPlugin:
         prefix, history, tail = split(plan.messages)
         if not history:
             return
+        if self.memo.max_entries != settings.remembered_messages:
+            self.memo = Memo(settings.remembered_messages)
         budget = self.budget(ctx, plan, prefix, tail, settings.safety_margin)
         rules = tuple(TierRule(r.name, n, r.drop_below, r.recent_mode, r.older_mode, r.compact)
                       for r, n in zip(DEFAULT_RULES, settings.recent_windows, strict=True))
-        outcome = compress_history(plan.messages, budget=budget, count=lambda m: self._count(ctx, m),
-                                   thresholds=settings.thresholds, rules=rules)
+        tokens = ctx.count_tokens or estimate_tokens
+        outcome = compress_history(plan.messages, budget=budget, count=lambda m: _count(tokens, m),
+                                   thresholds=settings.thresholds, rules=rules, memo=self.memo)
         self._apply(plan, outcome)
 
     def _apply(self, plan: Plan, outcome: Outcome) -> None:

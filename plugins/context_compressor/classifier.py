@@ -15,20 +15,45 @@ CHATTER = frozenset({
 
 _FENCE = re.compile(r"^\s*(```|~~~)", re.MULTILINE)
 _INLINE_CODE = re.compile(r"`[^`\n]+`")
-_TRACE = re.compile(
-    r"Traceback \(most recent call last\)|^\s+at [\w.$<>]+\(|\b\w+(Error|Exception)\b|"
-    r"\bpanicked at\b|\bSegmentation fault\b|^\s*File \"[^\"]+\", line \d+", re.MULTILINE)
-_TECH = re.compile(
-    r"\b(error|function|class|method|select|insert|update|delete|join|token|tokens|model|ram|gpu|cpu|"
-    r"api|json|yaml|docker|kubernetes|config|database|query|index|cache|thread|async|import|module|"
-    r"deploy|server|request|response|endpoint|schema|variable|compile|build|test|bug|memory)\b",
-    re.IGNORECASE)
+#: what marks a stack trace or crash, each with a plain substring it cannot match without (a cheap
+#: ``in`` test spares the regex on ordinary prose)
+_EXCEPTION_NAME = re.compile(r"\b\w+(Error|Exception)\b")
+_TRACE_PARTS: tuple[tuple[str, re.Pattern[str] | None], ...] = (
+    ("Traceback (most recent call last)", None),
+    ("at ", re.compile(r"^\s+at [\w.$<>]+\(", re.MULTILINE)),
+    ("Error", _EXCEPTION_NAME),
+    ("Exception", _EXCEPTION_NAME),
+    ("panicked at", re.compile(r"\bpanicked at\b")),
+    ("Segmentation fault", re.compile(r"\bSegmentation fault\b")),
+    ('File "', re.compile(r"^\s*File \"[^\"]+\", line \d+", re.MULTILINE)),
+)
+_TECH_WORDS: tuple[str, ...] = (
+    "error", "function", "class", "method", "select", "insert", "update", "delete", "join", "token", "tokens",
+    "model", "ram", "gpu", "cpu", "api", "json", "yaml", "docker", "kubernetes", "config", "database", "query",
+    "index", "cache", "thread", "async", "import", "module", "deploy", "server", "request", "response",
+    "endpoint", "schema", "variable", "compile", "build", "test", "bug", "memory")
+_TECH = re.compile(r"\b(" + "|".join(_TECH_WORDS) + r")\b", re.IGNORECASE)
+_TECH_SET = frozenset(_TECH_WORDS)
+_WORD_RUN = re.compile(r"\w+")
 _UNIT = re.compile(r"\b\d+(\.\d+)?\s?(gb|gib|mb|mib|kb|ms|s|%|tokens|tok/s|ghz|mhz|k)\b", re.IGNORECASE)
 _LIST = re.compile(r"^\s*([-*•]|\d+[.)])\s+", re.MULTILINE)
 _URL = re.compile(r"https?://\S+")
 
 HIGH = 0.65
 MEDIUM = 0.30
+
+
+def has_trace(content: str) -> bool:
+    """A stack trace or crash report anywhere in the text."""
+    return any(needle in content and (pattern is None or pattern.search(content) is not None)
+               for needle, pattern in _TRACE_PARTS)
+
+
+def tech_words(content: str) -> int:
+    """How many technical words the text has (whole words, any case)."""
+    if content.isascii():  # whole \w runs compared in lower case: what the regex matches, ~10x faster
+        return sum(1 for word in _WORD_RUN.findall(content) if word.lower() in _TECH_SET)
+    return len(_TECH.findall(content))
 
 
 def is_chatter(text: str) -> bool:
@@ -53,9 +78,9 @@ def score_message(role: str, content: str) -> float:
     elif fences == 1:
         score += 0.15
     score += min(0.10, 0.02 * len(_INLINE_CODE.findall(content)))
-    if _TRACE.search(content):
+    if has_trace(content):
         score += 0.30
-    score += min(0.25, 0.025 * len(_TECH.findall(content)))
+    score += min(0.25, 0.025 * tech_words(content))
     score += min(0.15, 0.04 * len(_UNIT.findall(content)))
     score += min(0.10, 0.03 * len(_LIST.findall(content)))
     if _URL.search(content):

@@ -21,6 +21,7 @@ _TRACE_START = re.compile(r"^\s*(Traceback \(most recent call last\):|Exception 
 _JAVA_AT = re.compile(r"^\s+at \S")
 _PY_FRAME = re.compile(r"^\s+(File \"|\S)")
 _EXC_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt|Exit|Warning)\b.*|^\S+: .*")
+_BRACKET = re.compile(r"[{\[]")
 _SENTENCE_END = re.compile(r"[.!?](?=[\s\"')\]]|$)")
 
 
@@ -152,21 +153,25 @@ def fold_json(text: str, min_chars: int = 120) -> str:
     """
     out: list[str] = []
     i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch in "{[":
-            end = _match_bracket(text, i)
-            if end > 0 and end - i - 2 >= min_chars:
-                try:
-                    value = json.loads(text[i:end])
-                except ValueError:
-                    value = None
-                if isinstance(value, dict | list):
-                    out.append(_describe_json(value))
-                    i = end
-                    continue
-        out.append(ch)
-        i += 1
+    while True:
+        found = _BRACKET.search(text, i)  # jump to the next bracket: the text between is kept as it is
+        if found is None:
+            out.append(text[i:])
+            break
+        start = found.start()
+        out.append(text[i:start])
+        end = _match_bracket(text, start)
+        if end > 0 and end - start - 2 >= min_chars:
+            try:
+                value = json.loads(text[start:end])
+            except ValueError:
+                value = None
+            if isinstance(value, dict | list):
+                out.append(_describe_json(value))
+                i = end
+                continue
+        out.append(text[start])
+        i = start + 1
     return "".join(out)
 
 

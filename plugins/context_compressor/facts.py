@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from autotune_core import Message
 
 from .classifier import is_chatter
 from .compress import segments
+
+if TYPE_CHECKING:
+    from .memo import Analyzer
 
 _ERRORS = re.compile(r"\b(\w*Error|\w*Exception|Traceback|failed|failing|failure|OOM|out of memory|"
                      r"40[0-4]|50[0-3]|SIGKILL|SIGSEGV|segfault|panic|crash(ed)?)\b", re.IGNORECASE)
@@ -67,35 +71,112 @@ def _prose_lines(content: str) -> list[str]:
     return lines
 
 
-def extract_facts(messages: list[Message]) -> Facts:
-    """Scan lines of 12–220 chars with ≥ 4 words into the first bucket they match; dedup by prefix."""
-    facts = Facts(turns=sum(1 for m in messages if m.role == "user"))
-    seen: set[str] = set()
-    text_all = " ".join(m.content.lower() for m in messages)
-    for message in messages:
-        if message.role not in ("user", "assistant", "tool"):
+#: (bucket, dedup key, line): a line worth keeping and where it goes (0 errors, 1 done, 2 decisions, 3 facts)
+Candidate = tuple[int, str, str]
+
+
+def fact_candidates(role: str, content: str) -> tuple[Candidate, ...]:
+    """One message's lines of 12–220 chars with ≥ 4 words that match a bucket, in order."""
+    if role not in ("user", "assistant", "tool"):
+        return ()
+    out: list[Candidate] = []
+    for line in _prose_lines(content):
+        if not 12 <= len(line) <= 220 or len(line.split()) < 4 or is_chatter(line):
             continue
-        for line in _prose_lines(message.content):
-            if not 12 <= len(line) <= 220 or len(line.split()) < 4 or is_chatter(line):
+        if _ERRORS.search(line):
+            bucket = 0
+        elif _DONE.search(line):
+            bucket = 1
+        elif _DECISION.search(line):
+            bucket = 2
+        elif _COPULA.search(line) and _IDENT.search(line):
+            bucket = 3
+        else:
+            continue
+        out.append((bucket, line[:60].lower(), line))
+    return tuple(out)
+
+
+def topics_of(content: str, *, left: bool, right: bool) -> frozenset[str]:
+    """The topics one message names, as a search of all messages joined by spaces would find them:
+    ``left``/``right`` say whether a joining space precedes/follows it (a topic word such as " go "
+    may use it)."""
+    text = (" " if left else "") + content.lower() + (" " if right else "")
+    return frozenset(name for name, words in TOPICS.items() if any(w in text for w in words))
+
+
+class Fold:
+    """Facts and topics gathered over the first messages of a list; resumable (a copy goes on from there).
+
+    Topics are gathered as if another message followed (see :func:`topics_of`); the list's last message is
+    added with ``last=True``.
+    """
+
+    __slots__ = ("buckets", "open", "seen", "topics", "turns")
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self.buckets: tuple[list[str], list[str], list[str], list[str]] = ([], [], [], [])
+        self.seen: set[str] = set()
+        self.open = len(self.buckets)
+        self.topics: set[str] = set()
+
+    def copy(self) -> Fold:
+        other = Fold()
+        other.turns, other.open = self.turns, self.open
+        other.buckets = (self.buckets[0][:], self.buckets[1][:], self.buckets[2][:], self.buckets[3][:])
+        other.seen, other.topics = set(self.seen), set(self.topics)
+        return other
+
+    def add(self, role: str, candidates: tuple[Candidate, ...], topics: frozenset[str]) -> None:
+        """One message: its candidate lines into the first bucket they match (8 each, deduplicated by prefix)."""
+        self.turns += role == "user"
+        self.topics |= topics
+        if not self.open:
+            return  # every bucket is full: no later line can be added
+        for index, key, line in candidates:
+            if key in self.seen:
                 continue
-            key = line[:60].lower()
-            if key in seen:
-                continue
-            if _ERRORS.search(line):
-                bucket = facts.errors
-            elif _DONE.search(line):
-                bucket = facts.done
-            elif _DECISION.search(line):
-                bucket = facts.decisions
-            elif _COPULA.search(line) and _IDENT.search(line):
-                bucket = facts.facts
-            else:
-                continue
+            bucket = self.buckets[index]
             if len(bucket) < BUCKET_LIMIT:
-                seen.add(key)
+                self.seen.add(key)
                 bucket.append(line)
-    facts.topics = [name for name, words in TOPICS.items() if any(w in text_all for w in words)][:8]
-    return facts
+                self.open -= len(bucket) == BUCKET_LIMIT
+
+    def facts(self) -> Facts:
+        errors, done, decisions, facts = (list(b) for b in self.buckets)
+        return Facts(turns=self.turns, errors=errors, done=done, decisions=decisions, facts=facts,
+                     topics=[name for name in TOPICS if name in self.topics][:8])
+
+
+def extract_facts(messages: list[Message], analyzer: Analyzer | None = None,
+                  ids: list[int] | None = None) -> Facts:
+    """Candidate lines of every message into the first bucket they match, at most 8 each, deduplicated
+    by prefix; topics of all of them.
+
+    ``analyzer`` supplies the per-message steps and where to start: a :class:`~.memo.Memo` remembers them
+    across requests, and hands back the fold of the longest list it has already seen that this one
+    starts with (``ids``: its :meth:`~.memo.Memo.ids` of a list these messages start, if known). The fold
+    itself is the same either way.
+    """
+    if analyzer is None:
+        from .memo import DIRECT
+
+        analyzer = DIRECT
+    if not messages:
+        return Facts()
+    last = len(messages) - 1
+    fold, start, token = analyzer.resume(messages, last, ids)
+    for i in range(start, last):
+        message = messages[i]
+        fold.add(message.role, analyzer.candidates(message.role, message.content),
+                 analyzer.topics(message.role, message.content, i > 0, True))
+    analyzer.checkpoint(token, fold)
+    final = messages[last]
+    fold = fold.copy()
+    fold.add(final.role, analyzer.candidates(final.role, final.content),
+             analyzer.topics(final.role, final.content, last > 0, False))
+    return fold.facts()
 
 
 def standard_block(facts: Facts, summarised: int) -> str:

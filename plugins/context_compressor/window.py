@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 
 from autotune_core import Message
 
-from .classifier import score_message
-from .compress import compress_message, has_protected, skeleton
 from .facts import compact_block, extract_facts, standard_block
+from .memo import DIRECT, Analyzer, paired
 
 TIER_NAMES: tuple[str, ...] = ("FULL", "RECENT_PLUS_FACTS", "COMPRESSED", "EMERGENCY")
 
@@ -67,11 +66,6 @@ def split(messages: list[Message]) -> tuple[list[Message], list[Message], list[M
     return messages[:start], messages[start:last_user], messages[last_user:]
 
 
-def _paired(message: Message) -> bool:
-    """Part of a tool-call round: dropping one side alone would break the backend's template."""
-    return message.role == "tool" or bool(message.tool_calls)
-
-
 def _window_start(history: list[Message], recent: int) -> int:
     boundary = max(0, len(history) - recent)
     while 0 < boundary < len(history) and history[boundary].role == "tool":
@@ -79,50 +73,80 @@ def _window_start(history: list[Message], recent: int) -> int:
     return boundary
 
 
-def _shrink(message: Message, mode: str) -> Message | None:
-    if mode == "verbatim":
-        return message
-    if mode == "skeleton":
-        if not _paired(message) and not has_protected(message.content):
-            return None  # the facts block carries what it said
-        content = skeleton(message.role, message.content)
-    else:
-        content = compress_message(message.role, message.content, aggressive=mode == "aggressive")
-    return message if content == message.content else message.model_copy(update={"content": content})
+class _Forms:
+    """Each history message's form per (mode, drop threshold) and its tokens, worked out once per call:
+    the attempts of one request (tiers, shrinking windows) share them."""
+
+    def __init__(self, history: list[Message], an: Analyzer, count: Counter) -> None:
+        self.history, self.an, self.count = history, an, count
+        self.tokens = [count(m) for m in history]
+        self.ids = an.ids(history)
+        self._tables: dict[tuple[str, float], list[tuple[Message | None, int] | None]] = {}
+
+    def table(self, mode: str, drop_below: float) -> list[tuple[Message | None, int] | None]:
+        """Per message index: (the message as sent in ``mode``, or None when dropped; its tokens), or None
+        while not worked out (see :meth:`form`)."""
+        table = self._tables.get((mode, drop_below))
+        if table is None:
+            table = self._tables[(mode, drop_below)] = [None] * len(self.history)
+        return table
+
+    def form(self, i: int, mode: str, drop_below: float) -> tuple[Message | None, int]:
+        message = self.history[i]
+        if mode == "verbatim":
+            hit: tuple[Message | None, int] = (message, self.tokens[i])
+        elif not paired(message) and self.an.score(message.role, message.content) < drop_below:
+            hit = (None, 0)
+        else:
+            shrunk = self.an.shrink(message, mode)
+            hit = (shrunk, 0 if shrunk is None else self.tokens[i] if shrunk is message else self.count(shrunk))
+        self.table(mode, drop_below)[i] = hit
+        return hit
+
+
+def _assemble(prefix: list[Message], forms: _Forms, tail: list[Message], rule: TierRule,
+              recent: int) -> tuple[list[Message], int]:
+    """The candidate message list and the tokens of its compressible part (facts block included)."""
+    history = forms.history
+    boundary = _window_start(history, recent)
+    body: list[Message] = []
+    tokens = 0
+    for start, stop, mode in ((0, boundary, rule.older_mode), (boundary, len(history), rule.recent_mode)):
+        table = forms.table(mode, rule.drop_below)
+        for i in range(start, stop):
+            hit = table[i] or forms.form(i, mode, rule.drop_below)
+            if hit[0] is not None:
+                body.append(hit[0])
+                tokens += hit[1]
+    block: list[Message] = []
+    if boundary:
+        older = history[:boundary]
+        facts = extract_facts(older, forms.an, forms.ids)
+        text = compact_block(facts, len(older)) if rule.compact else standard_block(facts, len(older))
+        block.append(Message(role="system", content=text))
+        tokens += forms.count(block[0])
+    return [*prefix, *block, *body, *tail], tokens
 
 
 def assemble(prefix: list[Message], history: list[Message], tail: list[Message], rule: TierRule,
-             recent: int) -> list[Message]:
-    boundary = _window_start(history, recent)
-    older, newer = history[:boundary], history[boundary:]
-    body: list[Message] = []
-    for group, mode in ((older, rule.older_mode), (newer, rule.recent_mode)):
-        for message in group:
-            if (mode != "verbatim" and not _paired(message)
-                    and score_message(message.role, message.content) < rule.drop_below):
-                continue
-            shrunk = _shrink(message, mode)
-            if shrunk is not None:
-                body.append(shrunk)
-    block: list[Message] = []
-    if older:
-        facts = extract_facts(older)
-        text = compact_block(facts, len(older)) if rule.compact else standard_block(facts, len(older))
-        block.append(Message(role="system", content=text))
-    return [*prefix, *block, *body, *tail]
+             recent: int, an: Analyzer = DIRECT) -> list[Message]:
+    """The message list of one tier with a recent window of ``recent`` messages."""
+    return _assemble(prefix, _Forms(history, an, lambda m: 0), tail, rule, recent)[0]
 
 
 def compress_history(messages: list[Message], *, budget: int, count: Counter,
                      thresholds: tuple[float, float, float] = (0.55, 0.75, 0.90),
-                     rules: tuple[TierRule, ...] = DEFAULT_RULES) -> Outcome:
+                     rules: tuple[TierRule, ...] = DEFAULT_RULES, memo: Analyzer = DIRECT) -> Outcome:
     """Pick the tier by how full the history is, then escalate until the result fits ``budget``.
 
     If even the emergency tier (with its recent window shrunk to 2, then 0) does not fit, the
     messages come back unchanged with ``fits=False``: the core then refuses the request rather than
-    anything being cut silently.
+    anything being cut silently. ``memo`` (a :class:`~.memo.Memo`) remembers per-message work across calls;
+    the result is the same with or without it.
     """
     prefix, history, tail = split(messages)
-    before = sum(count(m) for m in history)
+    forms = _Forms(history, memo, count)
+    before = sum(forms.tokens)
     pct = before / budget if budget > 0 else float("inf")
     level = sum(1 for threshold in thresholds if pct >= threshold)
     if level == 0 or not history:
@@ -133,8 +157,7 @@ def compress_history(messages: list[Message], *, budget: int, count: Counter,
         for recent in windows:
             if recent > rule.recent:
                 continue
-            candidate = assemble(prefix, history, tail, rule, recent)
-            after = sum(count(m) for m in candidate[len(prefix):len(candidate) - len(tail)])
+            candidate, after = _assemble(prefix, forms, tail, rule, recent)
             attempts.append((rule.name, recent, after))
             if after <= budget:
                 return Outcome(rule.name, candidate, before, after, budget, fits=True, attempts=attempts)

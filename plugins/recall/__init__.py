@@ -86,7 +86,12 @@ def format_block(hits: list[Hit], max_chars: int, now: float | None = None) -> s
 
 def query_of(messages: list[Message]) -> str:
     """The conversation's first ≤ 3 user messages (≤ 1,200 chars): stable for the whole conversation."""
-    users = [m.content[:600] for m in messages if m.role == "user" and m.content.strip()][:3]
+    users: list[str] = []
+    for m in messages:  # stops at the third: a long conversation costs no more than a short one
+        if m.role == "user" and m.content.strip():
+            users.append(m.content[:600])
+            if len(users) == 3:
+                break
     return "\n".join(users)[:1200]
 
 
