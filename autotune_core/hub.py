@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,6 +182,34 @@ def _describe(exc: BaseException, ref: HubRef) -> str:
     return f"{type(exc).__name__}: {first}"
 
 
+def _already_there(dest: Path, wanted: PullManifest, kind: str, emit: ProgressCallback) -> PullManifest | None:
+    """The manifest if ``dest`` already holds the wanted content (its manifest says so, or its digest does)."""
+    manifest_path = dest.with_name(dest.name + MANIFEST_SUFFIX)
+    if not dest.is_file():
+        return None
+    previous = _read_manifest(manifest_path)
+    if previous is not None and previous.digest == wanted.digest and dest.stat().st_size == previous.size:
+        emit(PullEvent(status="up to date", digest=wanted.digest, total=previous.size, completed=previous.size))
+        if wanted.alias and previous.alias != wanted.alias:
+            previous = previous.model_copy(update={"alias": wanted.alias})
+            _write_manifest(manifest_path, previous)
+        emit(PullEvent(status="success"))
+        return previous
+    if wanted.size and dest.stat().st_size == wanted.size \
+            and f"{kind}:{file_digest(dest, kind)}" == wanted.digest:
+        _write_manifest(manifest_path, wanted)  # already there (copied in, or its manifest was lost)
+        emit(PullEvent(status="success"))
+        return wanted
+    return None
+
+
+def _check_space(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise PullError(f"not enough disk space in {folder}: the download needs {needed / 2**20:.0f} MiB more, "
+                        f"{free / 2**20:.0f} MiB are free")
+
+
 def list_repo_files(ref: HubRef, *, endpoint: str | None, token: str | bool | None) -> dict[str, str | None]:
     """file name -> LFS sha256 (None for non-LFS files), from ``GET /api/models/OWNER/REPO?blobs=true``."""
     from huggingface_hub import HfApi
@@ -226,28 +255,21 @@ def pull_gguf(ref: HubRef, *, root: Path | None = None, endpoint: str | None = N
     digest = f"{kind}:{expected}"
     size = meta.size
     dest = root / ref.repo / file
-    manifest_path = dest.with_name(dest.name + MANIFEST_SUFFIX)
     manifest = PullManifest(name=served_name(ref.repo, file), repo=ref.repo, file=file, revision=meta.commit_hash,
                             digest=digest, size=size or 0, quant=quant_of(file), alias=ref.alias,
                             pulled_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    previous = _read_manifest(manifest_path)
-    if dest.is_file() and previous is not None and previous.digest == digest and dest.stat().st_size == previous.size:
-        emit(PullEvent(status="up to date", digest=digest, total=previous.size, completed=previous.size))
-        if ref.alias and previous.alias != ref.alias:
-            previous = previous.model_copy(update={"alias": ref.alias})
-            _write_manifest(manifest_path, previous)
-        emit(PullEvent(status="success"))
-        return previous
-    if dest.is_file() and size is not None and dest.stat().st_size == size and file_digest(dest, kind) == expected:
-        _write_manifest(manifest_path, manifest)  # already there (copied in, or its manifest was lost)
-        emit(PullEvent(status="success"))
-        return manifest
+    done = _already_there(dest, manifest, kind, emit)
+    if done is not None:
+        return done
     part = dest.with_name(f"{dest.name}.{expected[:12]}{PART_SUFFIX}")
     headers = build_hf_headers(token=token)
     if not _same_origin(url, meta.location):
         headers.pop("authorization", None)  # a CDN's signed URL needs no token; keep it on the Hub
     with WeakFileLock(str(part) + ".lock"):
+        done = _already_there(dest, manifest, kind, emit)  # another pull of this file finished meanwhile
+        if done is not None:
+            return done
         for stale in dest.parent.glob(f"{dest.name}.*{PART_SUFFIX}"):
             if stale != part:  # an unfinished download of an older revision of this file
                 stale.unlink(missing_ok=True)
@@ -256,6 +278,7 @@ def pull_gguf(ref: HubRef, *, root: Path | None = None, endpoint: str | None = N
             part.unlink()
             resume = 0
         if size is None or resume < size:
+            _check_space(part.parent, (size or 0) - resume)
             try:
                 with part.open("ab") as handle:
                     http_get(meta.location, handle, resume_size=resume, headers=headers, expected_size=size,
@@ -271,9 +294,9 @@ def pull_gguf(ref: HubRef, *, root: Path | None = None, endpoint: str | None = N
             raise PullError(f"checksum mismatch for {ref.repo}/{file}: the Hub says {kind} {expected}, the "
                             f"download is {got}; it was deleted (run the pull again)")
         os.replace(part, dest)
-    emit(PullEvent(status="writing manifest", digest=digest))
-    manifest = manifest.model_copy(update={"size": dest.stat().st_size})
-    _write_manifest(manifest_path, manifest)
+        emit(PullEvent(status="writing manifest", digest=digest))
+        manifest = manifest.model_copy(update={"size": dest.stat().st_size})
+        _write_manifest(dest.with_name(dest.name + MANIFEST_SUFFIX), manifest)
     with contextlib.suppress(OSError):
         Path(str(part) + ".lock").unlink()
     emit(PullEvent(status="success"))

@@ -77,6 +77,20 @@ def test_a_second_pull_of_the_same_file_downloads_nothing(hub: FakeHub) -> None:
     assert hub.downloads() == [] and "up to date" in [e.status for e in events]
 
 
+def test_two_pulls_of_one_file_at_once_download_it_once(hub: FakeHub, data: dict[str, bytes]) -> None:
+    import threading
+
+    hub.cdn_delay = 0.3  # both pulls are past their first "is it there?" check before either finishes
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(_pull(hub, REPO, quant="Q8_0"))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(results) == 2 and len(hub.downloads()) == 1
+    assert (pull_dir() / REPO / "tiny-Q8_0.gguf").read_bytes() == data["tiny-Q8_0.gguf"]
+
+
 def test_a_connection_cut_midway_resumes_with_a_range_request(hub: FakeHub, data: dict[str, bytes]) -> None:
     hub.cut_after, hub.cut_times = 300_000, 1  # the CDN drops the connection after 300 kB, once
     _pull(hub, f"hf.co/{REPO}:Q8_0")

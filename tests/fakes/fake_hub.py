@@ -15,7 +15,7 @@ What it models (what ``huggingface_hub`` calls and reads):
 Failure knobs: ``cut_after`` (bytes of a CDN body sent before the connection is dropped, for the next
 ``cut_times`` downloads), ``status_after_cut`` (the status later downloads get, e.g. 503, so a pull fails
 as an interrupted one would), ``stall_after`` (bytes sent before the CDN goes silent, as a dead line does),
-``corrupt`` (file names served with the right size but wrong bytes).
+``corrupt`` (file names served with the right size but wrong bytes), ``cdn_delay`` (a slow start).
 
 Each response goes out in one ``write`` on a ``TCP_NODELAY`` socket. Nothing here imports autotune code.
 """
@@ -78,6 +78,8 @@ class FakeHub:
         #: bytes of a CDN body sent before the stand-in goes silent (for ``stall_seconds``, then it hangs up)
         self.stall_after: int | None = None
         self.stall_seconds = 30.0
+        #: seconds the CDN waits before answering a download (a slow line)
+        self.cdn_delay = 0.0
         self.by_sha: dict[str, bytes] = {}
         #: id(content) -> (sha256, git blob id), computed once (hashing 250 MB per request would dominate)
         self._ids: dict[int, tuple[bytes, str, str]] = {}
@@ -289,6 +291,8 @@ class FakeHub:
         if method == "GET" and self.cut_times <= 0 and self.status_after_cut is not None:
             return await self._send(writer, method, self.status_after_cut, "Service Unavailable",
                                     [("Content-Type", "text/plain")], b"try later")
+        if method == "GET" and self.cdn_delay > 0:
+            await asyncio.sleep(self.cdn_delay)
         common = [("ETag", f'"{sha}"'), ("Accept-Ranges", "bytes"), ("Content-Type", "application/octet-stream")]
         status, body = 200, data
         match = _RANGE.match(headers.get("range", ""))
