@@ -7,9 +7,11 @@
     with run_fake_openai(flavour="llama-server", n_ctx=8192) as llama:
         ...
 
+``fakes.fake_hub.FakeHub`` stands in for the Hugging Face Hub (and its CDN) for ``autotune pull``.
 Pytest fixtures live in :mod:`fakes.fixtures`. Nothing here imports autotune code.
 """
 
+from .fake_hub import FakeHub
 from .fake_ollama import FakeOllama, LoadEvent, ndjson_lines, parse_go_duration, run_fake_ollama
 from .fake_openai import FLAVOURS, FakeOpenAI, Instance, parse_sse, run_fake_openai
 from .server import (
@@ -31,6 +33,7 @@ __all__ = [
     "GEMMA3_270M",
     "LLAMA_3_2_1B",
     "NOMIC_EMBED_TEXT",
+    "FakeHub",
     "FakeModel",
     "FakeOllama",
     "FakeOpenAI",
