@@ -1,8 +1,9 @@
 """``autotune pull MODEL``: fetch a GGUF from Hugging Face into the pull cache, or have Ollama pull a model.
 
 Which way: ``--backend ollama`` (or a configured ``backend = "ollama"``, or a name that is not a Hugging Face
-reference, like ``llama3.2:1b``) goes through Ollama's ``/api/pull``; everything else downloads the GGUF
-for the embedded llamacpp backend, which serves it at once under ``hf.co/OWNER/REPO:QUANT``.
+reference, like ``llama3.2:1b``) goes through Ollama's ``/api/pull``; everything else (and everything with a
+configured ``backend = "llamacpp"``) downloads the GGUF for the embedded llamacpp backend, which serves it
+at once under ``hf.co/OWNER/REPO:QUANT``.
 Both draw the same progress bar from :class:`~autotune_core.pull_progress.PullEvent`.
 """
 
@@ -115,12 +116,16 @@ def register(cli: click.Group) -> None:
 
         if target == "auto":
             forced = get_host().config.backend
-            target = "ollama" if forced == "ollama" or not is_hub_ref(model) else "llamacpp"
+            guessed = "llamacpp" if is_hub_ref(model) else "ollama"
+            target = forced if forced in ("ollama", "llamacpp") else guessed
         if target == "ollama":
             if revision:
                 raise click.UsageError("--revision applies to Hugging Face downloads only")
             if is_hub_ref(model):  # Ollama pulls Hub GGUFs itself, named hf.co/OWNER/REPO:QUANT
-                name = parse_ref(model, file=file, quant=quant).ollama_name
+                try:
+                    name = parse_ref(model, file=file, quant=quant).ollama_name
+                except AutotuneError as exc:
+                    raise click.UsageError(exc.message) from None
             elif file or quant:
                 raise click.UsageError("--file and --quant apply to Hugging Face references only")
             else:
@@ -140,7 +145,10 @@ def _hub_pull(model: str, *, file: str | None, quant: str | None, revision: str 
     from ..hub import pull_dir, pull_gguf
     from ..model_refs import parse_ref
 
-    ref = parse_ref(model, file=file, quant=quant, revision=revision)
+    try:
+        ref = parse_ref(model, file=file, quant=quant, revision=revision)
+    except AutotuneError as exc:
+        raise click.UsageError(exc.message) from None
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
     try:
         with ProgressView(quiet=quiet) as view:

@@ -144,3 +144,14 @@ def test_cli_pull_to_the_embedded_backend_then_models_lists_it(hub: FakeHub) -> 
     assert f"hf.co/{REPO}:Q4_K_M" in table
     if "gemma3-270m" in [m["name"] for m in listed]:  # the bundled base model says what it is, under the table
         assert f"gemma3-270m: {BASE_NOTE}" in table
+
+
+def test_cli_pull_refuses_what_it_cannot_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOTUNE_BACKEND", "llamacpp")  # forced: an Ollama-style name is not a Hub reference
+    result = _cli(["pull", "llama3.2:1b"])
+    assert result.exit_code == 2  # type: ignore[attr-defined]
+    assert "cannot read 'llama3.2:1b' as a Hugging Face model" in result.output  # type: ignore[attr-defined]
+    assert "hf.co/OWNER/REPO:QUANT" in result.output  # type: ignore[attr-defined]
+    result = _cli(["pull", "owner/repo", "--file", "a.gguf", "--quant", "Q8_0"])
+    assert result.exit_code == 2 and "not both" in result.output  # type: ignore[attr-defined]
+
