@@ -89,6 +89,15 @@ class Backend(abc.ABC):
     def capabilities(self) -> Capabilities:
         """Per-knob scopes. Must not do I/O (call :meth:`refresh` first if they depend on the server)."""
 
+    def parallel_slots(self) -> int | None:
+        """How many requests the model server runs at once, when it says so (llama-server's ``/props``
+        ``total_slots``, vLLM's ``max_num_seqs``, ...); None = unknown. No I/O: learnt in :meth:`refresh`.
+
+        The server's admission queue keeps that many requests in flight plus a small lookahead, so a
+        batching server never idles a slot waiting for the proxy to hand the next request over.
+        """
+        return None
+
     async def refresh(self) -> None:  # noqa: B027 - optional hook for subclasses
         """Learn facts that shape capabilities (server version, flavour). Called on start-up."""
 
@@ -133,12 +142,18 @@ class Backend(abc.ABC):
     async def version(self) -> str | None:
         return None
 
+    async def self_test(self) -> Availability | None:
+        """A deeper check than :meth:`available`, for ``autotune doctor`` (e.g. an embedded engine generating
+        one token in a throwaway process, to catch a build that crashes on this CPU). None: nothing to add."""
+        return None
+
     async def count_tokens(self, model: str, request: ChatRequest, plan: Plan) -> int | None:
         """Exact prompt tokens with the model's own tokenizer and template, or None if unknown."""
         return None
 
-    def wire_options(self, plan: Plan) -> dict[str, Any]:
-        """The knobs of ``plan`` this backend would send, for tests and ``autotune plan``."""
+    def wire_options(self, plan: Plan, request: ChatRequest | None = None) -> dict[str, Any]:
+        """The knobs of ``plan`` this backend would send (with the client's own ``request`` fields where
+        given), for tests and ``autotune plan``."""
         return {}
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook for subclasses

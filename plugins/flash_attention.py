@@ -1,13 +1,18 @@
 """flash-attention: turn flash attention on where the backend takes it at load; advice elsewhere.
 
-Why: flash attention cuts attention memory and speeds up long prompts, and llama.cpp *requires* it for
-a quantized V cache. On Ollama it is a server setting (``OLLAMA_FLASH_ATTENTION``), never a request
+Why: flash attention cuts attention memory and speeds up long prompts on a GPU, and llama.cpp *requires* it
+for a quantized V cache. On Ollama it is a server setting (``OLLAMA_FLASH_ATTENTION``), never a request
 option — sending it (as the original did) is silently ignored — so there it is advice only.
+
+It also changes the order of floating-point sums, so greedy (temperature 0) answers can differ: on the
+embedded Gemma 3 270M on a CPU, "def fibonacci(n):" continued differently after about 20 tokens with it on
+(tests/optimizations/test_opt_fidelity_embedded.py). So by default ("auto") it is asked for only where it
+pays: a machine with a GPU, or a quantized V cache that needs it; ``enable = true`` asks for it everywhere.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -22,8 +27,9 @@ class FlashAttentionSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    #: False: do not ask for flash attention (it is still enabled when a quantized V cache needs it)
-    enable: bool = True
+    #: "auto": ask for it on machines with a GPU; True: everywhere; False: never (it is still enabled when a
+    #: quantized V cache needs it)
+    enable: bool | Literal["auto"] = "auto"
 
 
 def _how(ctx: HookContext) -> str:
@@ -48,6 +54,11 @@ class FlashAttentionPlugin:
             return
         scope = ctx.capabilities.scope("flash_attn")
         if scope in (KnobScope.AT_LOAD, KnobScope.PER_REQUEST):
+            if settings.enable == "auto" and ctx.hardware.primary_gpu is None:
+                plan.record(self.name, "flash_attn", None, None,
+                            "not asked for on a CPU-only machine (little gain there, and it changes greedy answers); "
+                            "enable = true to ask anyway")
+                return
             plan.set(self.name, "flash_attn", True, f"flash attention on ({scope.value})")
         elif scope is KnobScope.SERVER_ENV:
             how = _how(ctx)

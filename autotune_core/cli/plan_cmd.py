@@ -17,8 +17,10 @@ from typing import Any
 
 import click
 
+from ..config import parse_value
 from ..errors import AutotuneError, ConfigError, ModelNotFound
 from ..messages import ChatRequest, Message
+from . import doctor_engine
 from .common import echo_json, get_host, run, table
 
 #: fields copied verbatim from an OpenAI or Ollama body into a ChatRequest
@@ -75,11 +77,21 @@ async def _plan(model: str, request: ChatRequest, backend_name: str | None) -> d
     info = await pipeline.model_info(backend, upstream)
     prepared = await pipeline.plan(request, backend, info)
     try:
-        wire = backend.wire_options(prepared.plan)
+        wire = backend.wire_options(prepared.plan, prepared.request)
     except Exception as exc:  # a backend bug must not hide the plan
         wire = {"error": f"{type(exc).__name__}: {exc}"}
     return {"plan": prepared.plan, "wire": wire, "planning_ms": prepared.planning_ms, "backend": backend.name,
             "model_info": info}
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--option")
+        out[key.strip()] = parse_value(value.strip())
+    return out
 
 
 def _show(value: Any) -> str:
@@ -91,12 +103,24 @@ def _print_plan(data: dict[str, Any]) -> None:
     click.echo(f"model {plan.model} on {data['backend']}, profile {plan.profile}, prompt {plan.prompt_tokens} "
                f"tokens ({'counted' if plan.prompt_tokens_exact else 'estimated'}), planned in "
                f"{data['planning_ms']:.2f} ms")
-    knobs = ("num_ctx", "kv_type", "flash_attn", "num_batch", "num_keep", "keep_alive", "max_tokens", "parallel")
+    knobs = ("num_ctx", "kv_type", "flash_attn", "num_batch", "num_keep", "num_thread", "keep_alive", "max_tokens",
+             "parallel")
     rows = [(knob, _show(getattr(plan, knob)), plan.applied.get(knob, "")) for knob in knobs]
     click.echo("\n" + table(("knob", "value", "applied"), rows))
+    if plan.pins:
+        click.echo("\nyour values (sent unchanged unless a safety guard had to lower them):")
+        pinned = [(v["knob"], _show(v["asked"]), v["origin"], _show(v["sent"]), "kept" if v["kept"] else "LOWERED")
+                  for v in plan.client_values()]
+        click.echo(table(("knob", "asked", "from", "sent", ""), pinned))
+    if plan.warnings:
+        click.echo("\nwarnings:")
+        for line in plan.warnings:
+            click.echo(f"  ! {line}")
     click.echo("\ntrace (in order):")
     for entry in plan.trace:
-        click.echo(f"  {entry.plugin:<16} {entry.knob:<11} {_show(entry.old)} → {_show(entry.new)}  {entry.reason}")
+        change = f"{_show(entry.proposed)} proposed, kept {_show(entry.new)}" if entry.kept else \
+            f"{_show(entry.old)} → {_show(entry.new)}"
+        click.echo(f"  {entry.plugin:<16} {entry.knob:<11} {change}  {entry.reason}")
     if plan.advice:
         click.echo("\nadvice:")
         for line in plan.advice:
@@ -114,10 +138,14 @@ def _print_plan(data: dict[str, Any]) -> None:
               help="A request body (OpenAI or Ollama JSON).")
 @click.option("--profile", type=click.Choice(["fast", "balanced", "quality"]), default=None)
 @click.option("--max-tokens", type=click.IntRange(min=0), default=None)
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="A client option as an Ollama client would send it (num_ctx=8192); repeatable.")
+@click.option("--keep-alive", default=None, help="The client's keep_alive (\"5m\", 0, -1).")
 @click.option("--backend", "backend_name", default=None, help="Plan against this backend only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan_command(model: str, messages: tuple[str, ...], system: str | None, body_file: Path | None,
-                 profile: str | None, max_tokens: int | None, backend_name: str | None, as_json: bool) -> None:
+                 profile: str | None, max_tokens: int | None, options: tuple[str, ...], keep_alive: str | None,
+                 backend_name: str | None, as_json: bool) -> None:
     """Dry run: how MODEL's request would be tuned, with every plugin's step, advice and wire options."""
     if body_file is not None:
         try:
@@ -136,12 +164,17 @@ def plan_command(model: str, messages: tuple[str, ...], system: str | None, body
         updates["profile"] = profile
     if max_tokens is not None:
         updates["max_tokens"] = max_tokens
+    if options:
+        updates["options"] = {**request.options, **_parse_options(options)}
+    if keep_alive is not None:
+        updates["keep_alive"] = parse_value(keep_alive)
     request = request.model_copy(update=updates)
     data = run(_plan(model, request, backend_name))
     if as_json:
         plan = data["plan"]
         echo_json({"backend": data["backend"], "planning_ms": round(data["planning_ms"], 3),
                    "plan": plan.model_dump(exclude={"messages"}), "wire_options": data["wire"],
+                   "client_values": plan.client_values(),
                    "trace_compact": plan.compact_trace()})
     else:
         _print_plan(data)
@@ -186,6 +219,7 @@ async def _check_backends(report: _Report, model: str | None, timeout: float) ->
             continue
         reachable += 1
         report.add("ok", f"backend {name}", f"reachable, version {availability.version or 'unknown'}")
+        await doctor_engine.self_test(report, backend)
         try:
             models = await _with_timeout(backend.list_models(), timeout)
         except Exception as exc:
@@ -308,6 +342,7 @@ def doctor_command(model: str | None, timeout: float, as_json: bool) -> None:
     if _check_config_and_plugins(report):
         _check_memory(report)
         run(_check_backends(report, model, timeout))
+        doctor_engine.running_server(report, get_host().config)
     if as_json:
         echo_json({"ok": not report.failed, "checks": report.rows})
     else:

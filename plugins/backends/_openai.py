@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -105,6 +106,24 @@ def flavour_capabilities(flavour: str) -> Capabilities:
                         can_tokenize=flavour in ("llama-server", "vllm"), prefix_cache=flavour != "generic")
 
 
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _max_num_seqs(info: Any) -> int | None:
+    """vLLM's scheduler limit from ``/server_info``: a nested ``max_num_seqs`` field, or ``max_num_seqs=N``
+    inside the config's text form (the shape differs between versions)."""
+    if isinstance(info, dict):
+        for key, value in info.items():
+            found = _count(value) if key == "max_num_seqs" else _max_num_seqs(value)
+            if found is not None:
+                return found
+    elif isinstance(info, str):
+        match = re.search(r"max_num_seqs\W{1,3}(\d+)", info)
+        return _count(int(match.group(1))) if match else None
+    return None
+
+
 class OpenAISettings(BaseModel):
     """``[backends.openai]``."""
 
@@ -151,6 +170,7 @@ class OpenAIBackend(Backend):
         self._detected = self.config.flavour != "auto"
         self._client: UpstreamClient | None = None
         self._version: str | None = None
+        self._slots: int | None = None
         self._load_config: dict[str, dict[str, Any]] = {}
         self._probe_lock = asyncio.Lock()
 
@@ -210,6 +230,7 @@ class OpenAIBackend(Backend):
                         self.flavour = await self._detect(probe, models)
                         self._detected = True
                     self._version = await self._server_version(probe)
+                    self._slots = await self._server_slots(probe)
                     return
             tried = ", ".join(self.candidates)
             raise BackendUnavailable(f"no OpenAI-compatible server answered at {tried}")
@@ -229,6 +250,19 @@ class OpenAIBackend(Backend):
         if any(isinstance(m, dict) and "max_model_len" in m for m in data or []):
             return "vllm"
         return "generic"
+
+    async def _server_slots(self, probe: UpstreamClient) -> int | None:
+        """Requests the server runs at once, where it says so: llama-server's ``/props`` ``total_slots``
+        (``-np``); vLLM's ``max_num_seqs`` in ``/server_info`` (served only with ``VLLM_SERVER_DEV_MODE=1``)."""
+        if self.flavour == "llama-server":
+            props = await probe.get_json("/props")
+            return _count(props.get("total_slots")) if isinstance(props, dict) else None
+        if self.flavour == "vllm":
+            return _max_num_seqs(await probe.get_json("/server_info"))
+        return None
+
+    def parallel_slots(self) -> int | None:
+        return self._slots
 
     async def _server_version(self, probe: UpstreamClient) -> str | None:
         if self.flavour == "llama-server":
@@ -413,8 +447,8 @@ class OpenAIBackend(Backend):
             body["ttl"] = int(plan.keep_alive)
         return body
 
-    def wire_options(self, plan: Plan) -> dict[str, Any]:
-        body = self.build_body(ChatRequest(model=plan.model), plan, stream=False)
+    def wire_options(self, plan: Plan, request: ChatRequest | None = None) -> dict[str, Any]:
+        body = self.build_body(request or ChatRequest(model=plan.model), plan, stream=False)
         return {k: v for k, v in body.items() if k not in ("model", "messages", "stream")}
 
     def _path(self, request: ChatRequest) -> str:

@@ -16,10 +16,12 @@ import contextlib
 import functools
 import json
 import math
+import os
 import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -100,6 +102,9 @@ class OllamaSettings(BaseModel):
     reload_threshold_ms: float = Field(default=50.0, ge=0)
     #: Ollama's own default keep-alive (OLLAMA_KEEP_ALIVE), to know when a model has expired
     server_keep_alive: float = 300.0
+    #: the server's OLLAMA_NUM_PARALLEL (Ollama's API does not report it); unset: this process's
+    #: OLLAMA_NUM_PARALLEL when the server is local, else unknown (the queue keeps its default)
+    num_parallel: int | None = Field(default=None, ge=1)
 
 
 @functools.lru_cache(maxsize=16)  # asked on every request (engine, prompt counting); versions are few
@@ -207,6 +212,9 @@ class OllamaBackend(Backend):
         except ValidationError as exc:
             raise ConfigError(f"invalid [backends.ollama] settings: {exc}") from None
         self.url = self.config.url.rstrip("/")
+        raw = os.environ.get("OLLAMA_NUM_PARALLEL", "").strip()
+        local = urlsplit(self.url).hostname in ("127.0.0.1", "localhost", "::1")
+        self._slots = self.config.num_parallel or (int(raw) if local and raw.isdigit() and int(raw) > 0 else None)
         self._client: UpstreamClient | None = None
         self._version: str | None = None
         self._info: dict[str, ModelInfo] = {}
@@ -247,6 +255,10 @@ class OllamaBackend(Backend):
 
     def capabilities(self) -> Capabilities:
         return _CAPABILITIES  # the same for every Ollama version we support; asked on every request
+
+    def parallel_slots(self) -> int | None:
+        """OLLAMA_NUM_PARALLEL as configured, or as this process sees it when Ollama runs on this machine."""
+        return self._slots
 
     @property
     def engine(self) -> str:
@@ -389,8 +401,8 @@ class OllamaBackend(Backend):
             self._sent_runner[key] = {**previous, **runner}
         return runner
 
-    def wire_options(self, plan: Plan) -> dict[str, Any]:
-        request = ChatRequest(model=plan.model, messages=plan.messages)
+    def wire_options(self, plan: Plan, request: ChatRequest | None = None) -> dict[str, Any]:
+        request = request or ChatRequest(model=plan.model, messages=plan.messages)
         return self._options(request, plan, commit=False)
 
     def _options(self, request: ChatRequest, plan: Plan, *, commit: bool) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def test_embedded_conversation_tuned_without_reloads() -> None:
     first = plans[0]
     assert first.prompt_tokens_exact  # counted by the model's own tokenizer
     assert first.num_ctx is not None and first.num_ctx <= 1536  # not the backend's 4096 default
-    assert first.applied["num_ctx"] == "at_load" and first.flash_attn is True
+    assert first.applied["num_ctx"] == "at_load" and first.flash_attn is None  # CPU-only: FA left to the engine
     assert first.keep_alive == -1 and first.steps("kv_bytes")
     assert len({p.num_ctx for p in plans}) == 1 and len({p.num_batch for p in plans}) == 1
     assert backend.engine.reloads == 0 and backend.engine.loads == 1

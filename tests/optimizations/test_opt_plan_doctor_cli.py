@@ -73,3 +73,18 @@ def test_doctor_ok_and_failing(cli: click.Group, monkeypatch: pytest.MonkeyPatch
     fake(common.get_host()).up = False
     out = CliRunner().invoke(cli, ["doctor"])
     assert out.exit_code == 1 and "no backend is reachable" in out.output
+
+
+def test_plan_shows_the_clients_values_and_which_were_kept(cli: click.Group) -> None:
+    args = ["plan", "llama3.2:1b", "-m", "hello", "-o", "num_ctx=8192", "-o", "num_batch=128", "--keep-alive", "5m"]
+    out = CliRunner().invoke(cli, args)
+    assert out.exit_code == 0, out.output
+    assert "your values" in out.output and "options.num_ctx" in out.output and "kept" in out.output
+    assert "proposed, kept 8192" in out.output  # ctx-sizing ran and was overruled
+    data = json.loads(CliRunner().invoke(cli, [*args, "--json"]).output)
+    values = {v["knob"]: v for v in data["client_values"]}
+    assert values["num_ctx"]["kept"] and values["num_ctx"]["sent"] == 8192 == data["plan"]["num_ctx"]
+    assert values["keep_alive"]["asked"] == "5m" and values["keep_alive"]["sent"] == 300.0
+    assert data["wire_options"].get("num_ctx", 8192) == 8192
+    bad = CliRunner().invoke(cli, ["plan", "llama3.2:1b", "-o", "num_ctx"])
+    assert bad.exit_code != 0 and "KEY=VALUE" in bad.output

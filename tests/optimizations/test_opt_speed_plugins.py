@@ -10,6 +10,7 @@ from opt_support import chat, context, make_host, plan, pressure, result, run, s
 
 from autotune_core.backend import KnobScope
 from autotune_core.errors import ConfigError
+from autotune_core.hardware import GpuInfo
 from autotune_core.plan import Plan
 from autotune_core.testing import LLAMA_1B
 from autotune_plugins.keep_alive import parse_duration
@@ -149,7 +150,7 @@ def test_flash_attention_is_advice_on_server_env() -> None:
 
 
 def test_flash_attention_at_load_and_required_for_quantized_v() -> None:
-    host = make_host("flash-attention", "kv-precision", profile="fast")
+    host = make_host("flash-attention", "kv-precision", profile="fast", settings={"flash-attention": {"enable": True}})
     set_scope(host, "flash_attn", KnobScope.AT_LOAD)
     set_scope(host, "kv_type", KnobScope.AT_LOAD)
     assert plan(host, chat()).flash_attn is True
@@ -163,6 +164,18 @@ def test_flash_attention_at_load_and_required_for_quantized_v() -> None:
     set_scope(balanced, "flash_attn", KnobScope.AT_LOAD)
     set_scope(balanced, "kv_type", KnobScope.AT_LOAD)
     assert plan(balanced, chat()).flash_attn is None  # f16 KV: not required, user said off
+
+
+def test_flash_attention_auto_asks_only_where_a_gpu_runs_it() -> None:
+    cpu = make_host("flash-attention")
+    set_scope(cpu, "flash_attn", KnobScope.AT_LOAD)
+    p = plan(cpu, chat())
+    assert p.flash_attn is None and "CPU-only" in steps(p, "flash-attention")[0]
+    gpu = make_host("flash-attention")
+    set_scope(gpu, "flash_attn", KnobScope.AT_LOAD)
+    gpu.hardware = gpu.hardware.model_copy(update={"gpus": [GpuInfo(vendor="nvidia", name="RTX 4090",
+                                                                        memory_total_bytes=24 * 2**30)]})
+    assert plan(gpu, chat()).flash_attn is True
 
 
 # -- prefill-batch ---------------------------------------------------------------------------------
