@@ -48,7 +48,8 @@ def status(host: str | None, port: int | None, config_path: str | None, as_json:
         click.echo(f"  {mark} {backend['name']}" + ("" if backend["available"] else f"  ({backend['reason']})"))
     queue = data.get("queue")
     if queue:
-        click.echo(f"  queue: {queue['active']}/{queue['max_concurrent']} active, "
+        slots = f" (server slots: {queue['backend_slots']})" if queue.get("backend_slots") else ""
+        click.echo(f"  queue: {queue['active']}/{queue.get('limit', queue['max_concurrent'])} active{slots}, "
                    f"{queue['queued']}/{queue['max_queued']} waiting")
     pressure = data.get("pressure")
     if pressure:

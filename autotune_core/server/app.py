@@ -79,6 +79,7 @@ def _observability_routes(state: ServerState) -> list[BaseRoute]:
                          for s in statuses],
             "queue": {"active": state.queue.active, "queued": state.queue.depth,
                       "max_concurrent": state.queue.max_concurrent, "limit": state.queue.limit,
+                      "backend_slots": state.queue.slots,
                       "max_queued": state.queue.max_queued,
                       "timeout_s": state.queue.timeout},
             "pressure": {"tier": state.pressure_tier(),

@@ -1,5 +1,10 @@
-"""A fair admission queue: at most ``max_concurrent`` requests reach the model server at once.
+"""A fair admission queue: at most ``limit`` requests reach the model server at once.
 
+- the limit follows the model server: one that says how many requests it runs at once (its slots) gets
+  every slot busy plus a lookahead waiting in its own queue (:func:`admission_limit`), so a freed slot
+  starts the next request at its next step instead of idling while the proxy hands one over; one that
+  does not say keeps ``max_concurrent`` (2: memory-safe for one laptop model), as does any server when
+  ``max_concurrent`` is set explicitly;
 - strict FIFO hand-off: a freed slot goes to the oldest live waiter, never to a newcomer (no barging);
 - at most ``max_queued`` waiters: one more is refused at once (429 ``queue_full``);
 - a waiter gives up after ``timeout`` seconds (429 ``queue_timeout``);
@@ -20,6 +25,20 @@ from collections.abc import Callable
 from ..errors import QueueFull
 
 
+def lookahead(slots: int) -> int:
+    """Requests kept waiting in a batching server's own queue beyond its slots: half the slots, at least one
+    (measured against llama-server -np 4 in docs/benchmarks.md)."""
+    return max(1, (slots + 1) // 2)
+
+
+def admission_limit(slots: int | None, default: int) -> int:
+    """How many requests to let through to a server that runs ``slots`` at once (None: unknown, ``default``).
+    Never below ``default``: a one-slot server still gets its one request plus one waiting."""
+    if slots is None or slots < 1:
+        return default
+    return max(default, slots + lookahead(slots))
+
+
 class Ticket:
     """A place in the line. ``future`` resolves when a slot is handed over."""
 
@@ -35,12 +54,15 @@ class FairQueue:
     """FIFO admission with bounded concurrency, a bounded line and a wait timeout."""
 
     def __init__(self, max_concurrent: int, max_queued: int, timeout: float,
-                 cap: Callable[[], int | None] | None = None) -> None:
+                 cap: Callable[[], int | None] | None = None, slots: Callable[[], int | None] | None = None,
+                 fixed: bool = True) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
         self.max_concurrent = max_concurrent
         #: a live lower limit (the session advisor's recommendation); read at every admission and release
         self._cap = cap
+        #: the model server's slots (live, None = unknown); used unless ``fixed`` (max_concurrent set by hand)
+        self._slots = None if fixed else slots
         self.max_queued = max(0, max_queued)
         self.timeout = timeout
         self.active = 0
@@ -53,10 +75,22 @@ class FairQueue:
         self.timed_out = 0
 
     @property
+    def slots(self) -> int | None:
+        """The model server's own slot count when it is known and followed (None: not followed or unknown)."""
+        return self._slots() if self._slots is not None else None
+
+    @property
+    def base(self) -> int:
+        """Requests let through before the cap: :func:`admission_limit` of the server's slots, or
+        ``max_concurrent`` when it was set by hand or the server does not say."""
+        return self.max_concurrent if self._slots is None else admission_limit(self._slots(), self.max_concurrent)
+
+    @property
     def limit(self) -> int:
-        """Slots usable now: the configured maximum, lowered (never raised, never below 1) by the cap."""
+        """Slots usable now: :attr:`base`, lowered (never raised, never below 1) by the cap."""
+        base = self.base
         cap = self._cap() if self._cap is not None else None
-        return self.max_concurrent if cap is None else max(1, min(self.max_concurrent, cap))
+        return base if cap is None else max(1, min(base, cap))
 
     @property
     def depth(self) -> int:

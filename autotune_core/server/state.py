@@ -29,6 +29,8 @@ log = logging.getLogger("autotune.server")
 
 #: how long a backend's availability is reused by /health
 HEALTH_TTL = 2.0
+#: how long the backends' slot counts are reused by the queue
+SLOTS_TTL = 1.0
 
 
 @dataclass
@@ -54,11 +56,14 @@ class ServerState:
     status: dict[str, BackendStatus] = field(default_factory=dict)
     sampler: Any = None
     _resolved: dict[str, tuple[float, str, str]] = field(default_factory=dict)
+    _slots: int | None = None
+    _slots_until: float = 0.0
 
     def __post_init__(self) -> None:
         self.pipeline = Pipeline(self.host)
         self.queue = FairQueue(self.config.max_concurrent, self.config.max_queued, self.config.queue_timeout,
-                               cap=lambda: self.host.concurrency_cap)
+                               cap=lambda: self.host.concurrency_cap, slots=self.backend_slots,
+                               fixed="max_concurrent" in self.config.model_fields_set)
         self.metrics.queue_capacity.set(self.config.max_concurrent)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -115,6 +120,30 @@ class ServerState:
 
     async def backend_statuses(self) -> list[BackendStatus]:
         return list(await asyncio.gather(*(self.check_backend(n) for n in self.pipeline.resolver.candidates())))
+
+    def backend_slots(self) -> int | None:
+        """The most requests any candidate backend says its server runs at once (None: none says); read on
+        every admission, so worked out at most once per ``SLOTS_TTL``.
+
+        One queue serves every backend, so it follows the largest: a smaller server behind it holds the
+        extra requests in its own queue, which costs no memory there.
+        """
+        now = time.monotonic()
+        if now < self._slots_until:
+            return self._slots
+        self._slots, self._slots_until = self._backend_slots(), now + SLOTS_TTL
+        return self._slots
+
+    def _backend_slots(self) -> int | None:
+        best: int | None = None
+        for name in self.pipeline.resolver.candidates():
+            try:
+                slots = self.host.backend(name).parallel_slots()
+            except Exception:  # a backend that cannot even be built has no say
+                continue
+            if slots is not None and (best is None or slots > best):
+                best = slots
+        return best
 
     # -- pressure -----------------------------------------------------------------------------------------
 

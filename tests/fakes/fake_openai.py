@@ -33,11 +33,13 @@ This module holds the server class and its routing; the handlers are mixins in t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 from collections.abc import Iterator
 from typing import Any
 
+from .batching import SlotGate
 from .models import FakeModel
 from .openai_lemonade import LemonadeRoutes
 from .openai_llama_server import LlamaServerRoutes
@@ -56,7 +58,7 @@ from .openai_shapes import (
 from .openai_state import FLAVOURS, Instance, ModelState, flavour_models
 from .openai_vllm import VLLMRoutes
 from .server import FakeServer
-from .wire import Request, Response, dumps, json_response
+from .wire import Request, Response, StreamResponse, dumps, json_response
 
 __all__ = [
     "FLAVOURS",
@@ -101,7 +103,7 @@ class FakeOpenAI(
 
     name = "fake-openai"
     inference_paths = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/completion"})
-    OWN_KNOBS = ("n_ctx", "load_delay", "load_seconds", "loading", "metrics", "report_cached_tokens")
+    OWN_KNOBS = ("n_ctx", "load_delay", "load_seconds", "loading", "metrics", "report_cached_tokens", "slot_seconds")
 
     def __init__(
         self,
@@ -119,6 +121,7 @@ class FakeOpenAI(
         model_path: str | None = None,
         build_info: str = "b7100-2a5c8f3e",
         server_version: str | None = None,
+        slot_seconds: float = 0.0,
         **common: Any,
     ) -> None:
         if flavour not in FLAVOURS:
@@ -130,6 +133,10 @@ class FakeOpenAI(
             raise ValueError("at least one model is needed")
         self.n_ctx = n_ctx
         self.n_slots = max(1, n_slots)
+        #: > 0: a chat or completion holds one of ``n_slots`` slots this long; the rest wait in FIFO order
+        #: (a batching server; ``gate`` records what was inside at once)
+        self.slot_seconds = slot_seconds
+        self.gate = SlotGate(self.n_slots)
         self.load_delay = load_delay
         self.load_seconds = load_seconds
         self.loading = loading
@@ -224,10 +231,22 @@ class FakeOpenAI(
                     return "/v1" + tail
         return path
 
+    async def _in_slot(self, handler: Any, req: Request) -> Response | StreamResponse:
+        if self.slot_seconds <= 0:
+            result: Response | StreamResponse = await handler(req)
+            return result
+        body = req.json() if req.body else {}
+        messages = body.get("messages") if isinstance(body, dict) else None
+        last = messages[-1] if isinstance(messages, list) and messages and isinstance(messages[-1], dict) else {}
+        async with self.gate.hold(str(last.get("content") or body.get("prompt") or "")):
+            await asyncio.sleep(float(self.slot_seconds))
+            result = await handler(req)
+            return result
+
     def _register_routes(self) -> None:
         r = self.route
-        r("POST", "/v1/chat/completions", self._chat)
-        r("POST", "/v1/completions", self._completions)
+        r("POST", "/v1/chat/completions", lambda req: self._in_slot(self._chat, req))
+        r("POST", "/v1/completions", lambda req: self._in_slot(self._completions, req))
         r("POST", "/v1/embeddings", self._embeddings)
         r("GET", "/v1/models", self._models)
         f = self.flavour

@@ -70,7 +70,7 @@ def test_health(live: LiveServer) -> None:
     assert health["status"] == "ok"
     assert health["backends"] == [{"name": "fake", "available": True, "reason": "", "version": "fake-1"}]
     assert health["queue"] == {"active": 0, "queued": 0, "max_concurrent": 2, "limit": 2, "max_queued": 16,
-                               "timeout_s": 120.0}
+                               "timeout_s": 120.0, "backend_slots": None}
     assert "tier" in health["pressure"]
 
 

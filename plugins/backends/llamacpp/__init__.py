@@ -199,6 +199,10 @@ class LlamaCppBackend(Backend):
             "parallel": KnobSupport(scope=KnobScope.UNSUPPORTED, how="one sequence per Llama"),
         })
 
+    def parallel_slots(self) -> int:
+        """The worker generates for one request at a time."""
+        return 1
+
     async def available(self) -> Availability:
         """Importable and a model to serve, without importing llama_cpp here (only the worker loads it)."""
         version = _llama_version()
