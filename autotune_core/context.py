@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from .backend import Capabilities
 from .hardware import HardwareSnapshot, Pressure
+from .hookkinds import STAGES
 from .modelinfo import ModelInfo
 from .profiles import Profile
 
@@ -17,9 +18,6 @@ if TYPE_CHECKING:
     from .host import PluginHost
 
 T = TypeVar("T")
-
-#: fold stages, in the order they run
-STAGES: tuple[str, ...] = ("propose", "snap", "adjust", "guard")
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import reduce
 from importlib import import_module, metadata
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +20,10 @@ from pydantic import BaseModel, ValidationError
 from . import hookspecs
 from .backend import Backend
 from .config import Settings, load_settings
-from .context import STAGES, Choice
+from .context import Choice
 from .errors import AutotuneError, ConfigError, PluginError
+from .hookkinds import STAGES
+from .hooks import FOLDS, KINDS, Hooks, Isolated
 from .markers import PROJECT
 
 if TYPE_CHECKING:
@@ -35,11 +36,6 @@ log = logging.getLogger("autotune.host")
 ESSENTIAL: frozenset[str] = frozenset({"core"})
 #: plugin tiers: essential (cannot be disabled), default (on unless disabled), opt-in (off unless enabled)
 TIERS: tuple[str, ...] = ("essential", "default", "opt-in")
-#: hooks whose implementations fold a proposal
-FOLD_HOOKS: frozenset[str] = frozenset({"choose_num_ctx", "choose_kv_type"})
-#: hooks that describe a request and may be narrowed by the server's stack
-REQUEST_HOOKS: frozenset[str] = frozenset(
-    {"pre_request", "choose_num_ctx", "choose_kv_type", "post_response", "on_pressure"})
 
 
 @dataclass
@@ -122,6 +118,8 @@ class PluginHost:
         self.config = config if config is not None else load_settings(env=self.env)
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(hookspecs)
+        #: the typed facade: the one way the core calls plugins
+        self.hooks = Hooks(self)
         self.records: dict[str, PluginRecord] = {}
         self.backend_classes: dict[str, tuple[type[Backend], str]] = {}
         self.archetype_sets: list[tuple[str, Any]] = []
@@ -130,8 +128,7 @@ class PluginHost:
         self._impl_cache: dict[str, list[_Impl]] = {}
         self._hardware = hardware
         self.pressure: Pressure | None = None
-        #: a plugin may lower the server's max concurrent requests (never raise it); None = the config's value
-        self.concurrency_cap: int | None = None
+        self._concurrency_cap: tuple[int, str, str] | None = None
         self.trace_hooks = self.env.get("AUTOTUNE_TRACE_PLUGINS", "") not in ("", "0", "false")
         stack_names = list(stack) if stack is not None else self.config.server.plugins
         self.stack: frozenset[str] | None = frozenset(stack_names) if stack_names is not None else None
@@ -253,20 +250,13 @@ class PluginHost:
         self.plugin_settings(name)  # invalid settings are the user's to fix: fail loudly, naming the key
 
     def _collect_registrations(self) -> None:
-        for hook, kind in (("register_backends", "backend"), ("register_archetypes", "archetypes")):
-            for impl in self._impls(hook):
-                def register(item: Any, _plugin: str = impl.plugin, _kind: str = kind) -> None:
-                    self._add_registration(_plugin, _kind, item)
-
-                try:
-                    self._invoke(impl, hook, {"register": register}, isolate=True)
-                except _Isolated:
-                    continue  # already counted; what it registered before failing stays
-                except PluginError as exc:
-                    self.record_failure(impl.plugin, hook, exc)
+        self.hooks.register_backends(register=lambda plugin: lambda item: self._add_registration(plugin, "backend",
+                                                                                                  item))
+        self.hooks.register_archetypes(register=lambda plugin: lambda item: self._add_registration(
+            plugin, "archetypes", item))
         for record in self.records.values():
             positions: dict[str, list[str]] = {}
-            for hook in sorted(FOLD_HOOKS):
+            for hook in sorted(FOLDS):
                 for index, impl in enumerate(self._impls(hook), start=1):
                     if impl.plugin == record.name:
                         positions.setdefault(hook, []).append(f"{impl.stage} #{index}")
@@ -296,7 +286,7 @@ class PluginHost:
                   trylast=impl.trylast)
             for impl in reversed(caller.get_hookimpls())
         ]
-        if hook in FOLD_HOOKS:
+        if hook in FOLDS:
             ordered.sort(key=lambda impl: STAGES.index(impl.stage))
         self._impl_cache[hook] = ordered
         return ordered
@@ -306,16 +296,20 @@ class PluginHost:
         return [impl.plugin for impl in self._impls(hook)]
 
     def hook_impls(self, hook: str) -> list[HookImpl]:
-        """The implementations of ``hook`` in call order, with stage and tryfirst/trylast."""
-        return list(self._impls(hook))
+        """The implementations of ``hook`` in call order, with stage and tryfirst/trylast (cached: do not
+        mutate)."""
+        return self._impls(hook)
 
-    def _skipped(self, hook: str, skip: frozenset[str]) -> frozenset[str]:
-        if hook in REQUEST_HOOKS and self.stack is not None:
+    def skipped_for(self, hook: str, skip: frozenset[str], *, request: bool) -> frozenset[str]:
+        """The plugins not to call: ``skip``, plus, for a request hook, those outside the server's stack."""
+        if request and self.stack is not None:
             return skip | frozenset(name for name in self.records if name not in self.stack
                                     and name not in ESSENTIAL)
         return skip
 
-    def _invoke(self, impl: _Impl, hook: str, kwargs: dict[str, Any], *, isolate: bool) -> Any:
+    def invoke(self, impl: HookImpl, hook: str, kwargs: dict[str, Any]) -> Any:
+        """Call one implementation with the arguments it asks for. A failure other than a deliberate
+        refusal (:class:`AutotuneError`) is counted and raised as :class:`~autotune_core.hooks.Isolated`."""
         args = {name: kwargs[name] for name in impl.argnames if name in kwargs}
         started = time.perf_counter() if self.trace_hooks else 0.0
         try:
@@ -323,10 +317,8 @@ class PluginHost:
         except AutotuneError:
             raise
         except Exception as exc:
-            if not isolate:
-                raise
             self.record_failure(impl.plugin, hook, exc)
-            raise _Isolated from exc
+            raise Isolated from exc
         if self.trace_hooks:
             took = (time.perf_counter() - started) * 1000
             print(f"autotune: {hook} -> {impl.plugin} ({took:.3f} ms) = {result!r}"[:300], file=sys.stderr)
@@ -340,94 +332,51 @@ class PluginHost:
             record.last_failure = f"{hook}: {type(exc).__name__}: {exc}"[:300]
         log.warning("plugin %s failed in %s: %s: %s", plugin, hook, type(exc).__name__, exc)
 
+    # -- by-name access, for tools and tests (the core itself calls ``self.hooks``) ------------------------
+
     def call(self, hook: str, skip: frozenset[str] = frozenset(), **kwargs: Any) -> list[Any]:
-        """Run every implementation of a collect-all hook synchronously, isolating failures."""
-        results = []
-        skipped = self._skipped(hook, skip)
-        for impl in self._impls(hook):
-            if impl.plugin in skipped:
-                continue
-            try:
-                result = self._invoke(impl, hook, kwargs, isolate=True)
-            except _Isolated:
-                continue
-            if result is not None and inspect.isawaitable(result):
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
-                self.record_failure(impl.plugin, hook, TypeError("returned an awaitable to a sync call"))
-                continue
-            if result is not None:
-                results.append(result)
-        return results
+        """Run a hook that does not await, by name; the results that are not None."""
+        _known(hook)
+        return self.hooks._call(hook, kwargs, skip)
 
     async def acall(self, hook: str, skip: frozenset[str] = frozenset(), **kwargs: Any) -> list[Any]:
-        """Run every implementation in order, awaiting awaitable results before the next plugin."""
-        results = []
-        skipped = self._skipped(hook, skip)
-        for impl in self._impls(hook):
-            if impl.plugin in skipped:
-                continue
-            try:
-                result = self._invoke(impl, hook, kwargs, isolate=True)
-                if result is not None and inspect.isawaitable(result):  # most hooks are sync and return None
-                    result = await result
-            except _Isolated:
-                continue
-            except AutotuneError:
-                raise
-            except Exception as exc:
-                self.record_failure(impl.plugin, hook, exc)
-                continue
-            if result is not None:
-                results.append(result)
-        return results
+        """Run a hook by name, awaiting awaitable results before the next plugin."""
+        _known(hook)
+        return await self.hooks._acall(hook, kwargs, skip)
 
-    def fold(self, hook: str, *, knob: str, plan: Plan, initial: Choice[Any] | None,
-             conservative: Callable[[Any, Any], Any], skip: frozenset[str] = frozenset(),
+    def fold(self, hook: str, *, plan: Plan, initial: Choice[Any] | None = None, skip: frozenset[str] = frozenset(),
+             knob: str | None = None, conservative: Callable[[Any, Any], Any] | None = None,
              **kwargs: Any) -> Choice[Any] | None:
-        """Fold ``hook`` over its stages; every change is recorded in ``plan.trace``.
+        """Run a fold by name (its knob and safest-value rule come from the spec; ``knob``/``conservative``
+        are accepted for older callers and must match it)."""
+        kind = _known(hook)
+        if kind.kind != "fold" or (knob is not None and knob != kind.knob):
+            raise PluginError(f"{hook} is not the fold for {knob or 'a knob'}")
+        return self.hooks._fold(hook, plan, kwargs, skip, initial)
 
-        A pinned knob (``plan.pins``) starts the fold at its value and keeps it: every implementation still
-        runs, its proposal is traced, and only a safety choice may lower it (:meth:`Plan.admits`). A failing
-        guard keeps the most conservative value seen so far in this fold.
-        """
-        pin = plan.pins.get(knob)
-        proposal = Choice(pin.value, pin.describe()) if pin is not None else initial
-        seen: list[Any] = [proposal.value] if proposal is not None else []
-        skipped = self._skipped(hook, skip)
-        for impl in self._impls(hook):
-            if impl.plugin in skipped:
-                continue
-            try:
-                result = self._invoke(impl, hook, {**kwargs, "plan": plan, "proposal": proposal},
-                                      isolate=True)
-                if result is not None and not isinstance(result, Choice):
-                    self.record_failure(impl.plugin, hook, TypeError(
-                        f"{hook} must return Choice or None, got {type(result).__name__}"))
-                    raise _Isolated
-            except _Isolated:
-                result = None
-                if impl.stage == "guard" and seen:
-                    safest = reduce(conservative, seen)
-                    if proposal is None or proposal.value != safest:
-                        plan.record(impl.plugin, knob, proposal.value if proposal else None, safest,
-                                    "guard failed; kept the most conservative value")
-                        proposal = Choice(safest, "guard failed")
-                continue
-            if result is None:
-                continue
-            old = proposal.value if proposal is not None else None
-            if result.value == old:
-                proposal = result
-                continue
-            if pin is not None and not plan.admits(impl.plugin, knob, old, result.value, result.reason,
-                                                   safety=result.safety):
-                continue
-            plan.record(impl.plugin, knob, old, result.value, result.reason)
-            proposal = result
-            seen.append(result.value)
-        return proposal
+    # -- the concurrency cap (a typed host API instead of a writable attribute) ----------------------------
+
+    def cap_concurrency(self, plugin: str, value: int | None, reason: str = "") -> None:
+        """A plugin may lower the server's max concurrent requests (never raise it); None lifts its cap."""
+        if value is None:
+            self._concurrency_cap = None
+            return
+        if value < 1:
+            raise PluginError(f"plugin {plugin!r} capped concurrency at {value}; the cap must be at least 1")
+        self._concurrency_cap = (int(value), plugin, reason)
+
+    @property
+    def concurrency_cap(self) -> int | None:
+        """The current cap (the queue reads it), or None for the config's ``max_concurrent``."""
+        return self._concurrency_cap[0] if self._concurrency_cap is not None else None
+
+    @property
+    def concurrency_cap_reason(self) -> str:
+        """Who set the cap and why (``/health``)."""
+        if self._concurrency_cap is None:
+            return ""
+        value, plugin, reason = self._concurrency_cap
+        return f"{plugin}: {value}" + (f" ({reason})" if reason else "")
 
     # -- services for plugins and users -------------------------------------------------------------
 
@@ -488,10 +437,10 @@ class PluginHost:
         return [self.records[name].as_dict() for name in self.records]
 
     async def start(self) -> None:
-        await self.acall("on_startup", host=self)
+        await self.hooks.on_startup(host=self)
 
     async def stop(self) -> None:
-        await self.acall("on_shutdown", host=self)
+        await self.hooks.on_shutdown(host=self)
         for instance in list(self._backends.values()):
             try:
                 await instance.aclose()
@@ -500,8 +449,11 @@ class PluginHost:
         self._backends.clear()
 
 
-class _Isolated(Exception):
-    """Internal: a plugin failed and was skipped."""
+def _known(hook: str) -> Any:
+    kind = KINDS.get(hook)
+    if kind is None:
+        raise PluginError(f"no hook named {hook!r}; hooks: {', '.join(sorted(KINDS))}")
+    return kind
 
 
 class _NoSettings(BaseModel):

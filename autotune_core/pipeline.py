@@ -20,7 +20,7 @@ from .errors import ContextOverflow
 from .hardware import Pressure
 from .host import PluginHost
 from .messages import ChatRequest, ChatResult, StreamChunk, Usage
-from .modelinfo import ModelInfo, smaller_kv_type
+from .modelinfo import ModelInfo
 from .plan import Plan
 from .precedence import pins_for
 from .profiles import get_profile
@@ -117,7 +117,7 @@ class Pipeline:
                           backend_name=backend.name, profile=profile, model=info,
                           pressure=self.host.pressure or Pressure())
         skip = self.skip_for(request.model)
-        await self.host.acall("pre_request", skip=skip, ctx=ctx, request=request, plan=plan)
+        await self.host.hooks.pre_request(ctx=ctx, request=request, plan=plan, skip=skip)
         exact = None
         estimate = estimate_message_tokens(plan.messages)
         tokenize_started = time.perf_counter()
@@ -127,12 +127,9 @@ class Pipeline:
         tokenize_ms = (time.perf_counter() - tokenize_started) * 1000
         plan.prompt_tokens = exact if exact is not None else estimate
         plan.prompt_tokens_exact = exact is not None
-        num_ctx = self.host.fold("choose_num_ctx", knob="num_ctx", plan=plan, initial=None, conservative=min,
-                                 skip=skip, ctx=ctx, request=request)
+        num_ctx = self.host.hooks.choose_num_ctx(ctx=ctx, request=request, plan=plan, skip=skip)
         plan.num_ctx = num_ctx.value if num_ctx is not None else None
-        kv: Choice[str] | None = self.host.fold("choose_kv_type", knob="kv_type", plan=plan, initial=None,
-                                                conservative=smaller_kv_type, skip=skip, ctx=ctx,
-                                                request=request)
+        kv: Choice[str] | None = self.host.hooks.choose_kv_type(ctx=ctx, request=request, plan=plan, skip=skip)
         plan.kv_type = kv.value if kv is not None else None
         self._check_fit(plan)
         reconcile_plan(plan, caps, backend=backend.name)
@@ -237,5 +234,5 @@ class Pipeline:
                 await asyncio.shield(self.finish(prepared, result))
 
     async def finish(self, prepared: Prepared, result: ChatResult) -> None:
-        await self.host.acall("post_response", skip=prepared.skip, ctx=prepared.ctx, request=prepared.request,
-                              plan=prepared.plan, result=result)
+        await self.host.hooks.post_response(ctx=prepared.ctx, request=prepared.request, plan=prepared.plan,
+                                            result=result, skip=prepared.skip)

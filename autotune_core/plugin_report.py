@@ -22,7 +22,7 @@ def hook_names() -> list[str]:
 
 def hook_order(host: PluginHost) -> dict[str, list[dict[str, Any]]]:
     """Per hook, the plugins in the order they are called, with stage and tryfirst/trylast."""
-    from .host import FOLD_HOOKS
+    from .hooks import FOLDS
 
     order: dict[str, list[dict[str, Any]]] = {}
     for hook in hook_names():
@@ -30,7 +30,7 @@ def hook_order(host: PluginHost) -> dict[str, list[dict[str, Any]]]:
         for position, impl in enumerate(host.hook_impls(hook), start=1):
             row: dict[str, Any] = {"position": position, "plugin": impl.plugin, "tryfirst": impl.tryfirst,
                                    "trylast": impl.trylast}
-            if hook in FOLD_HOOKS:
+            if hook in FOLDS:
                 row["stage"] = impl.stage
             rows.append(row)
         order[hook] = rows

@@ -14,7 +14,7 @@ from ..errors import AutotuneError
 
 #: core command modules, each exposing ``register(cli)``
 CORE_COMMANDS = ("plugins_cmd", "config_cmd", "hardware_cmd", "backends_cmd", "plan_cmd", "serve_cmd",
-                 "pull_cmd", "chat_cmd")
+                 "pull_cmd", "chat_cmd", "proof_cmd")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,7 +31,7 @@ def _build() -> click.Group:
     try:
         from .common import get_host
 
-        get_host().call("register_commands", cli=cli)
+        get_host().hooks.register_commands(cli=cli)
     except AutotuneError as exc:
         click.echo(f"warning: plugin commands unavailable: {exc}", err=True)
     return cli

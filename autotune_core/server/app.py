@@ -49,21 +49,11 @@ def _error_handler(state: ServerState) -> Callable[[Request, Exception], Any]:
 
 
 def plugin_statuses(host: PluginHost) -> dict[str, Any]:
-    """``status()`` of every enabled plugin that offers one (e.g. the session advisor's health score).
+    """The ``plugin_status`` report of every enabled plugin that offers one (the session advisor's health score).
 
-    A failing ``status()`` is isolated like any plugin failure and reported as an error entry.
+    A failing report is isolated like any plugin failure and shown as an error entry.
     """
-    out: dict[str, Any] = {}
-    for name in host.records:
-        report = getattr(host.plugin(name), "status", None) if host.enabled(name) else None
-        if not callable(report):
-            continue
-        try:
-            out[name] = report()
-        except Exception as exc:
-            host.record_failure(name, "status", exc)
-            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
-    return out
+    return host.hooks.plugin_status()
 
 
 def _observability_routes(state: ServerState) -> list[BaseRoute]:
@@ -123,7 +113,7 @@ def _plugin_routes(host: PluginHost) -> list[BaseRoute]:
                  name: str | None = None) -> None:
         added.append(Route(path, endpoint, methods=methods, name=name))
 
-    host.call("register_routes", register=register)
+    host.hooks.register_routes(register=register)
     return added
 
 

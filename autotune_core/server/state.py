@@ -171,7 +171,7 @@ class ServerState:
                           backend_name=self._any_backend_name(), profile=get_profile(self.host.config.profile),
                           pressure=pressure)
         try:
-            await self.host.acall("on_pressure", ctx=ctx, pressure=pressure)
+            await self.host.hooks.on_pressure(ctx=ctx, pressure=pressure)
         except Exception as exc:
             log.warning("on_pressure failed: %s", exc)
 

@@ -291,6 +291,11 @@ class OSTunerPlugin:
     def on_shutdown(self, host: PluginHost) -> None:
         self.state.restore_all(id(self))
 
+    @hookimpl
+    def plugin_status(self) -> dict[str, Any]:
+        """For ``/health`` and ``autotune status``."""
+        return self.status()
+
     def status(self) -> dict[str, Any]:
         """For ``autotune status`` and /health: what applied, what did not and why."""
         return {

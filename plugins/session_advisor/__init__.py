@@ -106,7 +106,7 @@ class SessionAdvisorPlugin:
         reading: Sample = sample if sample is not None else await asyncio.to_thread(self.sampler.sample)
         actions = advisor.tick(reading)
         # the server's queue reads this cap at every admission: a "reduce concurrency" action is real
-        self.host.concurrency_cap = advisor.knobs.concurrency
+        self.host.cap_concurrency(self.name, advisor.knobs.concurrency, f"{advisor.state}, health {advisor.score}")
         for action in actions:
             log.info("session-advisor %s: %s (%s; health %d, %s)", action.kind, action.detail, action.why,
                      advisor.score, advisor.state)
@@ -181,6 +181,11 @@ class SessionAdvisorPlugin:
         if self.advisor is None:
             return None
         return self.advisor.knobs.concurrency or self.advisor.base_concurrency
+
+    @hookimpl
+    def plugin_status(self) -> dict[str, Any]:
+        """For ``/health`` and ``autotune status``."""
+        return self.status()
 
     def status(self) -> dict[str, Any]:
         advisor = self.advisor

@@ -115,7 +115,7 @@ def test_list_json_hook_order_has_stages(cfg, cli):
     assert data["hook_order"]["pre_request"] == [
         {"position": 1, "plugin": "core", "tryfirst": True, "trylast": False},
         {"position": 2, "plugin": "with-settings", "tryfirst": False, "trylast": False}]
-    assert len(data["hook_order"]) == 11
+    assert len(data["hook_order"]) == 12  # every hook of the spec, plugin_status included
 
 
 def test_list_hook_filter(cfg, cli):

@@ -240,6 +240,34 @@ def test_hook_on_shutdown(autotune_host_factory):
     assert host.records["broken"].failures == 1
 
 
+def test_hook_plugin_status(autotune_host_factory):
+    class Reporting:
+        name = "reporting"
+
+        @hookimpl
+        def plugin_status(self):
+            return {"hits": 3}
+
+    class Quiet:
+        name = "quiet"
+
+        @hookimpl
+        def plugin_status(self):
+            return None
+
+    class Broken:
+        name = "broken"
+
+        @hookimpl
+        def plugin_status(self):
+            raise RuntimeError("sensor gone")
+
+    host = autotune_host_factory(Reporting(), Quiet(), Broken())
+    report = host.hooks.plugin_status()
+    assert report["reporting"] == {"hits": 3} and "quiet" not in report
+    assert "sensor gone" in report["broken"]["error"] and host.records["broken"].failures == 1
+
+
 def test_sync_call_of_an_async_impl_is_a_counted_failure(autotune_host_factory):
     class AsyncOnly:
         name = "async-only"
@@ -261,4 +289,4 @@ def test_every_hook_has_a_test(hook: str) -> None:
 
 
 def test_the_hook_list_is_the_contract():
-    assert len(HOOKS) == 11 and {"pre_request", "choose_num_ctx", "choose_kv_type", "post_response"} <= set(HOOKS)
+    assert len(HOOKS) == 12 and {"pre_request", "choose_num_ctx", "choose_kv_type", "post_response"} <= set(HOOKS)

@@ -98,7 +98,7 @@ def test_metrics_after_traffic(live_factory: Any) -> None:
     assert metric(text, "autotune_tokens_total", kind="completion") > 0
     assert metric(text, "autotune_queue_active") == 0
     assert metric(text, "autotune_queue_max_concurrent") == live.state.queue.max_concurrent
-    live.host.concurrency_cap = 1  # what the session advisor does under pressure: the gauge follows
+    live.host.cap_concurrency("session-advisor", 1, "test")  # what the advisor does under pressure: the gauge follows
     assert metric(httpx.get(live.url + "/metrics", timeout=5).text, "autotune_queue_max_concurrent") == 1
     # the KV type is a server setting on the fake backend, so it is advice, never sent: no gauge for it
     assert "autotune_kv_type_info{" not in text

@@ -1,4 +1,5 @@
-"""/health carries each enabled plugin's ``status()``; `autotune status` prints it; failures are isolated."""
+"""/health carries each enabled plugin's ``plugin_status`` report; `autotune status` prints it; failures are
+isolated; a duck-typed ``status()`` method is not a hook and is not called."""
 
 from __future__ import annotations
 
@@ -10,25 +11,36 @@ from conftest import serve, settings
 
 from autotune_core.cli import serve_cmd
 from autotune_core.host import PluginHost
+from autotune_core.markers import hookimpl
 from autotune_core.testing import FakeBackendPlugin, make_hardware
 
 
 class HealthyPlugin:
     name = "healthy"
 
-    def status(self) -> dict[str, Any]:
+    @hookimpl
+    def plugin_status(self) -> dict[str, Any]:
         return {"score": 91, "state": "OPTIMAL", "recent_actions": [{"kind": "reduce_context", "why": "ram 90%"}]}
 
 
 class BrokenStatusPlugin:
     name = "broken-status"
 
-    def status(self) -> dict[str, Any]:
+    @hookimpl
+    def plugin_status(self) -> dict[str, Any]:
         raise RuntimeError("sensor gone")
 
 
+class DuckTyped:
+    name = "duck"
+
+    def status(self) -> dict[str, Any]:  # not a hook: never called
+        raise AssertionError("status() was called")
+
+
 def _host() -> PluginHost:
-    return PluginHost(config=settings(), plugins=[FakeBackendPlugin(), HealthyPlugin(), BrokenStatusPlugin()],
+    return PluginHost(config=settings(), plugins=[FakeBackendPlugin(), HealthyPlugin(), BrokenStatusPlugin(),
+                                                        DuckTyped()],
                       load_entrypoints=False, hardware=make_hardware())
 
 
@@ -39,7 +51,7 @@ def test_health_includes_plugin_status_and_isolates_failures() -> None:
         assert data["plugins"]["healthy"]["score"] == 91
         assert "sensor gone" in data["plugins"]["broken-status"]["error"]
         assert live.host.records["broken-status"].failures == 1
-        assert "core" not in data["plugins"]  # the core plugin offers no status()
+        assert "core" not in data["plugins"] and "duck" not in data["plugins"]
     finally:
         live.stop()
 
