@@ -271,6 +271,11 @@ class RecallPlugin:
 
         register_conversation_routes(self, register)
 
+    @hookimpl
+    def plugin_status(self) -> dict[str, Any]:
+        """For ``/health`` and ``autotune status``."""
+        return self.status()
+
     def status(self) -> dict[str, Any]:
         data: dict[str, Any] = {"saved_turns": self.saved, "injections": self.injected}
         if self._store is not None:

@@ -27,11 +27,11 @@ def test_every_spec_is_marked_with_its_calling_rule() -> None:
 
 
 def test_the_marks_say_what_the_docs_say() -> None:
-    assert FOLDS == {"choose_num_ctx", "choose_kv_type"}
+    assert {"choose_num_ctx", "choose_kv_type"} == FOLDS
     assert (KINDS["choose_num_ctx"].knob, KINDS["choose_num_ctx"].safest) == ("num_ctx", min)
     assert (KINDS["choose_kv_type"].knob, KINDS["choose_kv_type"].safest) == ("kv_type", smaller_kv_type)
     assert KINDS["choose_num_ctx"].stages == STAGES == ("propose", "snap", "adjust", "guard")
-    assert REQUEST_SCOPED == {"pre_request", "choose_num_ctx", "choose_kv_type", "post_response", "on_pressure"}
+    assert {"pre_request", "choose_num_ctx", "choose_kv_type", "post_response", "on_pressure"} == REQUEST_SCOPED
     assert {name for name, kind in KINDS.items() if kind.may_await} == {
         "pre_request", "post_response", "on_pressure", "on_startup", "on_shutdown"}
 
