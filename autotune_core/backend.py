@@ -80,8 +80,16 @@ class Backend(abc.ABC):
     #: a human label for tables
     label: ClassVar[str] = ""
 
+    #: the model of ``[backends.<name>]``; the base class validates it (errors name each key) into ``self.config``
+    Settings: ClassVar[type[BaseModel] | None] = None
+
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         self.settings: dict[str, Any] = dict(settings or {})
+        if self.Settings is not None:
+            from .config import validate_section
+
+            self.config: Any = validate_section(self.Settings, self.settings, section=f"backends.{self.name}",
+                                                label=f"backend {self.name!r}")
         #: number of model reloads this backend caused or observed
         self.reloads = 0
 

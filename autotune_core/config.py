@@ -10,7 +10,7 @@ import os
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -21,6 +21,7 @@ from .modelinfo import kv_type_bytes
 from .profiles import PROFILES
 
 APP = "autotune"
+M = TypeVar("M", bound=BaseModel)
 MiB = 1024 * 1024
 
 
@@ -219,6 +220,23 @@ def _describe(error: ValidationError, source: str) -> str:
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"  {key}: {item['msg']}{shown}")
     return "\n".join(lines)
+
+
+def validate_section(model: type[M], raw: dict[str, Any], *, section: str, label: str, source: str = "") -> M:
+    """Validate one table (``[plugins.<name>]``, ``[backends.<name>]``) with its owner's model.
+
+    The error names the file and every bad key in full (``plugins.ctx-sizing.headroom: ...``), the same for
+    plugins and backends.
+    """
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"invalid settings for {label}" + (f" in {source}:" if source else ":")]
+        for item in exc.errors():
+            key = ".".join(str(part) for part in item["loc"])
+            got = item.get("input")
+            lines.append(f"  {section}.{key}: {item['msg']}" + ("" if isinstance(got, dict) else f" (got {got!r})"))
+        raise ConfigError("\n".join(lines)) from None
 
 
 def read_toml(path: Path) -> dict[str, Any]:

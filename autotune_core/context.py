@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
+
+from pydantic import BaseModel
 
 from .backend import Capabilities
 from .hardware import HardwareSnapshot, Pressure
@@ -13,11 +15,10 @@ from .modelinfo import ModelInfo
 from .profiles import Profile
 
 if TYPE_CHECKING:
-    from pydantic import BaseModel
-
     from .host import PluginHost
 
 T = TypeVar("T")
+S = TypeVar("S", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +81,18 @@ class HookContext:
     #: count tokens of a text with the model's tokenizer when it is in-process, else estimate
     count_tokens: Callable[[str], int] | None = None
 
-    def settings(self, plugin_name: str) -> BaseModel:
-        """The validated settings of a plugin (its own pydantic model)."""
-        return self.host.plugin_settings(plugin_name)
+    @overload
+    def settings(self, of: type[S]) -> S: ...
+
+    @overload
+    def settings(self, of: str) -> BaseModel: ...
+
+    def settings(self, of: type[S] | str) -> S | BaseModel:
+        """A plugin's validated settings: ``ctx.settings(MySettings)`` returns that model, typed; a plugin name
+        returns its settings as a plain ``BaseModel``."""
+        if isinstance(of, str):
+            return self.host.plugin_settings(of)
+        return self.host.settings_of(of)
 
     def tokens(self, text: str) -> int:
         if self.count_tokens is not None:

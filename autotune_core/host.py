@@ -12,16 +12,16 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import import_module, metadata
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from . import hookspecs
 from .backend import Backend
-from .config import Settings, load_settings
+from .config import Settings, load_settings, validate_section
 from .context import Choice
-from .errors import AutotuneError, ConfigError, PluginError
+from .errors import AutotuneError, PluginError
 from .hookkinds import STAGES
 from .hooks import FOLDS, KINDS, Hooks, Isolated
 from .markers import PROJECT
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .plan import Plan
 
 log = logging.getLogger("autotune.host")
+S = TypeVar("S", bound=BaseModel)
 
 #: plugins that cannot be disabled
 ESSENTIAL: frozenset[str] = frozenset({"core"})
@@ -390,19 +391,19 @@ class PluginHost:
             return cached
         plugin = self.pm.get_plugin(name)
         model: type[BaseModel] = getattr(plugin, "Settings", None) or _NoSettings
-        raw = self.config.plugins.settings.get(name, {})
-        try:
-            settings = model.model_validate(raw)
-        except ValidationError as exc:
-            lines = [f"invalid settings for plugin {name!r} in {self.config.source}:"]
-            for item in exc.errors():
-                key = ".".join(str(part) for part in item["loc"])
-                got = item.get("input")
-                lines.append(f"  plugins.{name}.{key}: {item['msg']}"
-                             + ("" if isinstance(got, dict) else f" (got {got!r})"))
-            raise ConfigError("\n".join(lines)) from None
+        settings = validate_section(model, self.config.plugins.settings.get(name, {}), section=f"plugins.{name}",
+                                    label=f"plugin {name!r}", source=self.config.source)
         self._settings_cache[name] = settings
         return settings
+
+    def settings_of(self, model: type[S]) -> S:
+        """The validated settings whose model is ``model`` (``ctx.settings(CtxSizingSettings)``), typed."""
+        for name, record in self.records.items():
+            if record.enabled and getattr(self.pm.get_plugin(name), "Settings", None) is model:
+                found = self.plugin_settings(name)
+                assert isinstance(found, model)
+                return found
+        raise PluginError(f"no enabled plugin declares Settings = {model.__name__}")
 
     def enabled(self, name: str) -> bool:
         record = self.records.get(name)

@@ -79,8 +79,7 @@ class CtxBucketsPlugin:
                        proposal: Choice[Any] | None) -> Choice[int] | None:
         if proposal is None or proposal.value is None:
             return None
-        settings = ctx.settings(self.name)
-        assert isinstance(settings, CtxBucketsSettings)
+        settings = ctx.settings(CtxBucketsSettings)
         need = int(proposal.value)
         model_max = ctx.model.context_length if ctx.model is not None else None
         plain = snap_up(need, model_max)
@@ -130,8 +129,7 @@ class CtxBucketsPlugin:
         decision = ctx.stash.get(_DECISION)
         if decision is None or decision.kind == "snap" or plan.num_ctx is None:
             return
-        settings = ctx.settings(self.name)
-        assert isinstance(settings, CtxBucketsSettings)
+        settings = ctx.settings(CtxBucketsSettings)
         final = plan.num_ctx
         if decision.loaded is not None:
             if final != decision.loaded:

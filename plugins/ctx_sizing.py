@@ -62,8 +62,7 @@ class CtxSizingPlugin:
     @fold_stage("propose")
     def choose_num_ctx(self, ctx: HookContext, request: ChatRequest, plan: Plan,
                        proposal: Choice[Any] | None) -> Choice[int] | None:
-        settings = ctx.settings(self.name)
-        assert isinstance(settings, CtxSizingSettings)
+        settings = ctx.settings(CtxSizingSettings)
         prompt = plan.prompt_tokens or 0
         counted = "counted" if plan.prompt_tokens_exact else "estimated"
         if plan.max_tokens is not None:

@@ -48,8 +48,7 @@ class FlashAttentionPlugin:
 
     @hookimpl
     def pre_request(self, ctx: HookContext, request: ChatRequest, plan: Plan) -> None:
-        settings = ctx.settings(self.name)
-        assert isinstance(settings, FlashAttentionSettings)
+        settings = ctx.settings(FlashAttentionSettings)
         if not settings.enable:
             return
         scope = ctx.capabilities.scope("flash_attn")

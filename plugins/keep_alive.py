@@ -56,7 +56,6 @@ class KeepAlivePlugin:
             if not plan.set(self.name, "keep_alive", sent, why) and plan.keep_alive == sent:
                 plan.record(self.name, "keep_alive", sent, sent, why)  # already pinned by the core: say so
             return
-        settings = ctx.settings(self.name)
-        assert isinstance(settings, KeepAliveSettings)
+        settings = ctx.settings(KeepAliveSettings)
         what = "forever" if settings.value < 0 else f"{settings.value:g}s"
         plan.set(self.name, "keep_alive", settings.value, f"keep {plan.model} loaded {what} (no reload next time)")

@@ -54,8 +54,7 @@ class KVPrecisionPlugin:
     @fold_stage("propose")
     def choose_kv_type(self, ctx: HookContext, request: ChatRequest, plan: Plan,
                        proposal: Choice[Any] | None) -> Choice[str] | None:
-        settings = ctx.settings(self.name)
-        assert isinstance(settings, KVPrecisionSettings)
+        settings = ctx.settings(KVPrecisionSettings)
         client = request.options.get("kv_type") or request.options.get("kv_cache_type")
         if settings.allow_client and isinstance(client, str):
             try:

@@ -82,8 +82,7 @@ class LivePressurePlugin:
     @fold_stage("adjust")
     def choose_num_ctx(self, ctx: HookContext, request: ChatRequest, plan: Plan,
                        proposal: Choice[Any] | None) -> Choice[int] | None:
-        settings = ctx.settings(self.name)
-        assert isinstance(settings, LivePressureSettings)
+        settings = ctx.settings(LivePressureSettings)
         tier, why = self.tier_of(ctx, settings)
         if tier == "normal" or proposal is None or proposal.value is None:
             return None
@@ -114,8 +113,7 @@ class LivePressurePlugin:
     @fold_stage("adjust")
     def choose_kv_type(self, ctx: HookContext, request: ChatRequest, plan: Plan,
                        proposal: Choice[Any] | None) -> Choice[str] | None:
-        settings = ctx.settings(self.name)
-        assert isinstance(settings, LivePressureSettings)
+        settings = ctx.settings(LivePressureSettings)
         tier, why = self.tier_of(ctx, settings)
         if tier not in ("high", "critical"):
             return None

@@ -145,8 +145,7 @@ class ModelFitPlugin:
 
     @hookimpl
     def pre_request(self, ctx: HookContext, request: ChatRequest, plan: Plan) -> None:
-        settings = ctx.settings(self.name)
-        assert isinstance(settings, ModelFitSettings)
+        settings = ctx.settings(ModelFitSettings)
         key = (ctx.backend_name, plan.model)
         if plan.model in ctx.loaded:
             return  # already resident: nothing to pre-flight

@@ -56,8 +56,7 @@ class NoSwapGuardPlugin:
     Settings = NoSwapGuardSettings
 
     def _settings(self, ctx: HookContext) -> NoSwapGuardSettings:
-        settings = ctx.settings(self.name)
-        assert isinstance(settings, NoSwapGuardSettings)
+        settings = ctx.settings(NoSwapGuardSettings)
         return settings
 
     def budget(self, ctx: HookContext, plan: Plan) -> tuple[int, str]:

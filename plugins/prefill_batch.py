@@ -46,8 +46,7 @@ class PrefillBatchPlugin:
         scope = ctx.capabilities.scope("num_batch")
         if scope not in (KnobScope.AT_LOAD, KnobScope.PER_REQUEST):
             return  # not settable here: leave the server's own batch size alone
-        settings = ctx.settings(self.name)
-        assert isinstance(settings, PrefillBatchSettings)
+        settings = ctx.settings(PrefillBatchSettings)
         key = (ctx.backend_name, plan.model)
         remembered = self._chosen.get(key)
         if remembered is not None:
@@ -70,8 +69,7 @@ class PrefillBatchPlugin:
         value = ctx.stash.get(_CHOSEN)
         if value is None:
             return
-        settings = ctx.settings(self.name)
-        assert isinstance(settings, PrefillBatchSettings)
+        settings = ctx.settings(PrefillBatchSettings)
         key = (ctx.backend_name, plan.model)
         self._chosen.setdefault(key, value)
         self._chosen.move_to_end(key)

@@ -61,8 +61,7 @@ class PrefixProtectPlugin:
         self._last: OrderedDict[tuple[str, str], list[tuple[int, int]]] = OrderedDict()
 
     def _settings(self, ctx: HookContext) -> PrefixProtectSettings:
-        settings = ctx.settings(self.name)
-        assert isinstance(settings, PrefixProtectSettings)
+        settings = ctx.settings(PrefixProtectSettings)
         return settings
 
     @hookimpl(trylast=True)  # after history compression and recall injection changed the messages

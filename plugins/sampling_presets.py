@@ -47,8 +47,7 @@ class SamplingPresetsPlugin:
 
     @hookimpl
     def pre_request(self, ctx: HookContext, request: ChatRequest, plan: Plan) -> None:
-        settings = ctx.settings(self.name)
-        assert isinstance(settings, SamplingPresetsSettings)
+        settings = ctx.settings(SamplingPresetsSettings)
         preset = settings.models.get(plan.model, settings.preset)
         sent: dict[str, Any] = request.sampling()
         sent.update({key: value for key, value in request.options.items() if key in _OPTION_NAMES})

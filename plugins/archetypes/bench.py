@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import psutil  # type: ignore[import-untyped]
+import psutil
 
 from autotune_core import __version__
 from autotune_core.archetypes import classify, section_for

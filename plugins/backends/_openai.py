@@ -18,10 +18,10 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from autotune_core.backend import Availability, Backend, Capabilities, EmbeddingResult, KnobScope, KnobSupport
-from autotune_core.errors import BackendUnavailable, ConfigError, ModelNotFound, UpstreamError
+from autotune_core.errors import BackendUnavailable, ModelNotFound, UpstreamError
 from autotune_core.messages import ChatRequest, ChatResult, LoadedModel, ModelEntry, StreamChunk, Timings, Usage
 from autotune_core.modelinfo import ModelInfo
 from autotune_core.plan import Plan
@@ -154,15 +154,13 @@ class OpenAIBackend(Backend):
     """An OpenAI-compatible server; the flavour decides which knobs are honoured and how."""
 
     name = "openai"
+    Settings = OpenAISettings
+    config: OpenAISettings
     label = "OpenAI-compatible"
     default_url: str | None = None
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        super().__init__(settings)
-        try:
-            self.config = OpenAISettings.model_validate(self.settings)
-        except ValidationError as exc:
-            raise ConfigError(f"invalid [backends.{self.name}] settings: {exc}") from None
+        super().__init__(settings)  # validates [backends.<name>] with Settings into self.config
         url = self.config.url or self.default_url
         self.candidates = [url] if isinstance(url, str) else list(url or PROBE_URLS)
         self.url: str | None = self.candidates[0].rstrip("/") if len(self.candidates) == 1 else None
@@ -455,7 +453,8 @@ class OpenAIBackend(Backend):
         return "/v1/completions" if request.kind == "completion" else "/v1/chat/completions"
 
     def _timings(self, data: dict[str, Any], load_ms: float | None) -> Timings:
-        raw = data.get("timings") if isinstance(data.get("timings"), dict) else {}
+        found = data.get("timings")
+        raw: dict[str, Any] = found if isinstance(found, dict) else {}
         prompt, decode = raw.get("prompt_ms"), raw.get("predicted_ms")
         ttft = (load_ms or 0.0) + prompt if prompt is not None else None
         return Timings(load_ms=load_ms, prompt_ms=prompt, decode_ms=decode, ttft_ms=ttft,

@@ -23,10 +23,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from autotune_core.backend import Availability, Backend, Capabilities, EmbeddingResult, KnobScope, KnobSupport
-from autotune_core.errors import ConfigError, ModelNotFound, UpstreamError
+from autotune_core.errors import ModelNotFound, UpstreamError
 from autotune_core.markers import hookimpl
 from autotune_core.messages import (
     ChatRequest,
@@ -203,14 +203,12 @@ class OllamaBackend(Backend):
     """Talks to an Ollama server through its native API."""
 
     name = "ollama"
+    Settings = OllamaSettings
+    config: OllamaSettings
     label = "Ollama"
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        super().__init__(settings)
-        try:
-            self.config = OllamaSettings.model_validate(self.settings)
-        except ValidationError as exc:
-            raise ConfigError(f"invalid [backends.ollama] settings: {exc}") from None
+        super().__init__(settings)  # validates [backends.<name>] with Settings into self.config
         self.url = self.config.url.rstrip("/")
         raw = os.environ.get("OLLAMA_NUM_PARALLEL", "").strip()
         local = urlsplit(self.url).hostname in ("127.0.0.1", "localhost", "::1")
@@ -306,7 +304,8 @@ class OllamaBackend(Backend):
         body: dict[str, Any] = {"model": model}
         if verbose:
             body["verbose"] = True
-        return await self._request("POST", "/api/show", model=model, json=body)
+        data: dict[str, Any] = await self._request("POST", "/api/show", model=model, json=body)
+        return data
 
     async def model_info(self, model: str) -> ModelInfo:
         key = _canonical(model)

@@ -77,8 +77,7 @@ class ContextCompressorPlugin:
         """Runs last among pre_request hooks so it sees every injected message (e.g. recall)."""
         if request.kind != "chat" or len(plan.messages) < 3:
             return
-        settings = ctx.settings(self.name)
-        assert isinstance(settings, CompressorSettings)
+        settings = ctx.settings(CompressorSettings)
         from .window import split
 
         prefix, history, tail = split(plan.messages)

@@ -258,8 +258,7 @@ class OSTunerPlugin:
     @hookimpl(trylast=True)
     def pre_request(self, ctx: HookContext, request: ChatRequest, plan: Plan) -> None:
         """Late, so requests refused by earlier plugins never touch the OS."""
-        settings = ctx.settings(self.name)
-        assert isinstance(settings, TunerSettings)
+        settings = ctx.settings(TunerSettings)
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:

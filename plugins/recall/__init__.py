@@ -114,9 +114,7 @@ class RecallPlugin:
     # -- plumbing ------------------------------------------------------------------------------------
 
     def settings_for(self, host: PluginHost | None) -> RecallSettings:
-        settings = host.plugin_settings(self.name) if host is not None else RecallSettings()
-        assert isinstance(settings, RecallSettings)
-        return settings
+        return host.settings_of(RecallSettings) if host is not None else RecallSettings()
 
     def store(self, host: PluginHost | None = None) -> MemoryStore:
         """Opened on first use (or at start-up), in ``data_dir()/memory.db`` unless configured."""

@@ -60,9 +60,7 @@ class SessionAdvisorPlugin:
         self._task: asyncio.Task[None] | None = None
 
     def _settings(self, host: PluginHost) -> AdvisorSettings:
-        settings = host.plugin_settings(self.name)
-        assert isinstance(settings, AdvisorSettings)
-        return settings
+        return host.settings_of(AdvisorSettings)
 
     def ensure(self, host: PluginHost) -> Advisor:
         if self.advisor is None:

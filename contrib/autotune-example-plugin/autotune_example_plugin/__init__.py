@@ -39,8 +39,7 @@ class MaxContextCapPlugin:
     @fold_stage("adjust")
     def choose_num_ctx(self, ctx: HookContext, request: ChatRequest, plan: Plan,
                        proposal: Choice[int] | None) -> Choice[int] | None:
-        settings = ctx.settings(self.name)
-        assert isinstance(settings, MaxContextCapSettings)
+        settings = ctx.settings(MaxContextCapSettings)
         ceiling = settings.ceiling_for(request.model)
         if ceiling is None:
             return None
