@@ -46,7 +46,7 @@ ALLOWED_HEADERS: tuple[str, ...] = (
 )
 #: response headers a browser client may read
 EXPOSED_HEADERS = ("X-Autotune-Plan, X-Autotune-Overhead-Ms, X-Autotune-Profile, X-Autotune-Backend, "
-                   "X-Autotune-Queued, Retry-After")
+                   "X-Autotune-Queued, X-Autotune-Warning, Retry-After")
 PREFLIGHT_MAX_AGE = "600"
 
 _CACHE_LIMIT = 256

@@ -3,6 +3,7 @@ local UIs get working CORS: on both doors, the ops routes and a plugin route (re
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from conftest import LiveServer, fake_host, serve
 from autotune_core.config import load_settings
 from autotune_core.errors import ConfigError
 from autotune_core.server import create_app
-from autotune_core.server.guard import HostRules, OriginRules
+from autotune_core.server.guard import EXPOSED_HEADERS, HostRules, OriginRules
 from autotune_plugins.recall import RecallPlugin
 
 CHAT: dict[str, Any] = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}], "stream": False}
@@ -154,6 +155,16 @@ def test_default_local_origins_get_cors_headers(guarded: LiveServer, origin: str
     exposed = response.headers["access-control-expose-headers"]
     assert "X-Autotune-Plan" in exposed and "X-Autotune-Backend" in exposed
     assert response.headers["x-autotune-backend"] == "fake"  # a header the UI may now read is really there
+
+
+def test_every_autotune_response_header_is_exposed_to_browsers() -> None:
+    """A new ``X-Autotune-*`` header a browser UI cannot read is a bug; this finds it in the sources."""
+    root = Path(__file__).resolve().parents[2]
+    sources = [*(root / "autotune_core").rglob("*.py"), *(root / "plugins").rglob("*.py")]
+    names = {m for path in sources for m in re.findall(r"X-Autotune-[A-Za-z-]*[A-Za-z]", path.read_text())}
+    assert "X-Autotune-Plan" in names
+    exposed = {h.strip() for h in EXPOSED_HEADERS.split(",")}
+    assert names <= exposed, f"add {sorted(names - exposed)} to guard.EXPOSED_HEADERS"
 
 
 @pytest.mark.parametrize("origin", ["http://localhost.evil.example", "http://127.0.0.2:3000", "null",
