@@ -22,9 +22,15 @@ class _Bar:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        console = Console(stderr=True)
         self.progress = Progress(TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+                                 TimeElapsedColumn(), console=console, transient=True)
         self.task = self.progress.add_task("starting", total=None)
+        #: not a terminal (a CI log): one line per phase instead of a bar
+        self.lines = not console.is_terminal
+        self.phase = ""
+        self.done = 0
+        self.steps: int | None = None
 
     def __enter__(self) -> _Bar:
         self.progress.start()
@@ -35,10 +41,16 @@ class _Bar:
         self.progress.stop()
 
     def total(self, steps: int) -> None:
+        self.steps = steps
         self.progress.update(self.task, total=steps)
 
     def step(self, text: str, advance: int = 1) -> None:
+        self.done += advance
         self.progress.update(self.task, description=text[:44], advance=advance)
+        phase = text.split(" · ")[0].split(":")[0]
+        if self.lines and phase != self.phase:
+            self.phase = phase
+            click.echo(f"proof: {phase} ({self.done}/{self.steps or '?'} timed requests done)", err=True)
 
 
 def register(cli: click.Group) -> None:
