@@ -243,6 +243,9 @@ def pull_gguf(ref: HubRef, *, root: Path | None = None, endpoint: str | None = N
         except InvalidRequest as exc:
             raise PullError(exc.message) from None
         ref = HubRef(repo=ref.repo, file=file, quant=ref.quant, revision=ref.revision, alias=ref.alias)
+    dest = root / ref.repo / file
+    if ".." in Path(ref.repo, file).parts or not dest.resolve().is_relative_to(root.resolve()):
+        raise PullError(f"refusing {ref.repo}/{file}: the name would leave the pull cache {root}")
     url = hf_hub_url(ref.repo, file, revision=ref.revision, endpoint=endpoint)
     try:
         meta = get_hf_file_metadata(url, token=token, endpoint=endpoint)
@@ -254,7 +257,6 @@ def pull_gguf(ref: HubRef, *, root: Path | None = None, endpoint: str | None = N
     kind, expected = _expected_digest(meta.etag, lfs_oids.get(file), url)
     digest = f"{kind}:{expected}"
     size = meta.size
-    dest = root / ref.repo / file
     manifest = PullManifest(name=served_name(ref.repo, file), repo=ref.repo, file=file, revision=meta.commit_hash,
                             digest=digest, size=size or 0, quant=quant_of(file), alias=ref.alias,
                             pulled_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"))

@@ -142,6 +142,13 @@ def test_a_regular_file_is_checked_against_its_git_blob_id(hub: FakeHub) -> None
     assert hub.downloads() == [] and [r.method for r in hub.requests] == ["HEAD", "GET"]
 
 
+def test_a_file_name_cannot_leave_the_pull_cache(hub: FakeHub) -> None:
+    hub.add_repo("owner/evil", {"../../../escaped.gguf": b"GGUF"})
+    with pytest.raises(PullError, match="would leave the pull cache"):
+        _pull(hub, "owner/evil", file="../../../escaped.gguf")
+    assert not (pull_dir().parent / "escaped.gguf").exists()
+
+
 @pytest.mark.parametrize(("model", "kw", "message"), [
     ("nobody/nothing", {}, "no repository nobody/nothing"),
     (REPO, {"quant": "Q2_K"}, "no Q2_K file; quants there: Q4_K_M, Q8_0"),
