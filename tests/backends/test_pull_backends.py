@@ -76,6 +76,16 @@ def test_unfinished_or_altered_files_are_not_served(hub: FakeHub) -> None:
     assert pulled_models() == [] and find_pulled(f"hf.co/{REPO}:Q4_K_M") is None
 
 
+def test_two_files_of_one_quant_get_distinct_names(hub: FakeHub) -> None:
+    hub.add_repo("owner/two-GGUF", {"a-Q4_K_M.gguf": b"GGUF-a", "b-Q4_K_M.gguf": b"GGUF-bb"})
+    for name in ("a-Q4_K_M.gguf", "b-Q4_K_M.gguf"):
+        pull_gguf(parse_ref("owner/two-GGUF", file=name), endpoint=hub.url, token=False)
+    names = {m.name: Path(m.path).name for m in pulled_models()}
+    assert names == {"hf.co/owner/two-GGUF:Q4_K_M": "a-Q4_K_M.gguf", "hf.co/owner/two-GGUF:b-Q4_K_M": "b-Q4_K_M.gguf"}
+    found = find_pulled("owner/two-GGUF:b-Q4_K_M")
+    assert found is not None and found.path.endswith("b-Q4_K_M.gguf")
+
+
 # -- Ollama: /api/pull -----------------------------------------------------------------------------------------
 
 

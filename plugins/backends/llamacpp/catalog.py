@@ -39,17 +39,26 @@ class PulledModel:
 
 
 def pulled_models(root: Path | None = None) -> list[PulledModel]:
-    """Every finished pull under ``root`` (default: the pull cache), sorted by name."""
+    """Every finished pull under ``root`` (default: the pull cache), sorted by name.
+
+    Two files of one repository with the same quant (``--file`` pulls both) would share a name: the second
+    in path order is served as ``hf.co/OWNER/REPO:FILE-STEM`` instead.
+    """
     root = root or pull_dir()
     if not root.is_dir():
         return []
     out: list[PulledModel] = []
-    for sidecar in root.rglob("*.gguf" + MANIFEST_SUFFIX):
+    taken: set[str] = set()
+    for sidecar in sorted(root.rglob("*.gguf" + MANIFEST_SUFFIX)):
         with contextlib.suppress(OSError, ValueError):
             manifest = PullManifest.model_validate_json(sidecar.read_text(encoding="utf-8"))
             path = sidecar.with_name(sidecar.name.removesuffix(MANIFEST_SUFFIX))
             if not path.is_file() or path.stat().st_size != manifest.size:
                 continue  # deleted or replaced by hand: not what was verified
+            if manifest.name.lower() in taken:
+                stem = manifest.file.rsplit("/", 1)[-1].removesuffix(".gguf")
+                manifest = manifest.model_copy(update={"name": f"hf.co/{manifest.repo}:{stem}"})
+            taken.add(manifest.name.lower())
             short = manifest.name.removeprefix("hf.co/")
             aliases = tuple(a for a in (short, manifest.alias) if a and a != manifest.name)
             out.append(PulledModel(name=manifest.name, aliases=aliases, path=str(path), manifest=manifest))
