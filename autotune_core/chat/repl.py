@@ -45,11 +45,13 @@ class ChatApp:
     conv: Conversation = field(default_factory=Conversation)
     backend: str = ""
     running: bool = True
+    #: where notes, banner and status lines go (stderr for a one-shot prompt, so stdout is only the answer)
+    info: Console | None = None
 
     # -- output -----------------------------------------------------------------------------------------
 
     def say(self, text: str, style: str = "dim") -> None:
-        self.console.print(escape(text), style=style, soft_wrap=True)
+        (self.info or self.console).print(escape(text), style=style, soft_wrap=True)
 
     async def banner(self) -> None:
         self.backend = await self.engine.backend_of(self.model)
@@ -184,14 +186,17 @@ def _reader(app: ChatApp) -> Callable[[], Awaitable[str]]:
     return read_pipe
 
 
-async def run_chat(app: ChatApp) -> None:
-    """The loop; the engine is started and closed here."""
+async def run_chat(app: ChatApp, prompt: str | None = None) -> None:
+    """The loop (or one answer to ``prompt``, as ``ollama run MODEL PROMPT``); the engine is started and closed here."""
     await app.engine.start()
     try:
         if not app.model:
             app.model = await app.engine.default_model()
         app.conv.model = app.conv.model or app.model
         await app.banner()
+        if prompt is not None:
+            await app.ask(prompt)
+            return
         read = _reader(app)
         while app.running:
             try:

@@ -17,7 +17,8 @@ WORRYING = ("MARGINAL", "SWAP_RISK", "OOM")
 
 
 def _start_chat(model: str | None, profile: str | None, system: str | None, no_swap: bool, url: str | None,
-                resume: str | None, max_tokens: int | None, plain: bool, api_key: str | None) -> None:
+                resume: str | None, max_tokens: int | None, plain: bool, api_key: str | None,
+                prompt: str | None = None) -> None:
     from ..chat.engine import ChatEngine, LocalEngine, RemoteEngine
     from ..chat.history import ChatStore
     from ..chat.render import make_console
@@ -42,6 +43,10 @@ def _start_chat(model: str | None, profile: str | None, system: str | None, no_s
         engine = LocalEngine(host)
     app = ChatApp(engine=engine, console=make_console(), model=model or "", profile=profile, system=system,
                   max_tokens=max_tokens, markdown=not plain, store=store)
+    if prompt is not None:  # one answer: only the answer on stdout, the rest on stderr
+        from rich.console import Console
+
+        app.info = Console(stderr=True, highlight=False)
     if conv is not None:
         app.resume(conv)
         if model:
@@ -50,7 +55,7 @@ def _start_chat(model: str | None, profile: str | None, system: str | None, no_s
             app.system = system
     else:
         app.new_conversation()
-    asyncio.run(run_chat(app))
+    asyncio.run(run_chat(app, prompt))
 
 
 def _require_noswap(host: Any) -> None:
@@ -107,11 +112,15 @@ def register(cli: click.Group) -> None:
 
     @cli.command("run")
     @click.argument("model")
+    @click.argument("prompt", required=False)
     @click.option("--yes", "-y", is_flag=True, help="Start even when the fit check warns.")
     @_chat_options
-    def run_command(model: str, yes: bool, profile: str | None, system: str | None, no_swap: bool, url: str | None,
-                    api_key: str | None, resume: str | None, max_tokens: int | None, plain: bool) -> None:
-        """Check that MODEL fits this machine, warn with a lighter option if it is tight, then chat."""
+    def run_command(model: str, prompt: str | None, yes: bool, profile: str | None, system: str | None,
+                    no_swap: bool, url: str | None, api_key: str | None, resume: str | None, max_tokens: int | None,
+                    plain: bool) -> None:
+        """Check that MODEL fits this machine, warn with a lighter option if it is tight, then chat.
+
+        With PROMPT, answer it once and exit (the answer on stdout, the rest on stderr), as `ollama run` does."""
         if url is None:
             try:
                 backend, fit, advice = run(_fit(model, profile))
@@ -121,17 +130,19 @@ def register(cli: click.Group) -> None:
 
             reset_host()  # the chat gets a fresh host (the probe's backends are closed)
             if fit is None:
-                click.echo(f"fit: not assessed for {model} on {backend} (model-fit plugin off, or already loaded)")
+                click.echo(f"fit: not assessed for {model} on {backend} (model-fit plugin off, or already loaded)",
+                           err=prompt is not None)
             else:
-                click.echo(f"fit: {fit['summary']}")
+                click.echo(f"fit: {fit['summary']}", err=prompt is not None)
                 if fit["verdict"] in WORRYING:
                     click.secho(f"warning: {model} is {fit['verdict']} on this machine", fg="yellow", err=True)
                     for line in advice:
                         click.secho(f"  {line}", fg="yellow", err=True)
-                    if not yes and not click.confirm("start the chat anyway?", default=fit["verdict"] == "MARGINAL",
-                                                     err=True):
+                    ask = not yes and prompt is None  # a one-shot prompt warns and goes on
+                    if ask and not click.confirm("start the chat anyway?", default=fit["verdict"] == "MARGINAL",
+                                                 err=True):
                         raise click.exceptions.Exit(1)
-        _start_chat(model, profile, system, no_swap, url, resume, max_tokens, plain, api_key)
+        _start_chat(model, profile, system, no_swap, url, resume, max_tokens, plain, api_key, prompt)
 
     @cli.command("unload")
     @click.argument("model", required=False)

@@ -245,3 +245,11 @@ def test_unload_frees_loaded_models(cli: Any, fake_ollama: Any) -> None:
     assert result.exit_code == 0 and "unloaded gemma3:270m from ollama" in result.output
     assert fake_ollama.loaded_context("gemma3:270m") is None and fake_ollama.unloads == 1
     assert "nothing unloaded" in CliRunner().invoke(cli, ["unload"]).output
+
+
+def test_run_with_a_prompt_answers_once_on_stdout(cli: Any, fake_ollama: Any) -> None:
+    fake_ollama.response_text = "Hello there."
+    result = CliRunner().invoke(cli, ["run", "llama3.2:1b", "Say hi", "--plain"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "Hello there."  # only the answer: pipeable, as `ollama run MODEL PROMPT`
+    assert "TTFT" in result.stderr and "fit: SAFE" in result.stderr
