@@ -37,6 +37,13 @@ MODEL_INFO_TTL = 300.0
 EXACT_COUNT_FROM_TOKENS = 512
 
 
+class _Missing:
+    """Marks "look it up" (None is a real answer: the backend could not tell)."""
+
+
+_MISSING = _Missing()
+
+
 @dataclass
 class Prepared:
     """A planned request, ready to send."""
@@ -47,8 +54,8 @@ class Prepared:
     backend: Backend
     skip: frozenset[str]
     planning_ms: float
-    #: of planning_ms, the time spent asking the backend to count tokens (upstream time, not overhead)
-    tokenize_ms: float = 0.0
+    #: of planning_ms, the time spent waiting on the backend (model info, token counts): upstream, not overhead
+    upstream_ms: float = 0.0
 
 
 def worth_counting(caps: Capabilities, estimate: int) -> bool:
@@ -98,16 +105,27 @@ class Pipeline:
         return request.profile or (override.profile if override and override.profile else None) or \
             self.host.config.profile
 
-    async def prepare(self, request: ChatRequest) -> Prepared:
+    async def resolve(self, request: ChatRequest) -> tuple[ChatRequest, Backend]:
+        """Which backend serves the request, and the request under the model name that backend knows."""
         backend, upstream_model = await self.resolver.resolve(request.model)
         if upstream_model != request.model:
             request = request.model_copy(update={"model": upstream_model})
-        info = await self.model_info(backend, upstream_model)
-        return await self.plan(request, backend, info)
+        return request, backend
 
-    async def plan(self, request: ChatRequest, backend: Backend, info: ModelInfo | None) -> Prepared:
-        """Run the hooks for an already resolved request (also used by ``autotune plan``)."""
+    async def prepare(self, request: ChatRequest) -> Prepared:
+        """Resolve and plan: what a library user calls before :meth:`run` or :meth:`stream`."""
+        request, backend = await self.resolve(request)
+        return await self.plan(request, backend)
+
+    async def plan(self, request: ChatRequest, backend: Backend, info: ModelInfo | _Missing | None = _MISSING
+                   ) -> Prepared:
+        """Run the request hooks for a resolved request (the server, ``autotune plan`` and the library all come
+        here). The model's architecture is looked up (cached) unless given."""
         started = time.perf_counter()
+        info_ms = 0.0
+        if isinstance(info, _Missing):
+            info = await self.model_info(backend, request.model)
+            info_ms = (time.perf_counter() - started) * 1000
         profile = get_profile(self.profile_for(request))
         caps = backend.capabilities()
         plan = Plan(model=request.model, backend=backend.name, profile=profile.name,
@@ -134,7 +152,7 @@ class Pipeline:
         self._check_fit(plan)
         reconcile_plan(plan, caps, backend=backend.name)
         return Prepared(request=request, plan=plan, ctx=ctx, backend=backend, skip=skip,
-                        planning_ms=(time.perf_counter() - started) * 1000, tokenize_ms=tokenize_ms)
+                        planning_ms=(time.perf_counter() - started) * 1000, upstream_ms=tokenize_ms + info_ms)
 
     def pin(self, plan: Plan, request: ChatRequest) -> None:
         """Fix the knobs the client (or the model's config) set, before any hook runs (precedence.py)."""
@@ -172,8 +190,9 @@ class Pipeline:
                                                  f"the prompt ({plan.prompt_tokens}); output capped, prompt kept",
                      safety=True)
 
-    async def run(self, prepared: Prepared) -> ChatResult:
-        """Send a non-streaming request and run post_response."""
+    async def run(self, prepared: Prepared, *, finish: bool = True) -> ChatResult:
+        """Send a non-streaming request and run post_response (``finish=False``: the caller runs
+        :meth:`finish` itself, e.g. after the answer went out; on failure it always runs here)."""
         started = time.perf_counter()
         try:
             result = await prepared.backend.chat(prepared.request, prepared.plan)
@@ -188,7 +207,8 @@ class Pipeline:
         if result.timings.total_ms is None:
             result.timings.total_ms = (time.perf_counter() - started) * 1000
         result.warnings = list(prepared.plan.warnings)
-        await self.finish(prepared, result)
+        if finish:
+            await self.finish(prepared, result)
         return result
 
     async def stream(self, prepared: Prepared) -> AsyncIterator[StreamChunk]:

@@ -65,7 +65,7 @@ async def _plan(model: str, request: ChatRequest, backend_name: str | None) -> d
         raise click.ClickException(f"no backend named {backend_name!r}; registered: "
                                    f"{', '.join(sorted(host.backend_classes)) or 'none'}")
     try:
-        backend, upstream = await pipeline.resolver.resolve(target)
+        request, backend = await pipeline.resolve(request.model_copy(update={"model": target}))
     except ModelNotFound as exc:
         raise click.ClickException(f"{exc.message}. `autotune plan` needs a reachable backend serving the model: "
                                    "start one, or name it with --backend") from None
@@ -73,9 +73,8 @@ async def _plan(model: str, request: ChatRequest, backend_name: str | None) -> d
         availability = await backend.available()
         if not availability.ok:
             raise click.ClickException(f"backend {backend_name!r} is not reachable: {availability.reason}")
-    request = request.model_copy(update={"model": upstream})
-    info = await pipeline.model_info(backend, upstream)
-    prepared = await pipeline.plan(request, backend, info)
+    prepared = await pipeline.plan(request, backend)  # the same lifecycle the server runs, without the send
+    info = prepared.ctx.model
     try:
         wire = backend.wire_options(prepared.plan, prepared.request)
     except Exception as exc:  # a backend bug must not hide the plan

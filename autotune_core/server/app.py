@@ -22,7 +22,7 @@ from ..plugin_report import plugins_report
 from . import ollama_door, openai_door
 from .auth import ApiKeyMiddleware
 from .errors import NotFoundRoute, classify, door_for_path, error_body, error_headers
-from .flow import json_response
+from .exchange import json_response
 from .guard import guard_middleware
 from .state import ServerState
 

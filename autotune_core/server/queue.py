@@ -50,6 +50,52 @@ class Ticket:
         self.settled = False
 
 
+class Slot:
+    """One request's claim on the queue: a place in line until granted, then a held slot. :meth:`release`
+    gives back whichever it is, once: calling it again (from every way out of a request) does nothing."""
+
+    __slots__ = ("closed", "held_since", "queue", "ticket")
+
+    def __init__(self, queue: FairQueue, ticket: Ticket | None) -> None:
+        self.queue = queue
+        self.ticket = ticket
+        self.held_since: float | None = time.perf_counter() if ticket is None else None
+        self.closed = False
+
+    @property
+    def held(self) -> bool:
+        return self.held_since is not None
+
+    def poll(self) -> bool:
+        """Whether the slot is held now (takes it if it was just handed over)."""
+        if self.held_since is None and self.ticket is not None and self.queue.granted(self.ticket):
+            self.held_since = time.perf_counter()
+        return self.held
+
+    async def wait(self) -> None:
+        """Wait in line for the slot (429 ``queue_timeout`` after the queue's timeout)."""
+        if self.ticket is not None and self.held_since is None:
+            await self.queue.wait(self.ticket)
+            self.held_since = time.perf_counter()
+
+    @property
+    def waited_s(self) -> float:
+        """Seconds spent in line (0 for a request that got a slot at once)."""
+        if self.ticket is None or self.held_since is None:
+            return 0.0
+        return self.held_since - self.ticket.enqueued
+
+    def release(self) -> None:
+        """Free the slot (or leave the line); idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.held_since is not None:
+            self.queue.release(time.perf_counter() - self.held_since)
+        elif self.ticket is not None:
+            self.queue.abandon(self.ticket)
+
+
 class FairQueue:
     """FIFO admission with bounded concurrency, a bounded line and a wait timeout."""
 
@@ -101,6 +147,10 @@ class FairQueue:
         """A rough estimate of when a slot is likely free: the line ahead times the mean service time."""
         ahead = self._waiting + 1
         return min(60.0, max(1.0, math.ceil(self._service_s * ahead / self.limit)))
+
+    def take(self) -> Slot:
+        """A :class:`Slot`: held at once when one is free, else a place in line; 429 when the line is full."""
+        return Slot(self, self.admit())
 
     def admit(self) -> Ticket | None:
         """Take a slot now (None) or a place in line (a Ticket); raise 429 when the line is full."""
