@@ -219,10 +219,24 @@ class LocalEngine:
         if self.last_prepared is not None:
             backend = self.last_prepared.backend
             data[f"{backend.name} reloads (this session)"] = backend.reloads
+        hooks = getattr(self.host, "hooks", None)  # each plugin's own status report (plugin_status hook)
+        if hooks is not None:
+            with contextlib.suppress(Exception):
+                for name, status in hooks.plugin_status().items():
+                    data[f"plugin {name}"] = _compact(status)
         pressure = self.host.pressure
         if pressure is not None:
             data["pressure"] = getattr(pressure, "tier", str(pressure))
         return data
+
+
+def _compact(status: Any, width: int = 160) -> str:
+    """A plugin status on one line: its scalar fields only."""
+    if isinstance(status, dict):
+        text = ", ".join(f"{k}={v}" for k, v in status.items() if isinstance(v, str | int | float | bool | None))
+    else:
+        text = str(status)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _session_metrics(history: list[TurnStats]) -> dict[str, Any]:

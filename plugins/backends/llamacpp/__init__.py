@@ -11,6 +11,7 @@ goes back to the OS. Closing a stream cancels: the worker stops at its next toke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
@@ -39,6 +40,7 @@ from autotune_core.messages import (
 from autotune_core.modelinfo import KV_BYTES_PER_ELEMENT, ModelInfo
 from autotune_core.plan import Plan
 
+from . import buildcheck
 from .catalog import BASE_NOTE, find_pulled, pulled_models
 from .engine import UNQUANTIZED, LoadParams, model_info_from, physical_cores
 from .supervisor import Supervisor
@@ -218,6 +220,41 @@ class LlamaCppBackend(Backend):
 
     async def version(self) -> str | None:
         return _llama_version()
+
+    def _probe_model(self) -> str | None:
+        """The smallest model to probe the build with: the bundled Gemma, else a small configured GGUF."""
+        if self._bundled_available():
+            return gemma_path()
+        sizes = []
+        for path in self.aliases().values():
+            with contextlib.suppress(OSError):
+                sizes.append((Path(path).stat().st_size, path))
+        small = [item for item in sorted(sizes) if item[0] <= buildcheck.PROBE_MAX_BYTES]
+        return small[0][1] if small else None
+
+    def _probe_build(self, *, fresh: bool = False) -> buildcheck.Verdict | None:
+        """Run (or recall) the one-token probe; a broken build takes the backend down with the fix."""
+        path = self._probe_model() if _llama_version() is not None else None
+        if path is None:
+            return None
+        threads = self.config.n_threads or physical_cores()
+        verdict = buildcheck.probe(path, n_threads=threads) if fresh else \
+            buildcheck.cached_probe(path, n_threads=threads)
+        if verdict.conclusive and not verdict.ok:
+            self.engine.crashes.down = f"refused: this llama-cpp-python build does not run here; {verdict.detail}"
+        return verdict
+
+    async def refresh(self) -> None:
+        """At start-up: refuse a build that cannot run on this CPU before a request meets it (once per build;
+        if the server's start-up budget cuts this short, the probe still finishes and takes effect)."""
+        await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, self._probe_build))
+
+    async def self_test(self) -> Availability | None:
+        """For ``autotune doctor``: one token from the engine in a throwaway process, every time."""
+        verdict = await asyncio.to_thread(self._probe_build, fresh=True)
+        if verdict is None:
+            return None
+        return Availability(ok=verdict.ok, reason=verdict.detail, version=_llama_version())
 
     async def list_models(self) -> list[ModelEntry]:
         out = []

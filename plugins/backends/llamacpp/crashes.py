@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from autotune_core.errors import BackendCrashed
 
 REINSTALL = 'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --force-reinstall --no-cache-dir llama-cpp-python'
-_FAULTS = frozenset({"SIGILL", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGABRT"})
+FAULTS = frozenset({"SIGILL", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGABRT"})
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,11 @@ def describe(returncode: int | None, *, before_first_token: bool, killed: str | 
     if killed:
         text = f"the llama.cpp worker {killed}; autotune killed it, and the next request starts a fresh one"
         return Crash("SIGKILL", text, before_first_token, time.time())
-    if name in _FAULTS and before_first_token:
+    if name in FAULTS and before_first_token:
         text = (f"the llama.cpp worker crashed with {name} before its first token: llama-cpp-python was probably "
                 "built for CPU instructions this machine does not run (a native build on a VM that advertises "
                 f"AVX-512/AMX). Reinstall a portable build: {REINSTALL}")
-    elif name in _FAULTS:
+    elif name in FAULTS:
         text = (f"the llama.cpp worker crashed with {name} in the middle of an answer (a bug in llama.cpp or in "
                 f"this model file); the next request starts a fresh worker. If it keeps happening: {REINSTALL}")
     elif name == "SIGKILL":

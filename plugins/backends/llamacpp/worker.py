@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from .protocol import ProtocolError, json_frame, read_frame, token_frame
-from .runner import Runner, error_event
+from .runner import Runner, error_event, test_crash
 
 
 class SocketEmit:
@@ -131,11 +131,28 @@ class Worker:
             self.emit.event(error_event(request_id, exc))
 
 
+def probe(path: str, config: dict[str, Any]) -> None:
+    """One token from ``path``: a build compiled for instructions this CPU lacks dies here, not in the server."""
+    from .engine import import_llama
+
+    test_crash("at_load")
+    llm = import_llama().Llama(model_path=path, n_ctx=256, n_batch=64, n_threads=int(config.get("n_threads") or 1),
+                               n_gpu_layers=0, verbose=False)
+    llm.create_completion("1, 2, 3,", max_tokens=1, temperature=0.0)
+    print(json.dumps({"ok": True}))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--fd", type=int)
     parser.add_argument("--config", default="{}")
+    parser.add_argument("--probe", metavar="GGUF", help="load this model, generate one token, exit 0")
     args = parser.parse_args(argv)
+    if args.probe:
+        probe(args.probe, json.loads(args.config))
+        return
+    if args.fd is None:
+        parser.error("--fd is required")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the server's terminal is the server's to handle
     sock = socket.socket(fileno=args.fd)
     sock.setblocking(True)
