@@ -204,5 +204,9 @@ def headline(findings: list[ScenarioFindings]) -> list[str]:
             lines.append(f"{finding.title}: {finding.skipped}")
             continue
         parts = [f"{r.metric} {r.text()}" for r in finding.ratios.get("plain", []) if r.ratio is not None]
-        lines.append(f"{finding.title}: " + ("; ".join(parts) if parts else "no paired samples"))
+        if not parts:
+            failed = [s.arm for s in finding.arms.values() if s.requests and s.errors == s.requests]
+            why = f"every request failed in: {', '.join(failed)}" if failed else "no paired samples"
+            parts = [why]
+        lines.append(f"{finding.title}: " + "; ".join(parts))
     return lines
