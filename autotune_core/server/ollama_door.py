@@ -6,10 +6,8 @@ So the ``ollama`` SDK, Open WebUI or Continue pointed at autotune work unchanged
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,15 +15,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..messages import ChatRequest, ModelEntry
-from ..modelinfo import ModelInfo
+from ..messages import ChatRequest
+from . import ollama_models as models
 from . import ollama_wire as wire
 from .errors import SchemaError
 from .flow import Dialect, Encoder, error_response, handle, in_slot, ok, read_json
 from .state import ServerState
 
-#: reported by /api/version when no Ollama upstream tells us its own (clients gate features on it)
-OLLAMA_COMPAT_VERSION = "0.30.0"
+OLLAMA_COMPAT_VERSION = models.OLLAMA_COMPAT_VERSION
 
 
 def _chat_encoder(request: ChatRequest) -> Encoder:
@@ -40,116 +37,20 @@ CHAT = Dialect("ollama", "/api/chat", wire.chat_request, wire.chat_response, _ch
 GENERATE = Dialect("ollama", "/api/generate", wire.generate_request, wire.generate_response, _generate_encoder)
 
 
-def _param_size(count: int | None) -> str:
-    if not count:
-        return ""
-    if count >= 1_000_000_000:
-        return f"{count / 1e9:.1f}B"
-    return f"{count / 1e6:.0f}M"
-
-
-def _details(entry: ModelEntry | None, info: ModelInfo | None = None) -> dict[str, Any]:
-    family = (entry.family if entry else None) or (info.family if info else None) or \
-        (info.architecture if info and info.architecture != "unknown" else "")
-    return {"parent_model": "", "format": "gguf", "family": family or "", "families": [family] if family else None,
-            "parameter_size": (entry.parameter_size if entry else None) or _param_size(
-                info.parameter_count if info else None),
-            "quantization_level": (entry.quantization if entry else None) or (info.quantization if info else "") or ""}
-
-
-def _digest(entry: ModelEntry) -> str:
-    return entry.digest or hashlib.sha256(f"{entry.backend}/{entry.name}".encode()).hexdigest()
-
-
-def _note_line(entry: ModelEntry | None) -> str:
-    """A modelfile comment with what the backend says users should know (e.g. "base model, not for chat")."""
-    return f"# note: {entry.note}\n" if entry is not None and entry.note else ""
-
-
 def routes(state: ServerState) -> list[Route]:
     started_iso = datetime.fromtimestamp(state.started_at, UTC).isoformat().replace("+00:00", "Z")
+
+    def metadata(endpoint: Callable[[ServerState, str, Request], Awaitable[Response]]) -> Callable[..., Any]:
+        async def serve(request: Request) -> Response:
+            return await endpoint(state, started_iso, request)
+
+        return serve
 
     async def chat(request: Request) -> Response:
         return await handle(state, request, CHAT)
 
     async def generate(request: Request) -> Response:
         return await handle(state, request, GENERATE)
-
-    async def tags(request: Request) -> Response:
-        entries = await state.pipeline.resolver.all_models()
-        models = []
-        seen: set[str] = set()
-        for entry in entries:
-            if entry.name in seen:
-                continue
-            seen.add(entry.name)
-            if entry.upstream is not None:  # an Ollama's own entry: every field, verbatim
-                models.append({**entry.upstream, "autotune": {"backend": entry.backend}})
-                continue
-            models.append({"name": entry.name, "model": entry.name, "modified_at": entry.modified_at or started_iso,
-                           "size": entry.size_bytes or 0, "digest": _digest(entry), "details": _details(entry),
-                           "autotune": {"backend": entry.backend}})
-        return ok(state, "ollama", "/api/tags", {"models": models})
-
-    async def show(request: Request) -> Response:
-        try:
-            body = wire.validate(wire.ModelNameBody, await read_json(request, state.config.max_body_bytes))
-            name = body.target()
-            backend, upstream = await state.resolve(name)
-            native = await backend.native_show(upstream, verbose=bool((body.model_extra or {}).get("verbose")))
-            if native is not None:  # an Ollama behind us: its own answer, every field, plus ours under "autotune"
-                return ok(state, "ollama", "/api/show", {**native, "autotune": {"backend": backend.name,
-                                                                                "model": upstream}})
-            info = await state.pipeline.model_info(backend, upstream)
-        except Exception as exc:
-            return error_response(state, "ollama", "/api/show", exc)
-        entry = next((e for e in await state.pipeline.resolver.models_of(backend.name) if e.name == upstream), None)
-        model_info: dict[str, Any] = {}
-        capabilities = ["completion"]
-        if info is not None:
-            arch = info.architecture
-            known = {"general.parameter_count": info.parameter_count, f"{arch}.block_count": info.block_count,
-                     f"{arch}.context_length": info.context_length, f"{arch}.embedding_length": info.embedding_length,
-                     f"{arch}.attention.head_count": info.head_count,
-                     f"{arch}.attention.head_count_kv": info.head_count_kv,
-                     f"{arch}.attention.sliding_window": info.sliding_window}
-            # what the backend could not tell is left out, never reported as 0 (clients size things from these)
-            model_info = {"general.architecture": arch, **{key: value for key, value in known.items() if value}}
-            capabilities = list(info.capabilities) or capabilities
-        return ok(state, "ollama", "/api/show", {
-            "modelfile": f"# served by autotune via the {backend.name} backend\n{_note_line(entry)}FROM {upstream}\n",
-            "parameters": "", "template": "", "details": _details(entry, info), "model_info": model_info,
-            "capabilities": capabilities, "modified_at": (entry.modified_at if entry else None) or started_iso,
-            "autotune": {"backend": backend.name, "model": upstream}})
-
-    async def ps(request: Request) -> Response:
-        models: list[dict[str, Any]] = []
-        for name in state.pipeline.resolver.candidates():
-            if name not in state.backends_used and not (state.status.get(name) and state.status[name].ok):
-                continue
-            with contextlib.suppress(Exception):
-                loaded_models = await asyncio.wait_for(state.host.backend(name).loaded_models(), 3.0)
-                listed = {entry.name: entry for entry in await state.pipeline.resolver.models_of(name)}
-                for loaded in loaded_models:
-                    if loaded.upstream is not None:  # an Ollama's own entry, verbatim
-                        models.append({**loaded.upstream, "autotune": {"backend": name}})
-                        continue
-                    entry = listed.get(loaded.name)
-                    models.append({"name": loaded.name, "model": loaded.name, "size": loaded.size_bytes or 0,
-                                   "size_vram": loaded.size_vram_bytes or 0,
-                                   "digest": _digest(entry or ModelEntry(name=loaded.name, backend=name)),
-                                   "details": _details(entry), "expires_at": loaded.expires_at or started_iso,
-                                   "context_length": loaded.context_length, "autotune": {"backend": name}})
-        return ok(state, "ollama", "/api/ps", {"models": models})
-
-    async def version(request: Request) -> Response:
-        found = OLLAMA_COMPAT_VERSION
-        status = state.status.get("ollama")
-        if status is not None and status.ok and status.version:
-            found = status.version
-        from .. import __version__
-
-        return ok(state, "ollama", "/api/version", {"version": found, "autotune": __version__})
 
     async def embed(request: Request) -> Response:
         endpoint = "/api/embed"
@@ -181,10 +82,10 @@ def routes(state: ServerState) -> list[Route]:
     return [
         Route("/api/chat", chat, methods=["POST"]),
         Route("/api/generate", generate, methods=["POST"]),
-        Route("/api/tags", tags, methods=["GET"]),
-        Route("/api/show", show, methods=["POST"]),
-        Route("/api/ps", ps, methods=["GET"]),
-        Route("/api/version", version, methods=["GET"]),
+        Route("/api/tags", metadata(models.tags), methods=["GET"]),
+        Route("/api/show", metadata(models.show), methods=["POST"]),
+        Route("/api/ps", metadata(models.ps), methods=["GET"]),
+        Route("/api/version", metadata(models.version), methods=["GET"]),
         Route("/api/embed", embed, methods=["POST"]),
         Route("/api/embeddings", embeddings, methods=["POST"]),
     ]
