@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, Field
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from .messages import Message
 from .precedence import Pin, lowers
@@ -26,6 +27,55 @@ class TraceEntry(BaseModel):
 
     def compact(self) -> str:
         return f"{self.plugin}:{self.knob}={self.new}"
+
+
+class Truncation(TypedDict):
+    """The backend processed fewer prompt tokens than the prompt has (prefix-protect's check)."""
+
+    expected: int
+    reported: int
+    exact: bool
+    num_ctx: int | None
+    backend: str
+
+
+class OutputCap(TypedDict):
+    """An explicit max_tokens larger than the room the context leaves (capped by the core, with a warning)."""
+
+    requested: int
+    room: int
+
+
+class Compression(TypedDict):
+    """What the context-compressor did to the history."""
+
+    tier: str
+    saved_tokens: int
+    budget: int
+    history_tokens: int
+    fits: bool
+
+
+class ArchetypeFlag(TypedDict):
+    """The hardware archetype's values that have no Plan field (ubatch, threads, GPU layers, build), by key."""
+
+    id: str
+    params: dict[str, Any]
+    origins: dict[str, str]
+
+
+class PlanFlags(TypedDict, total=False):
+    """Facts plugins raise for the server, ``autotune chat`` and metrics. Typed for the ones the core knows;
+    a third-party plugin puts its own under ``plugin`` (keyed by its name) rather than inventing keys."""
+
+    truncated: Truncation
+    output_capped: OutputCap
+    swap_risk: bool
+    #: "loaded->new": a request that changed a loaded model's context (a reload)
+    ctx_resize: str
+    compression: Compression
+    archetype: ArchetypeFlag
+    plugin: dict[str, Any]
 
 
 class Plan(BaseModel):
@@ -54,8 +104,8 @@ class Plan(BaseModel):
     applied: dict[str, str] = Field(default_factory=dict)
     advice: list[str] = Field(default_factory=list)
     trace: list[TraceEntry] = Field(default_factory=list)
-    #: free-form flags plugins raise for the server to expose (e.g. "truncated": True)
-    flags: dict[str, Any] = Field(default_factory=dict)
+    #: facts plugins raise for the server to expose (see :class:`PlanFlags`)
+    flags: PlanFlags = Field(default_factory=lambda: PlanFlags())
     #: allow a load that pre-flight says will not fit
     force: bool = False
     #: knobs fixed before planning (the client's explicit values, the model's config): see precedence.py
