@@ -23,9 +23,8 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from . import gpu_parts
 from .errors import ConfigError
-from .hardware import HardwareSnapshot
+from .hardware import HardwareSnapshot, gpu_parts
 
 SCHEMA_VERSION = 1
 T = TypeVar("T")

@@ -425,7 +425,7 @@ class PluginHost:
     @property
     def hardware(self) -> HardwareSnapshot:
         if self._hardware is None:
-            from .hardware_detect import detect_hardware
+            from .hardware.detect import detect_hardware
 
             self._hardware = detect_hardware()
         return self._hardware

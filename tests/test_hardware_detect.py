@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from autotune_core.hardware import GiB, HardwareSnapshot
-from autotune_core.hardware_detect import (
+from autotune_core.hardware.detect import (
     ROCM_SMI_ARGV,
     detect_hardware,
     gfx_from_target_version,

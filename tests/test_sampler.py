@@ -12,7 +12,7 @@ from typing import cast
 import pytest
 
 from autotune_core.hardware import Pressure, PressureTier
-from autotune_core.sampler import (
+from autotune_core.hardware.sampler import (
     DEFAULT_INTERVAL_S,
     DOWNGRADE_AFTER_S,
     MB,
@@ -294,7 +294,7 @@ async def test_exceptions_never_kill_the_loop(caplog: pytest.LogCaptureFixture) 
         raise ValueError("plugin bug")
 
     sampler = PressureSampler(bad_callback, interval=0.002, reader=flaky)
-    with caplog.at_level(logging.DEBUG, logger="autotune_core.sampler"):
+    with caplog.at_level(logging.DEBUG, logger="autotune_core.hardware.sampler"):
         sampler.start()
         try:
             await wait_until(lambda: calls >= 12 and seen == ["high"])

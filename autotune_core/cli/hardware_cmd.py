@@ -19,7 +19,7 @@ APPLY_PLUGIN = "auto-tune"
 
 def _snapshot_rows(snapshot: HardwareSnapshot) -> list[tuple[str, str]]:
     try:
-        from ..hardware_detect import snapshot_to_table
+        from ..hardware.detect import snapshot_to_table
     except ImportError:  # detection module absent: a minimal summary
         return [("OS", snapshot.os), ("CPU", snapshot.cpu.brand), ("RAM bytes", str(snapshot.ram_total_bytes))] + [
             ("GPU", f"{g.name} ({g.vendor})") for g in snapshot.gpus]

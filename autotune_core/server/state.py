@@ -149,7 +149,7 @@ class ServerState:
 
     def _start_sampler(self) -> None:
         try:
-            from ..sampler import PressureSampler
+            from ..hardware.sampler import PressureSampler
 
             self.sampler = PressureSampler(interval=0.25, on_change=self.on_pressure)
             self.sampler.start()

@@ -1,6 +1,6 @@
 """Converters between our profile sets and the Lemonade Auto-Tune working group's profile shape.
 
-Lemonade keys an archetype to recipe options (research/backend-knobs.md §7.2, §7.6), e.g.::
+Lemonade keys an archetype to recipe options (docs/backend-facts.md#lemonade), e.g.::
 
     {"strix-halo-128gb": {"llamacpp_backend": "vulkan", "llamacpp_args": "-b 2048 -ub 1024",
                           "ctx_size": 32768, "vllm_args": "--max-num-seqs 8"}}
@@ -16,8 +16,8 @@ import re
 import shlex
 from typing import Any
 
-from autotune_core import gpu_parts
 from autotune_core.archetypes import SCHEMA_VERSION, ProfileSet, load_profile_set
+from autotune_core.hardware import gpu_parts
 
 #: llama-server flag aliases -> our llamacpp field
 LLAMA_FLAGS: dict[str, str] = {

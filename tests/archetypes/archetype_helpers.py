@@ -8,7 +8,7 @@ from typing import Any
 
 from autotune_core.config import Settings
 from autotune_core.hardware import GiB, HardwareSnapshot
-from autotune_core.hardware_detect import detect_hardware
+from autotune_core.hardware.detect import detect_hardware
 from autotune_core.host import PluginHost
 from autotune_core.markers import hookimpl
 from autotune_core.testing import FakeBackendPlugin

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 from archetype_helpers import ARCHETYPES, replay
 
-from autotune_core import gpu_parts
 from autotune_core.archetypes import classify
-from autotune_core.hardware import GiB, HardwareSnapshot
+from autotune_core.hardware import GiB, HardwareSnapshot, gpu_parts
 
 
 @pytest.mark.parametrize(("recording", "expected", "tier"), [

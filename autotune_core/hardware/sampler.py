@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from .hardware import Pressure, PressureTier
+from .snapshot import Pressure, PressureTier
 
 log = logging.getLogger(__name__)
 

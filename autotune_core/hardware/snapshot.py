@@ -1,4 +1,4 @@
-"""What the machine is: CPU, RAM, swap and GPUs. Detection lives in ``hardware_detect``."""
+"""What the machine is: CPU, RAM, swap and GPUs, and the memory-pressure tiers. Detection lives in ``detect``."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from .hardware import CpuInfo, GiB, GpuInfo, HardwareSnapshot
+from .snapshot import CpuInfo, GiB, GpuInfo, HardwareSnapshot
 
 log = logging.getLogger(__name__)
 
