@@ -29,7 +29,7 @@ import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel
@@ -38,6 +38,9 @@ from .config import data_dir
 from .errors import AutotuneError, InvalidRequest
 from .model_refs import HubRef, pick_file, quant_of
 from .pull_progress import PullEvent
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfFileMetadata
 
 MANIFEST_SUFFIX = ".autotune.json"
 PART_SUFFIX = ".part"
@@ -221,11 +224,96 @@ def list_repo_files(ref: HubRef, *, endpoint: str | None, token: str | bool | No
     return {s.rfilename: (s.lfs.sha256 if s.lfs else None) for s in info.siblings or []}
 
 
+def _resolve_file(ref: HubRef, *, endpoint: str | None,
+                  token: str | bool | None) -> tuple[HubRef, str, dict[str, str | None]]:
+    """``ref`` with its file named (picked from the repo's listing when it named none), the file, the listing.
+
+    The listing's LFS oids are kept: they are the checksum when the HEAD answer carries no linked etag.
+    """
+    if ref.file is not None:
+        return ref, ref.file, {}
+    lfs_oids = list_repo_files(ref, endpoint=endpoint, token=token)
+    try:
+        file = pick_file(ref, list(lfs_oids))
+    except InvalidRequest as exc:
+        raise PullError(exc.message) from None
+    return HubRef(repo=ref.repo, file=file, quant=ref.quant, revision=ref.revision, alias=ref.alias), file, lfs_oids
+
+
+def _cache_path(root: Path, repo: str, file: str) -> Path:
+    """Where ``repo``/``file`` goes in the cache; refused if a crafted name would write outside it."""
+    dest = root / repo / file
+    if ".." in Path(repo, file).parts or not dest.resolve().is_relative_to(root.resolve()):
+        raise PullError(f"refusing {repo}/{file}: the name would leave the pull cache {root}")
+    return dest
+
+
+def _file_metadata(url: str, ref: HubRef, *, endpoint: str | None, token: str | bool | None) -> HfFileMetadata:
+    """The Hub's HEAD answer for ``url``; a server that is not the Hub (no ``X-Repo-Commit``) is refused."""
+    from huggingface_hub import get_hf_file_metadata
+
+    try:
+        meta = get_hf_file_metadata(url, token=token, endpoint=endpoint)
+    except _hub_errors() as exc:
+        raise PullError(f"{ref.repo}/{ref.file}: {_describe(exc, ref)}") from None
+    if not meta.commit_hash:
+        raise PullError(f"{url} answered without X-Repo-Commit: that is not a Hugging Face Hub endpoint "
+                        "(check HF_ENDPOINT and any proxy)")
+    return meta
+
+
+def _resume_offset(dest: Path, part: Path, size: int | None) -> int:
+    """Bytes of ``part`` to keep; partial files of other revisions, and a part longer than the file, go."""
+    for stale in dest.parent.glob(f"{dest.name}.*{PART_SUFFIX}"):
+        if stale != part:  # an unfinished download of an older revision of this file
+            stale.unlink(missing_ok=True)
+    resume = part.stat().st_size if part.exists() else 0
+    if size is not None and resume > size:
+        part.unlink()
+        resume = 0
+    return resume
+
+
+def _download(meta: HfFileMetadata, dest: Path, part: Path, ref: HubRef, *, headers: dict[str, str],
+              bar: type[Any]) -> None:
+    """Append the rest of ``dest`` to ``part`` (a ``Range`` request when some of it is there already)."""
+    from huggingface_hub.file_download import http_get
+
+    size = meta.size
+    resume = _resume_offset(dest, part, size)
+    if size is not None and resume >= size:
+        return
+    _check_space(part.parent, (size or 0) - resume)
+    try:
+        with part.open("ab") as handle:
+            http_get(meta.location, handle, resume_size=resume, headers=headers, expected_size=size,
+                     displayed_filename=ref.file, tqdm_class=bar)
+    except _hub_errors() as exc:
+        kept = part.stat().st_size if part.exists() else 0
+        raise PullError(f"downloading {ref.repo}/{ref.file} stopped at {kept} of {size or '?'} bytes: "
+                        f"{_describe(exc, ref)}; run the same pull again to resume") from None
+
+
+def _install(part: Path, dest: Path, manifest: PullManifest, kind: str, expected: str,
+             emit: ProgressCallback) -> PullManifest:
+    """Move a verified download into place with its manifest; a download whose digest differs is deleted."""
+    emit(PullEvent(status=f"verifying {kind} digest", digest=manifest.digest))
+    got = file_digest(part, kind)
+    if got != expected:
+        part.unlink(missing_ok=True)
+        raise PullError(f"checksum mismatch for {manifest.repo}/{manifest.file}: the Hub says {kind} {expected}, "
+                        f"the download is {got}; it was deleted (run the pull again)")
+    os.replace(part, dest)
+    emit(PullEvent(status="writing manifest", digest=manifest.digest))
+    manifest = manifest.model_copy(update={"size": dest.stat().st_size})
+    _write_manifest(dest.with_name(dest.name + MANIFEST_SUFFIX), manifest)
+    return manifest
+
+
 def pull_gguf(ref: HubRef, *, root: Path | None = None, endpoint: str | None = None,
               token: str | bool | None = None, on_event: ProgressCallback | None = None) -> PullManifest:
     """Download (or resume, or confirm) one GGUF of ``ref`` into the pull cache; returns its manifest."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.file_download import http_get
+    from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import (  # type: ignore[attr-defined]  # public, but exported lazily
         WeakFileLock,
         build_hf_headers,
@@ -234,31 +322,14 @@ def pull_gguf(ref: HubRef, *, root: Path | None = None, endpoint: str | None = N
     emit = on_event or (lambda event: None)
     root = root or pull_dir()
     emit(PullEvent(status="pulling manifest"))
-    lfs_oids: dict[str, str | None] = {}
-    file = ref.file
-    if file is None:
-        lfs_oids = list_repo_files(ref, endpoint=endpoint, token=token)
-        try:
-            file = pick_file(ref, list(lfs_oids))
-        except InvalidRequest as exc:
-            raise PullError(exc.message) from None
-        ref = HubRef(repo=ref.repo, file=file, quant=ref.quant, revision=ref.revision, alias=ref.alias)
-    dest = root / ref.repo / file
-    if ".." in Path(ref.repo, file).parts or not dest.resolve().is_relative_to(root.resolve()):
-        raise PullError(f"refusing {ref.repo}/{file}: the name would leave the pull cache {root}")
+    ref, file, lfs_oids = _resolve_file(ref, endpoint=endpoint, token=token)
+    dest = _cache_path(root, ref.repo, file)
     url = hf_hub_url(ref.repo, file, revision=ref.revision, endpoint=endpoint)
-    try:
-        meta = get_hf_file_metadata(url, token=token, endpoint=endpoint)
-    except _hub_errors() as exc:
-        raise PullError(f"{ref.repo}/{file}: {_describe(exc, ref)}") from None
-    if not meta.commit_hash:
-        raise PullError(f"{url} answered without X-Repo-Commit: that is not a Hugging Face Hub endpoint "
-                        "(check HF_ENDPOINT and any proxy)")
+    meta = _file_metadata(url, ref, endpoint=endpoint, token=token)
     kind, expected = _expected_digest(meta.etag, lfs_oids.get(file), url)
     digest = f"{kind}:{expected}"
-    size = meta.size
     manifest = PullManifest(name=served_name(ref.repo, file), repo=ref.repo, file=file, revision=meta.commit_hash,
-                            digest=digest, size=size or 0, quant=quant_of(file), alias=ref.alias,
+                            digest=digest, size=meta.size or 0, quant=quant_of(file), alias=ref.alias,
                             pulled_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"))
     dest.parent.mkdir(parents=True, exist_ok=True)
     done = _already_there(dest, manifest, kind, emit)
@@ -272,33 +343,8 @@ def pull_gguf(ref: HubRef, *, root: Path | None = None, endpoint: str | None = N
         done = _already_there(dest, manifest, kind, emit)  # another pull of this file finished meanwhile
         if done is not None:
             return done
-        for stale in dest.parent.glob(f"{dest.name}.*{PART_SUFFIX}"):
-            if stale != part:  # an unfinished download of an older revision of this file
-                stale.unlink(missing_ok=True)
-        resume = part.stat().st_size if part.exists() else 0
-        if size is not None and resume > size:
-            part.unlink()
-            resume = 0
-        if size is None or resume < size:
-            _check_space(part.parent, (size or 0) - resume)
-            try:
-                with part.open("ab") as handle:
-                    http_get(meta.location, handle, resume_size=resume, headers=headers, expected_size=size,
-                             displayed_filename=file, tqdm_class=_bar_class(on_event, digest))
-            except _hub_errors() as exc:
-                kept = part.stat().st_size if part.exists() else 0
-                raise PullError(f"downloading {ref.repo}/{file} stopped at {kept} of {size or '?'} bytes: "
-                                f"{_describe(exc, ref)}; run the same pull again to resume") from None
-        emit(PullEvent(status=f"verifying {kind} digest", digest=digest))
-        got = file_digest(part, kind)
-        if got != expected:
-            part.unlink(missing_ok=True)
-            raise PullError(f"checksum mismatch for {ref.repo}/{file}: the Hub says {kind} {expected}, the "
-                            f"download is {got}; it was deleted (run the pull again)")
-        os.replace(part, dest)
-        emit(PullEvent(status="writing manifest", digest=digest))
-        manifest = manifest.model_copy(update={"size": dest.stat().st_size})
-        _write_manifest(dest.with_name(dest.name + MANIFEST_SUFFIX), manifest)
+        _download(meta, dest, part, ref, headers=headers, bar=_bar_class(on_event, digest))
+        manifest = _install(part, dest, manifest, kind, expected, emit)
     with contextlib.suppress(OSError):
         Path(str(part) + ".lock").unlink()
     emit(PullEvent(status="success"))
