@@ -21,7 +21,7 @@ import psutil
 
 from autotune_core import __version__
 from autotune_core.archetypes import classify, section_for
-from autotune_core.backend import Backend, reconcile_plan
+from autotune_core.backend import Availability, Backend, reconcile_plan
 from autotune_core.hardware import GiB
 from autotune_core.host import PluginHost
 from autotune_core.messages import ChatRequest, Message
@@ -111,13 +111,8 @@ def hardware_summary(host: PluginHost) -> HardwareSummary:
                            unified_memory=hw.unified_memory, gpus=gpus)
 
 
-async def run_bench(host: PluginHost, *, backend_name: str, model: str | None = None,
-                    sweep: Sequence[dict[str, Any]] | None = None, repeats: int = 1, max_tokens: int = 8,
-                    num_ctx: int = 1024, budget_s: float = 60.0, scenario: str = "chat-short",
-                    progress: Callable[[str], None] | None = None) -> Contribution:
-    """Run the sweep on one backend and model; bounded by ``budget_s`` in total."""
-    max_tokens = max(1, min(max_tokens, MAX_TOKENS_LIMIT))
-    backend = host.backend(backend_name)
+async def _ready(backend: Backend, backend_name: str, model: str | None) -> tuple[Availability, str]:
+    """The backend's availability and the model to sweep (its first listed one unless named); refuses early."""
     availability = await backend.available()
     if not availability.ok:
         raise RuntimeError(f"backend {backend_name!r} is not available: {availability.reason}")
@@ -126,6 +121,45 @@ async def run_bench(host: PluginHost, *, backend_name: str, model: str | None = 
         if not models:
             raise RuntimeError(f"backend {backend_name!r} lists no models; pass --model")
         model = models[0].name
+    return availability, model
+
+
+def _report(progress: Callable[[str], None] | None, result: RunResult) -> None:
+    """One line per recorded run, so a long sweep shows it is moving."""
+    if progress:
+        progress(f"{result.params}: " + (f"TTFT {result.ttft_ms or 0:.0f} ms, "
+                 f"{result.tokens_per_s or 0:.1f} tok/s" if result.ok else result.error))
+
+
+async def _measure(backend: Backend, plan: Plan, *, repeats: int, deadline: float, scenario: str,
+                   runs: list[RunResult], progress: Callable[[str], None] | None) -> bool:
+    """Warm-up plus ``repeats`` runs of one combination into ``runs``; True when the time budget ran out.
+
+    The warm-up is not recorded unless it fails (it pays for any reload); a failure ends the combination.
+    """
+    for index in range(repeats + 1):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return True
+        result = await _one(backend, plan, min(remaining, 120.0), scenario)
+        if not result.ok and result.error.startswith("TimeoutError") and remaining < 120.0:
+            return True  # the budget ran out mid-run: not a failure of this combination
+        if index > 0 or not result.ok:
+            runs.append(result)
+            _report(progress, result)
+        if not result.ok:
+            break
+    return False
+
+
+async def run_bench(host: PluginHost, *, backend_name: str, model: str | None = None,
+                    sweep: Sequence[dict[str, Any]] | None = None, repeats: int = 1, max_tokens: int = 8,
+                    num_ctx: int = 1024, budget_s: float = 60.0, scenario: str = "chat-short",
+                    progress: Callable[[str], None] | None = None) -> Contribution:
+    """Run the sweep on one backend and model; bounded by ``budget_s`` in total."""
+    max_tokens = max(1, min(max_tokens, MAX_TOKENS_LIMIT))
+    backend = host.backend(backend_name)
+    availability, model = await _ready(backend, backend_name, model)
     caps = backend.capabilities()
     deadline = time.monotonic() + budget_s
     runs: list[RunResult] = []
@@ -139,22 +173,8 @@ async def run_bench(host: PluginHost, *, backend_name: str, model: str | None = 
         if effective in seen:
             continue  # the backend ignores the knob that differs: nothing new to measure
         seen.add(effective)
-        for index in range(repeats + 1):  # the first request warms up (and pays for any reload)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                exhausted = True
-                break
-            result = await _one(backend, plan, min(remaining, 120.0), scenario)
-            if not result.ok and result.error.startswith("TimeoutError") and remaining < 120.0:
-                exhausted = True  # the budget ran out mid-run: not a failure of this combination
-                break
-            if index > 0 or not result.ok:
-                runs.append(result)
-                if progress:
-                    progress(f"{result.params}: " + (f"TTFT {result.ttft_ms or 0:.0f} ms, "
-                             f"{result.tokens_per_s or 0:.1f} tok/s" if result.ok else result.error))
-            if not result.ok:
-                break
+        exhausted = await _measure(backend, plan, repeats=repeats, deadline=deadline, scenario=scenario,
+                                   runs=runs, progress=progress)
         if exhausted:
             break
     if not runs:

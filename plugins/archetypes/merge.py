@@ -101,76 +101,136 @@ def _key(params: dict[str, Any]) -> str:
     return json.dumps({k: params.get(k) for k in sorted(params)}, sort_keys=True)
 
 
-def merge(contributions: Sequence[Contribution], *, archetype: str | None = None, backend: str | None = None,
-          min_submissions: int = 1, name: str = "community", version: int = 1, priority: int = 10,
-          rejected: Sequence[tuple[str, str]] = ()) -> MergeReport:
-    """Curate contributions into a profile set with one profile (see the module docstring)."""
-    rejected_out = list(rejected)
+#: one measured run: (submission id, tokens/s, TTFT ms or None, the combination's params)
+_Sample = tuple[str, float, float | None, dict[str, Any]]
+
+
+def _dedupe(contributions: Sequence[Contribution]) -> tuple[list[Contribution], list[tuple[str, str]]]:
+    """Each submission once: a resubmitted file must not count twice in a median."""
     unique: list[Contribution] = []
+    rejected: list[tuple[str, str]] = []
     seen: set[str] = set()
     for c in contributions:
         if c.id in seen:
-            rejected_out.append((c.id, "duplicate submission"))
+            rejected.append((c.id, "duplicate submission"))
             continue
         seen.add(c.id)
         unique.append(c)
-    if not unique:
-        raise ValueError("no valid contributions to merge")
+    return unique, rejected
+
+
+def _one_target(unique: Sequence[Contribution], archetype: str | None,
+                backend: str | None) -> tuple[str, str, list[Contribution], list[tuple[str, str]]]:
+    """The archetype and backend to merge (asked for, else the majority), their submissions, the rest rejected.
+
+    Speeds from different machines or backends are not comparable, so one profile comes from one pair.
+    """
     target_arch = archetype or Counter(c.archetype for c in unique).most_common(1)[0][0]
     pool = [c for c in unique if c.archetype == target_arch]
     target_backend = backend or Counter(c.backend for c in pool or unique).most_common(1)[0][0]
     kept: list[Contribution] = []
+    rejected: list[tuple[str, str]] = []
     for c in unique:
         if c.archetype != target_arch or c.backend != target_backend:
-            rejected_out.append((c.id, f"conflicting: {c.archetype}/{c.backend}, merging {target_arch}/"
-                                       f"{target_backend}"))
+            rejected.append((c.id, f"conflicting: {c.archetype}/{c.backend}, merging {target_arch}/"
+                                   f"{target_backend}"))
         else:
             kept.append(c)
-    if not kept:
-        raise ValueError(f"no contributions for {target_arch}/{target_backend}")
-    # samples per (scenario, combination)
-    samples: dict[tuple[str, str], list[tuple[str, float, float | None, dict[str, Any]]]] = defaultdict(list)
+    return target_arch, target_backend, kept, rejected
+
+
+def _samples(kept: Sequence[Contribution]) -> dict[tuple[str, str], list[_Sample]]:
+    """Successful runs grouped per (scenario, combination): what the medians are taken over."""
+    samples: dict[tuple[str, str], list[_Sample]] = defaultdict(list)
     for c in kept:
         for run in c.runs:
             if run.ok and run.tokens_per_s:
                 samples[(run.scenario, _key(run.params))].append((c.id, run.tokens_per_s, run.ttft_ms, run.params))
-    # whole-submission outliers: each submission's median speed relative to each combination's median
+    return samples
+
+
+def _outlier_submissions(kept: Sequence[Contribution],
+                         samples: dict[tuple[str, str], list[_Sample]]) -> dict[str, float]:
+    """Whole submissions whose speed is off (or zero) against the others, with that relative speed.
+
+    Each submission's score is its median speed relative to each combination's median, so a slow
+    machine mislabelled as this archetype stands out even if it measured other combinations.
+    """
     medians = {k: statistics.median(s[1] for s in v) for k, v in samples.items()}
     scores = {c.id: statistics.median([r.tokens_per_s / medians[(r.scenario, _key(r.params))] for r in c.runs
                                        if r.ok and r.tokens_per_s] or [0.0]) for c in kept}
     flags = mad_outliers(list(scores.values()))
-    outliers = {cid for cid, flag in zip(scores, flags, strict=True) if flag or scores[cid] == 0.0}
-    for cid in outliers:
-        rejected_out.append((cid, f"outlier: speed {scores[cid]:.2f}× the others' median"))
-    kept = [c for c in kept if c.id not in outliers]
-    if not kept:
-        raise ValueError("every contribution was rejected")
+    return {cid: score for (cid, score), flag in zip(scores.items(), flags, strict=True) if flag or score == 0.0}
+
+
+def _clean_rows(rows: Sequence[_Sample], outliers: Iterable[str]) -> list[_Sample]:
+    """One combination's samples without outlier submissions, then without outlier samples among the rest."""
+    dropped = set(outliers)
+    rows = [r for r in rows if r[0] not in dropped]
+    return [r for r, out in zip(rows, mad_outliers([r[1] for r in rows]), strict=True) if not out]
+
+
+def _combo_stats(rows: Sequence[_Sample]) -> ComboStats:
+    """Median speed and TTFT of one combination's (non-empty) cleaned samples."""
+    ttfts = [r[2] for r in rows if r[2] is not None]
+    return ComboStats(params=rows[0][3], tokens_per_s=statistics.median(r[1] for r in rows),
+                      ttft_ms=statistics.median(ttfts) if ttfts else None, samples=len(rows),
+                      submissions=sorted({r[0] for r in rows}))
+
+
+def _best_per_scenario(samples: dict[tuple[str, str], list[_Sample]], outliers: Iterable[str],
+                       min_submissions: int) -> dict[str, ComboStats]:
+    """Per scenario, the fastest median among combinations enough submissions measured (ties: lower TTFT)."""
     best: dict[str, ComboStats] = {}
-    for (scenario, _combo), rows in sorted(samples.items()):
-        rows = [r for r in rows if r[0] not in outliers]
-        rows = [r for r, out in zip(rows, mad_outliers([r[1] for r in rows]), strict=True) if not out]
-        subs = sorted({r[0] for r in rows})
-        if len(subs) < min_submissions:
+    for (scenario, _combo), raw in sorted(samples.items()):
+        rows = _clean_rows(raw, outliers)
+        if len({r[0] for r in rows}) < min_submissions:
             continue
-        ttfts = [r[2] for r in rows if r[2] is not None]
-        stats = ComboStats(params=rows[0][3], tokens_per_s=statistics.median(r[1] for r in rows),
-                           ttft_ms=statistics.median(ttfts) if ttfts else None, samples=len(rows), submissions=subs)
+        stats = _combo_stats(rows)
         current = best.get(scenario)
         if current is None or (stats.tokens_per_s, -(stats.ttft_ms or 0)) > (
                 current.tokens_per_s, -(current.ttft_ms or 0)):
             best[scenario] = stats
-    if not best:
-        raise ValueError(f"no parameter combination was measured by at least {min_submissions} submissions")
+    return best
+
+
+def _agreement(best: dict[str, ComboStats], kept: Sequence[Contribution]) -> dict[str, float]:
+    """Per scenario, the share of submissions whose own fastest combination is the chosen one."""
     agreement = {}
     for scenario, stats in best.items():
         own = [_own_best(c, scenario) for c in kept]
         voted = [o for o in own if o is not None]
         agreement[scenario] = sum(o == _key(stats.params) for o in voted) / len(voted) if voted else 0.0
+    return agreement
+
+
+def merge(contributions: Sequence[Contribution], *, archetype: str | None = None, backend: str | None = None,
+          min_submissions: int = 1, name: str = "community", version: int = 1, priority: int = 10,
+          rejected: Sequence[tuple[str, str]] = ()) -> MergeReport:
+    """Curate contributions into a profile set with one profile (see the module docstring)."""
+    unique, duplicates = _dedupe(contributions)
+    rejected_out = [*rejected, *duplicates]
+    if not unique:
+        raise ValueError("no valid contributions to merge")
+    target_arch, target_backend, kept, conflicting = _one_target(unique, archetype, backend)
+    rejected_out += conflicting
+    if not kept:
+        raise ValueError(f"no contributions for {target_arch}/{target_backend}")
+    samples = _samples(kept)
+    outliers = _outlier_submissions(kept, samples)
+    rejected_out += [(cid, f"outlier: speed {score:.2f}× the others' median") for cid, score in outliers.items()]
+    kept = [c for c in kept if c.id not in outliers]
+    if not kept:
+        raise ValueError("every contribution was rejected")
+    best = _best_per_scenario(samples, outliers, min_submissions)
+    if not best:
+        raise ValueError(f"no parameter combination was measured by at least {min_submissions} submissions")
     section = kept[0].section or "common"
     scenario = "chat-short" if "chat-short" in best else sorted(best)[0]
     profile_set = _to_profile_set(best[scenario], scenario, target_arch, section, name=name, version=version,
                                   priority=priority)
-    return MergeReport(profile_set, target_arch, target_backend, [c.id for c in kept], rejected_out, best, agreement)
+    return MergeReport(profile_set, target_arch, target_backend, [c.id for c in kept], rejected_out, best,
+                       _agreement(best, kept))
 
 
 def _own_best(c: Contribution, scenario: str) -> str | None:
