@@ -1,6 +1,6 @@
 """The backend plugin API: what a model server can do, and how a Plan becomes a wire request.
 
-A backend declares, per knob, *how* it can be honoured (research/backend-knobs.md §9):
+A backend declares, per knob, *how* it can be honoured (docs/backend-facts.md#knob-scopes):
 
 - ``per_request``: can change on every call without a reload;
 - ``at_load``: fixed when the model is loaded; a change means a reload (``reloads=True``);

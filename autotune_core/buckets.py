@@ -9,7 +9,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from functools import lru_cache
 
-#: the original's ladder (research/seed-autotune-spec.md §2.2); powers of two continue above it
+#: the original autotune's ladder (docs/backend-facts.md#context-buckets); powers of two continue above it
 CTX_BUCKETS: tuple[int, ...] = (512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384, 32768)
 
 #: the smallest context autotune ever proposes

@@ -2,7 +2,7 @@
 
 Exact KV bytes come from :meth:`ModelInfo.kv_bytes`; this module adds what both plugins need around
 it: a *conservative* estimate when the architecture is unknown (never an optimistic guess), the
-weights' size, and the original's bytes-per-parameter table for quantization advice.
+weights' size, and the original autotune's bytes-per-parameter table for quantization advice.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from .modelinfo import ModelInfo
 #: runtime overhead of a loaded model besides weights and KV (compute buffers, scratch)
 RUNTIME_OVERHEAD_BYTES = int(0.4 * GiB)
 
-#: bytes per parameter by quantization (research/seed-autotune-spec.md §2.6), heaviest first
+#: bytes per parameter by quantization, heaviest first (the original's, docs/backend-facts.md#model-fit)
 QUANT_BYTES_PER_PARAM: dict[str, float] = {
     "F16": 2.0, "Q8_0": 1.063, "Q6_K": 0.821, "Q5_K_M": 0.710, "Q4_K_M": 0.606, "Q4_K_S": 0.546,
     "Q3_K_M": 0.411, "Q2_K": 0.329,

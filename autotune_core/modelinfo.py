@@ -1,6 +1,6 @@
 """A model's architecture, as far as KV-cache arithmetic needs it, plus the exact KV formula.
 
-The formula follows research/backend-knobs.md §8: per layer, KV heads × (key dim + value dim),
+The formula (docs/backend-facts.md#kv-cache-size-formula): per layer, KV heads × (key dim + value dim),
 sliding-window layers only hold about the window, and the whole thing scales with parallel slots.
 """
 

@@ -1,6 +1,7 @@
 """A calibrated token estimate for when no tokenizer is at hand.
 
-len/4 (the original's rule) under-counts code, numbers and non-Latin text. We count word pieces,
+len/4 (the original autotune's rule, docs/backend-facts.md#token-estimate) under-counts code, numbers and
+non-Latin text. We count word pieces,
 punctuation and non-ASCII characters separately; on English prose this lands within about 10 % of
 BPE tokenizers, and it errs high on code, which is the safe side for context sizing.
 """

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from autotune_core import ChatRequest, Choice, HookContext, Plan, fold_stage, hookimpl
 from autotune_core.buckets import MIN_CTX
 
-#: model-name fragments of reasoning models that think before answering (the original's list, extended)
+#: model-name fragments of reasoning models that think before answering (the original's list, extended:
+#: docs/backend-facts.md#thinking-models)
 THINKING_MARKERS: tuple[str, ...] = ("qwen3", "deepseek-r1", "qwq", "deepthink", "marco-o1", "gpt-oss",
                                      "magistral", "phi4-reasoning", "cogito")
 

@@ -2,7 +2,8 @@
 
 Why: at 80 / 88 / 93 % memory use (or while the system is actively swapping) a smaller KV cache is
 the difference between a slow answer and a machine that pages itself to a halt. Fixes two bugs of
-the original: reductions are applied after bucket snapping and snapped *down* to a bucket (so they
+the original (docs/backend-facts.md#memory-pressure):
+reductions are applied after bucket snapping and snapped *down* to a bucket (so they
 survive), and never below the prompt plus a minimum output reserve (no silent truncation).
 """
 

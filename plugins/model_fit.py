@@ -25,7 +25,7 @@ from autotune_core.modelinfo import ModelInfo
 from autotune_core.profiles import Profile
 
 VERDICTS: tuple[str, ...] = ("SAFE", "MARGINAL", "SWAP_RISK", "OOM")
-#: the context the fit is judged at (the original's reference)
+#: the context the fit is judged at (the original's reference, docs/backend-facts.md#model-fit)
 REFERENCE_CTX = 8192
 #: lighter quantizations are suggested down to this one (below it quality drops sharply)
 LIGHTEST_SUGGESTED = "Q4_K_S"

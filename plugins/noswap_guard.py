@@ -4,7 +4,8 @@ Why: a KV cache that does not fit pushes the machine into swap, which is slower 
 is worth. Exact bytes come from the architecture (sliding-window layers, parallel slots); the
 budget is the memory the model can use (VRAM on discrete GPUs, Apple's unified-memory rules) minus a
 safety margin, minus the weights if the model still has to load. Reduction levels follow the
-original (ok ×1 f16 … l5 512 q8_0) with its bugs fixed: a requested q8_0 is never upgraded back to
+original (ok ×1 f16 … l5 512 q8_0; docs/backend-facts.md#memory-pressure) with its bugs fixed:
+a requested q8_0 is never upgraded back to
 f16, and the context never drops below the prompt (if nothing fits: the smallest size that holds the
 prompt, flagged ``swap_risk`` with advice).
 """

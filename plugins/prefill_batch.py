@@ -2,7 +2,8 @@
 
 Why: a bigger batch speeds up prompt processing, but on Ollama / llama.cpp num_batch is a load-time
 option and every change reloads the model (the original switched 1024 ↔ 256 with RAM use, reloading
-each time). We pick 1024 (256 only when a model loads under critical pressure) and remember it.
+each time; docs/backend-facts.md#ollama-reloads).
+We pick 1024 (256 only when a model loads under critical pressure) and remember it.
 """
 
 from __future__ import annotations

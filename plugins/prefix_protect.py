@@ -4,7 +4,8 @@ Why: ``num_keep`` is not a prefix cache (prefix reuse is automatic) — it is wh
 context overflows and is shifted. Setting it to the system prompt's length protects the
 instructions; it is re-capped after the final num_ctx (the original let it exceed the context).
 After the answer we compare the backend's prompt-token count with ours and flag any truncation:
-never a silent cut. Counts that exclude cached tokens (Ollama < 0.30.1, Lemonade) are tolerated.
+never a silent cut (Ollama truncates with a 200 OK: docs/backend-facts.md#ollama-versions). Counts that
+exclude cached tokens (Ollama v0.30.0 exactly, Lemonade) are tolerated.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class PrefixProtectSettings(BaseModel):
 
     #: set num_keep to the leading system messages' tokens
     protect_system_prompt: bool = True
-    #: tokens num_keep always leaves free below num_ctx (the original's cap)
+    #: tokens num_keep always leaves free below num_ctx (the original's cap, docs/backend-facts.md#num_keep-reserve)
     keep_reserve: int = Field(default=512, ge=0)
     #: relative shortfall tolerated when our count is an estimate
     estimate_margin: float = Field(default=0.25, ge=0, lt=1)

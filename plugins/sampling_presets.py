@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autotune_core import ChatRequest, HookContext, Plan, hookimpl
 
-#: the original autotune's per-profile sampling (its fast / balanced / quality profiles)
+#: the original autotune's per-profile sampling (its fast / balanced / quality profiles: docs/backend-facts.md#profiles)
 PRESETS: dict[str, dict[str, float]] = {
     "precise": {"temperature": 0.1, "top_p": 0.9, "repeat_penalty": 1.15},
     "balanced": {"temperature": 0.7, "top_p": 0.95, "repeat_penalty": 1.08},

@@ -1,4 +1,4 @@
-"""The fake model servers behave as the real ones are documented to (backend-knobs.md sections 1-7)."""
+"""The fake model servers behave as the real ones are documented to (docs/backend-facts.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The structured benchmark contribution ``autotune bench --submit-file`` writes and ``profiles merge``
-and ``profiles learn`` read. Close to Lemonade's bench JSON (research/backend-knobs.md §7.3):
+and ``profiles learn`` read. Close to Lemonade's bench JSON (docs/backend-facts.md#lemonade):
 hardware summary, backend, model, per-run TTFT / tokens per second / peak memory, plus our archetype.
 """
 

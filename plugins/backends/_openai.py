@@ -1,4 +1,5 @@
-"""(shared, not a plugin) OpenAI-compatible servers, with flavours that know their real knobs (knobs.md §9).
+"""(shared, not a plugin) OpenAI-compatible servers, with flavours that know their real knobs
+(docs/backend-facts.md#knob-scopes, then the page's section for each server).
 
 - ``llama-server``: everything at server start (advice names the flags); per request ``cache_prompt`` and
   ``n_keep``; the real context from ``/props``; exact token counts via ``/apply-template`` + ``/tokenize``.
@@ -55,7 +56,7 @@ def _k(scope: KnobScope, how: str = "") -> KnobSupport:
     return KnobSupport(scope=scope, reloads=scope is KnobScope.AT_LOAD, how=how)
 
 
-#: knob scopes per flavour, as implemented here (research table §9)
+#: knob scopes per flavour, as implemented here (docs/backend-facts.md#knob-scopes; docs/backends.md has the table)
 FLAVOUR_KNOBS: dict[str, dict[str, KnobSupport]] = {
     "llama-server": {
         "num_ctx": _k(_S, "llama-server -c <n> (LLAMA_ARG_CTX_SIZE)"),

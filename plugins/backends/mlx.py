@@ -1,7 +1,7 @@
 """MLX-LM server backend (Apple Silicon): an OpenAI-compatible ``mlx_lm.server``, default http://127.0.0.1:8080.
 
 Why a separate backend: the MLX server has no context-size or KV-quantization knob at all
-(research/backend-knobs.md §5; every PR adding them was closed), and its ``--max-tokens`` default of 512
+(docs/backend-facts.md#mlx; every PR adding them was closed), and its ``--max-tokens`` default of 512
 cuts answers short, so ``max_tokens`` is always sent. Off Apple Silicon, or without ``mlx_lm``, it registers
 but reports itself unavailable with the reason; importing this module never needs MLX.
 """

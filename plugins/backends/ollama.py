@@ -1,7 +1,7 @@
 """Ollama backend: the native ``/api/chat`` and ``/api/generate`` API (NDJSON), never ``/v1`` for tuned calls.
 
-Why native: Ollama's OpenAI layer drops ``options`` and ``keep_alive`` (research/backend-knobs.md §1.11), so
-nothing could be tuned there. What Ollama honours (§1.3–1.9):
+Why native: Ollama's OpenAI layer drops ``options`` and ``keep_alive`` (docs/backend-facts.md#ollamas-openai-layer),
+so nothing could be tuned there. What Ollama honours (docs/backend-facts.md#ollama):
 
 - ``num_ctx`` / ``num_batch``: at load; any change reloads the runner, and so does *omitting* a value the
   runner was loaded with. We therefore resend the last value per model (recorded in the plan's trace).
@@ -59,7 +59,7 @@ from ._http import UpstreamClient
 
 DEFAULT_URL = "http://127.0.0.1:11434"
 
-#: what Ollama honours and how (research/backend-knobs.md); the same for every supported version
+#: what Ollama honours and how (docs/backend-facts.md#ollama); the same for every supported version
 _CAPABILITIES = Capabilities(dialect="ollama", can_tokenize=False, can_embed=True, prefix_cache=True, knobs={
     "num_ctx": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="options.num_ctx"),
     "num_batch": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="options.num_batch"),
@@ -74,13 +74,14 @@ _CAPABILITIES = Capabilities(dialect="ollama", can_tokenize=False, can_embed=Tru
 })
 
 
-#: the ``options`` keys Ollama documents (api/types.go); the ones autotune itself may fill
+#: the ``options`` keys Ollama documents (api/types.go; docs/backend-facts.md#ollama-options), the ones
+#: autotune itself may fill
 OPTION_KEYS: frozenset[str] = frozenset({
     "num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread", "draft_num_predict", "num_keep",
     "seed", "num_predict", "top_k", "top_p", "min_p", "typical_p", "repeat_last_n", "temperature",
     "repeat_penalty", "presence_penalty", "frequency_penalty", "stop",
 })
-#: runner options: a different value reloads the model (sched.go needsReload)
+#: runner options: a different value reloads the model (sched.go needsReload; docs/backend-facts.md#ollama-reloads)
 RUNNER_KEYS: tuple[str, ...] = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
 #: autotune's own ``options`` (read by plugins, meaningless to Ollama): not forwarded
 AUTOTUNE_OPTIONS: frozenset[str] = frozenset({"kv_type", "kv_cache_type", "force"})

@@ -1,6 +1,7 @@
 """context-compressor: keeps a long conversation inside the context budget without losing what matters.
 
-Tiers at 55 / 75 / 90 % of the history budget (the original's), but the result is re-checked and
+Tiers at 55 / 75 / 90 % of the history budget (the original autotune's: docs/backend-facts.md#context-compressor),
+but the result is re-checked and
 escalated until it fits; if even the emergency tier cannot fit, the request is left for the core to
 refuse. The system prompt stays first and byte-identical; the facts block goes right after it.
 """
@@ -29,7 +30,7 @@ class CompressorSettings(BaseModel):
     thresholds: tuple[float, float, float] = (0.55, 0.75, 0.90)
     #: messages kept in the recent window per tier
     recent_windows: tuple[int, int, int] = (8, 6, 4)
-    #: tokens kept free besides the output reserve (the original's 64)
+    #: tokens kept free besides the output reserve (the original's 64, docs/backend-facts.md#context-compressor)
     safety_margin: int = Field(default=64, ge=0)
     #: messages whose per-message results (score, compressed forms, facts) are remembered across
     #: requests, so a long conversation costs about the same per turn as a short one; 0 = off

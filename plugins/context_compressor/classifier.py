@@ -1,4 +1,5 @@
-"""How much a message is worth keeping: the original's additive score (spec §2.13), 0.0–1.0.
+"""How much a message is worth keeping: the original autotune's additive score, 0.0–1.0
+(docs/backend-facts.md#context-compressor).
 
 Deterministic and regex-only, so the same history always compresses the same way (prefix caching).
 """

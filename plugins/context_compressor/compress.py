@@ -1,6 +1,7 @@
 """Shrinking one message without losing what matters.
 
-Rules (the original's, spec §2.13, with its defects fixed): strip noise, fold big JSON blobs, keep a
+Rules (the original autotune's, docs/backend-facts.md#context-compressor, with its defects fixed): strip
+noise, fold big JSON blobs, keep a
 tool output's head and tail, trim long assistant (and, when aggressive, user) prose. Code blocks and
 stack traces are *protected*: never cut, never folded, never dropped. Prose is only ever cut at a
 paragraph or sentence boundary; if no boundary exists the sentence is kept whole.

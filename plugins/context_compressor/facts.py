@@ -1,4 +1,5 @@
-"""Deterministic fact extraction from older turns (spec §2.13): errors, accomplishments, decisions,
+"""Deterministic fact extraction from older turns (docs/backend-facts.md#context-compressor): errors,
+accomplishments, decisions,
 facts and topics, formatted as the standard block or the compact emergency block.
 
 No model is asked: the same history always yields the same block, byte for byte.

@@ -1,4 +1,5 @@
-"""``/api/conversations``: create, list, get, delete, export as Markdown (spec §4.3 shapes).
+"""``/api/conversations``: create, list, get, delete, export as Markdown, in the original autotune's shapes
+(docs/backend-facts.md#recall).
 
 Database work runs in a worker thread so the event loop never waits on SQLite. Access control is the
 server's (its API key applies to every route).

@@ -56,7 +56,7 @@ _STOP_TEXT = (
 STOPWORDS = frozenset(_STOP_TEXT.split())
 _WORD = re.compile(r"[a-z0-9][a-z0-9_\-]*")
 
-#: chunks shorter than this are not worth recalling (the original's 60)
+#: chunks with less text than this are not worth recalling (the original's 60, docs/backend-facts.md#recall)
 MIN_CHUNK_CHARS = 60
 
 

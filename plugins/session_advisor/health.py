@@ -1,6 +1,7 @@
 """The advisor's brain, free of I/O: samples in, health score, state and actions out.
 
-Score and signal thresholds are the original's (spec §2.12). Unlike the original, actions are undone
+Score and signal thresholds are the original autotune's (docs/backend-facts.md#session-advisor). Unlike the
+original, actions are undone
 one at a time (newest first) after 90 s of stability, and a step can be used again once undone.
 Time comes from an injectable clock so tests never sleep.
 """
@@ -20,7 +21,7 @@ State = Literal["OPTIMAL", "WARNING", "ACTION_NEEDED", "CRITICAL", "DEGRADING", 
 Level = Literal["ok", "warn", "action", "critical"]
 _RANK: dict[str, int] = {"ok": 0, "warn": 1, "action": 2, "critical": 3}
 
-#: the original's context rungs
+#: the original's context rungs (docs/backend-facts.md#session-advisor)
 RUNGS: tuple[int, ...] = (131072, 65536, 32768, 16384, 8192, 4096, 2048, 1024, 512)
 KV_STEPS: dict[str, str] = {"f32": "f16", "f16": "q8_0", "bf16": "q8_0", "q8_0": "q4_0"}
 QUANT_LADDER: tuple[str, ...] = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_K_S", "Q3_K_M", "Q2_K")

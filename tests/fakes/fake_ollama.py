@@ -1,6 +1,6 @@
 """A fake Ollama server that behaves like Ollama v0.30+ (or an older version via ``version=``).
 
-What it models (see /work/shared/research/backend-knobs.md section 1):
+What it models (see docs/backend-facts.md#ollama):
 
 * ``/api/chat`` and ``/api/generate``: NDJSON streaming by default, one JSON object with ``stream:false``;
   the final object has ``done``, ``done_reason`` and nanosecond timings.

@@ -1,7 +1,7 @@
 """A fake OpenAI-compatible server in five flavours: ``llama-server``, ``lmstudio``, ``vllm``, ``lemonade``,
 ``generic``.
 
-Common to all (see /work/shared/research/backend-knobs.md sections 2, 4, 6, 7.1):
+Common to all (see docs/backend-facts.md#llama-server and the sections after it):
 
 * ``POST /v1/chat/completions`` and ``/v1/completions``: JSON, or SSE (``data: {...}\\n\\n`` ...
   ``data: [DONE]``) with ``stream: true``; ``stream_options.include_usage`` adds a last chunk with empty
