@@ -505,21 +505,13 @@ class OpenAIBackend(Backend):
                 data = json_object(payload, self.label)
                 if "error" in data:
                     raise UpstreamError(f"{self.label} ({self.flavour}): {error_text(json.dumps(data))}")
-                texts: list[str] = []
                 with readable_answer(self.label):
                     if data.get("usage"):
                         usage = self._with_cache(openai_usage(data["usage"]), data)
                     if "timings" in data:
                         last = data
-                    for choice in data.get("choices") or []:
-                        delta = choice.get("delta") or {}
-                        content = delta.get("content") if request.kind == "chat" else choice.get("text")
-                        if delta.get("tool_calls"):
-                            tools.add(delta["tool_calls"])
-                        if choice.get("finish_reason"):
-                            finish = choice["finish_reason"]
-                        if content:
-                            texts.append(str(content))
+                    texts, finished = _read_choices(data.get("choices") or [], request.kind, tools)
+                    finish = finished or finish
                 for text in texts:
                     yield StreamChunk(content=text)
         if not events:
@@ -529,6 +521,25 @@ class OpenAIBackend(Backend):
             final = StreamChunk(done=True, tool_calls=tools.calls(), finish_reason=finish or "stop",
                                 usage=usage or Usage(), timings=self._timings(last, load_ms))
         yield final
+
+
+def _read_choices(choices: list[Any], kind: str, tools: ToolCallAssembler) -> tuple[list[str], str | None]:
+    """The text pieces and the last finish reason of one stream event's choices; tool-call deltas go to ``tools``.
+
+    A chat stream carries text in ``delta.content``, a completion stream in ``text``.
+    """
+    texts: list[str] = []
+    finish: str | None = None
+    for choice in choices:
+        delta = choice.get("delta") or {}
+        content = delta.get("content") if kind == "chat" else choice.get("text")
+        if delta.get("tool_calls"):
+            tools.add(delta["tool_calls"])
+        if choice.get("finish_reason"):
+            finish = choice["finish_reason"]
+        if content:
+            texts.append(str(content))
+    return texts, finish
 
 
 def _ctx_from_launch(command: Any) -> int | None:
