@@ -73,11 +73,7 @@ def score_message(role: str, content: str) -> float:
     if is_chatter(content):
         return 0.05
     score = 0.30
-    fences = len(_FENCE.findall(content))
-    if fences >= 2:
-        score += 0.35
-    elif fences == 1:
-        score += 0.15
+    score += _fence_points(len(_FENCE.findall(content)))
     score += min(0.10, 0.02 * len(_INLINE_CODE.findall(content)))
     if has_trace(content):
         score += 0.30
@@ -88,13 +84,23 @@ def score_message(role: str, content: str) -> float:
         score += 0.05
     if role == "user" and "?" in content:
         score += 0.08
-    length = len(content)
-    if length > 1000:
-        score += 0.15
-    elif length > 400:
-        score += 0.08
-    elif length > 100:
-        score += 0.03
-    elif length < 20:
-        score -= 0.15
+    score += _length_points(len(content))
     return max(0.0, min(1.0, score))
+
+
+def _fence_points(fences: int) -> float:
+    """Fenced code: one fence (an unclosed block) counts less than a complete block."""
+    if fences >= 2:
+        return 0.35
+    return 0.15 if fences == 1 else 0.0
+
+
+def _length_points(length: int) -> float:
+    """Longer messages tend to carry substance; a very short one (under 20 characters) loses points."""
+    if length > 1000:
+        return 0.15
+    if length > 400:
+        return 0.08
+    if length > 100:
+        return 0.03
+    return -0.15 if length < 20 else 0.0
