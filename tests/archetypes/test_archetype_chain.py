@@ -141,7 +141,7 @@ def test_bundled_profiles_apply_on_recorded_machines(tmp_path: Path) -> None:
     plan = plan_request(host, "hello", model="llama3.2:1b")
     ctx = plan.steps("num_ctx")[0]
     assert (ctx.plugin, ctx.new) == ("auto-tune", 32768)
-    assert "bundled v1" in ctx.reason and "backend-knobs.md §1.8" in ctx.reason
+    assert "bundled v1" in ctx.reason and "docs/backend-facts.md#ollama-default-context" in ctx.reason
 
 
 @pytest.mark.parametrize("snapshot_args", [{"root": "strix_halo_128gb"}, {"sysctl": "m2_pro_16gb"}])

@@ -50,7 +50,7 @@ def test_hardware_json_shows_archetype_and_every_override_with_origin(tmp_path: 
     assert (ubatch["value"], ubatch["set"], ubatch["plugin"]) == (2048, "vendor", "vendor-plugin")
     assert ubatch["overrides"][0]["value"] == 1024 and "bundled v1" in ubatch["overrides"][0]["origin"]
     ctx = next(o for o in report["overrides"]["common"] if o["knob"] == "num_ctx")
-    assert ctx["value"] == 32768 and "backend-knobs.md §1.8" in ctx["source"]
+    assert ctx["value"] == 32768 and "docs/backend-facts.md#ollama-default-context" in ctx["source"]
     text = CliRunner().invoke(cli_for(host), ["hardware"]).output
     assert "nvidia-ada-24gb" in text and "overrides 1024 from archetype nvidia-ada-24gb" in text
 

@@ -19,8 +19,13 @@ CITATION = re.compile(r"docs/([\w-]+\.md)#([\w-]+)")
 LINK = re.compile(r"\]\((?:([\w-]+\.md))?#([\w-]+)\)")
 
 
-def python_files(*tops: str) -> list[Path]:
-    return sorted(p for top in tops for p in (ROOT / top).rglob("*.py") if ".venv" not in p.parts)
+def python_files(*tops: str, patterns: tuple[str, ...] = ("*.py",)) -> list[Path]:
+    return sorted(p for top in tops for pattern in patterns for p in (ROOT / top).rglob(pattern)
+                  if ".venv" not in p.parts)
+
+
+#: shipped code and data (the bundled profiles' ``source`` strings reach users in traces)
+SHIPPED = python_files("autotune_core", "plugins", patterns=("*.py", "*.toml"))
 
 
 def slug(heading: str) -> str:
@@ -40,7 +45,7 @@ def test_slug_follows_github() -> None:
     assert slug("num_keep reserve") == "num_keep-reserve"
 
 
-@pytest.mark.parametrize("path", python_files("autotune_core", "plugins"), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_code_cites_nothing_outside_the_repository(path: Path) -> None:
     text = path.read_text()
     found = [word for word in OUTSIDE if word in text]
@@ -49,7 +54,7 @@ def test_code_cites_nothing_outside_the_repository(path: Path) -> None:
 
 def citations() -> list[tuple[str, str, str]]:
     out = []
-    for path in python_files(*CITING):
+    for path in python_files(*CITING, patterns=("*.py", "*.toml")):
         for m in CITATION.finditer(path.read_text()):
             out.append((str(path.relative_to(ROOT)), m.group(1), m.group(2)))
     return out
