@@ -16,6 +16,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 if TYPE_CHECKING:
     from . import RecallPlugin
+    from .store import MemoryStore
+
+_FIELDS = ("model_id", "profile", "system_prompt", "title")
 
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
@@ -23,29 +26,49 @@ def _error(status: int, message: str, code: str) -> JSONResponse:
                         status_code=status)
 
 
+async def _create_fields(request: Request) -> dict[str, Any] | JSONResponse:
+    """The new conversation's fields from the body (empty body: none), or the 400 a bad body earns."""
+    try:
+        body: Any = await request.json() if await request.body() else {}
+    except ValueError:
+        return _error(400, "body must be JSON", "invalid_json")
+    if not isinstance(body, dict):
+        return _error(400, "body must be a JSON object", "invalid_json")
+    fields = {key: body.get(key) for key in _FIELDS}
+    if any(value is not None and not isinstance(value, str) for value in fields.values()):
+        return _error(400, "model_id, profile, system_prompt and title must be strings", "invalid_field")
+    return fields
+
+
+async def _create(store: MemoryStore, request: Request) -> Response:
+    """``POST /api/conversations``: 201 with the new id, or a 400 naming what is wrong with the body."""
+    fields = await _create_fields(request)
+    if isinstance(fields, JSONResponse):
+        return fields
+    conv_id = await asyncio.to_thread(store.create_conversation, model=fields["model_id"],
+                                      profile=fields["profile"], system_prompt=fields["system_prompt"],
+                                      title=fields["title"])
+    return JSONResponse({"conversation_id": conv_id, "model_id": fields["model_id"],
+                         "profile": fields["profile"]}, status_code=201)
+
+
+async def _list(store: MemoryStore, request: Request) -> Response:
+    """``GET /api/conversations``: the newest ones, ``limit`` clamped to 1-500 (default 20)."""
+    try:
+        limit = max(1, min(500, int(request.query_params.get("limit", "20"))))
+    except ValueError:
+        return _error(400, "limit must be an integer", "invalid_limit")
+    return JSONResponse({"conversations": await asyncio.to_thread(store.conversations, limit)})
+
+
 def register_conversation_routes(plugin: RecallPlugin, register: Callable[..., None]) -> None:
+    """Mount the conversation routes through the server's ``register`` (so its API key guards them)."""
+
     async def collection(request: Request) -> Response:
         store = plugin.store()
         if request.method == "POST":
-            try:
-                body: Any = await request.json() if await request.body() else {}
-            except ValueError:
-                return _error(400, "body must be JSON", "invalid_json")
-            if not isinstance(body, dict):
-                return _error(400, "body must be a JSON object", "invalid_json")
-            fields = {key: body.get(key) for key in ("model_id", "profile", "system_prompt", "title")}
-            if any(value is not None and not isinstance(value, str) for value in fields.values()):
-                return _error(400, "model_id, profile, system_prompt and title must be strings", "invalid_field")
-            conv_id = await asyncio.to_thread(store.create_conversation, model=fields["model_id"],
-                                              profile=fields["profile"], system_prompt=fields["system_prompt"],
-                                              title=fields["title"])
-            return JSONResponse({"conversation_id": conv_id, "model_id": fields["model_id"],
-                                 "profile": fields["profile"]}, status_code=201)
-        try:
-            limit = max(1, min(500, int(request.query_params.get("limit", "20"))))
-        except ValueError:
-            return _error(400, "limit must be an integer", "invalid_limit")
-        return JSONResponse({"conversations": await asyncio.to_thread(store.conversations, limit)})
+            return await _create(store, request)
+        return await _list(store, request)
 
     async def item(request: Request) -> Response:
         conv_id = request.path_params["conv_id"]
