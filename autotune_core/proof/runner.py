@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from ..messages import Message
 from .arms import Arm, ArmSet, PipelineArm, Sample, build_arms
 from .scenarios import Item, Scenario, Step, agent, conversation, document, short_chats
-from .sysmon import PeakSampler, server_pids, swap_counters
+from .sysmon import PeakSampler, has_worker, server_pids, swap_counters, worker_pid
 
 
 class Progress(Protocol):
@@ -186,9 +187,7 @@ async def run_proof(cfg: ProofConfig, progress: Progress | None = None) -> Proof
                     if armset.shared_server:
                         report.step(f"{scenario.name}: warming up {arm.name}", 0)
                         await _warm(arm, scenario.warmup, scenario.max_tokens)
-                    if not armset.shared_server:  # an embedded worker may have been restarted (unload, crash)
-                        pids = _pids(arms, totals)
-                    sampler.watch(arm.name, pids[arm.name])
+                    sampler.watch(arm.name, pids[arm.name], _finder(arm))
                     swap_in, swap_out = swap_counters()
                     began = time.perf_counter()
                     for step in item.steps:
@@ -221,6 +220,14 @@ async def run_proof(cfg: ProofConfig, progress: Progress | None = None) -> Proof
     result.cpu_s = _cpu_seconds() - cpu0
     result.load_average = (load0, _load())
     return result
+
+
+def _finder(arm: Arm) -> Callable[[], list[int]] | None:
+    """For an arm with its own embedded worker: find it at each sample (it starts, ends and restarts)."""
+    backend = getattr(arm, "backend", None)
+    if backend is None or not has_worker(backend):
+        return None
+    return lambda: [pid] if (pid := worker_pid(backend)) else []
 
 
 def _pids(arms: list[Arm], totals: dict[str, ArmTotals]) -> dict[str, list[int]]:

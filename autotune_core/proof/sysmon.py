@@ -1,9 +1,10 @@
 """Memory of the model-server process while an arm runs: peak RSS (sampled) and swap in/out.
 
 Which process: for a server backend, the one listening on the backend's port plus its children (Ollama's
-runners are child processes); for the embedded engine, its worker process if it has one, else this
-process. RSS is sampled every 100 ms in a thread; swap counters are system-wide, read before and after
-each block (blocks of different arms never overlap, so the counts belong to the arm that ran).
+runners are child processes); for the embedded engine, that arm's own worker process (found again at every
+sample: it ends on unload and starts on the next request), else this process. RSS is sampled every 100 ms
+in a thread; swap counters are system-wide, read before and after each block (blocks of different arms
+never overlap, so the counts belong to the arm that ran).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable
 from urllib.parse import urlparse
 
 import psutil
@@ -24,12 +26,23 @@ def _listener(port: int) -> int | None:
     return None
 
 
+def worker_pid(backend: object) -> int | None:
+    """The embedded engine's worker process right now (it ends on unload and starts on the next request)."""
+    engine = getattr(backend, "engine", None)
+    value = getattr(engine, "pid", None) if engine is not None else None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def has_worker(backend: object) -> bool:
+    engine = getattr(backend, "engine", None)
+    return engine is not None and hasattr(type(engine), "pid")
+
+
 def server_pids(backend: object) -> tuple[list[int], str]:
     """(pids, how they were found) for the process that holds the model."""
-    for owner, attr in ((backend, "worker_pid"), (backend, "pid"), (getattr(backend, "engine", None), "pid")):
-        value = getattr(owner, attr, None) if owner is not None else None
-        if isinstance(value, int) and value > 0:
-            return [value], "the embedded engine's worker process" if owner is not backend else f"{attr} of the backend"
+    if has_worker(backend):
+        pid = worker_pid(backend)
+        return ([pid] if pid else []), "the embedded engine's worker process (this arm's own)"
     url = getattr(backend, "url", None)
     if isinstance(url, str) and url:
         parsed = urlparse(url)
@@ -38,10 +51,6 @@ def server_pids(backend: object) -> tuple[list[int], str]:
         if pid is not None:
             return _with_children(pid), f"process listening on port {port} and its children"
         return [], f"no local process listens on port {port}"
-    me = psutil.Process()
-    workers = [p.pid for p in _children(me) if _looks_like_worker(p)]
-    if workers:
-        return workers, "the embedded engine's worker process"
     return [os.getpid()], "this process (the embedded engine runs in-process)"
 
 
@@ -55,12 +64,6 @@ def _with_children(pid: int) -> list[int]:
     with contextlib.suppress(psutil.Error):
         return [pid, *(p.pid for p in _children(psutil.Process(pid)))]
     return [pid]
-
-
-def _looks_like_worker(proc: psutil.Process) -> bool:
-    with contextlib.suppress(psutil.Error):
-        return any("llamacpp" in part for part in proc.cmdline())
-    return False
 
 
 def rss(pids: list[int]) -> int:
@@ -85,6 +88,8 @@ class PeakSampler:
         self.interval = interval
         self.label: str | None = None
         self.pids: list[int] = []
+        #: re-reads the pids at every sample (an embedded worker starts during the block's first request)
+        self.find: Callable[[], list[int]] | None = None
         self.peaks: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="autotune-proof-rss", daemon=True)
@@ -92,13 +97,16 @@ class PeakSampler:
     def start(self) -> None:
         self._thread.start()
 
-    def watch(self, label: str | None, pids: list[int]) -> None:
-        self.label, self.pids = label, list(pids)
+    def watch(self, label: str | None, pids: list[int], find: Callable[[], list[int]] | None = None) -> None:
+        self.label, self.pids, self.find = label, list(pids), find
         if label is not None:
             self.sample()
 
     def sample(self) -> None:
-        label, pids = self.label, self.pids
+        label, pids, find = self.label, self.pids, self.find
+        if find is not None:
+            with contextlib.suppress(Exception):
+                pids = find()
         if label is None or not pids:
             return
         value = rss(pids)
