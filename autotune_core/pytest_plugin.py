@@ -5,8 +5,9 @@ host, pydantic models and the pipeline are imported inside the fixtures, never a
 
 Fixtures:
 
-- ``autotune_host_factory(*plugins, load_entrypoints=False, config=None, **kwargs)``: a fresh
-  host holding your plugins and the in-process fake backend, ignoring the user's config file;
+- ``autotune_host_factory(*plugins, load_entrypoints=False, config=None, settings=None, backend=None,
+  **kwargs)``: a fresh host holding your plugins and the in-process fake backend, ignoring the user's
+  config file (:func:`make_host` is the same outside a fixture: module-level helpers, conftests);
 - ``autotune_host``: such a host with only the core and the fake backend;
 - ``fake_backend``: that host's :class:`~autotune_core.testing.FakeBackend` instance;
 - ``hardware_snapshot``: a 16 GiB CPU-only machine (:func:`autotune_core.testing.make_hardware`);
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from .config import Settings
     from .hardware import HardwareSnapshot
     from .host import PluginHost
     from .messages import ChatRequest
@@ -60,25 +62,63 @@ def model_architecture(request: pytest.FixtureRequest) -> ModelInfo:
     return found
 
 
+def make_host(*plugins: object, load_entrypoints: bool = False, config: Settings | dict[str, Any] | None = None,
+              settings: dict[str, dict[str, Any]] | None = None, backend: type[FakeBackend] | None = None,
+              **kwargs: Any) -> PluginHost:
+    """What :func:`autotune_host_factory` builds, for code that cannot take a fixture.
+
+    ``config`` is a :class:`~autotune_core.config.Settings` or a dict shaped like the config file
+    (validated the same way, ``backend = "fake"`` unless it says otherwise); ``settings`` adds
+    per-plugin settings (``{"my-plugin": {"ceiling": 4096}}``) over the config's; ``backend`` is a
+    :class:`~autotune_core.testing.FakeBackend` subclass to register as the fake backend instead.
+    The rest (``env``, ``hardware``, ``stack``) goes to :class:`~autotune_core.host.PluginHost`;
+    ``env`` defaults to ``{}`` so the developer's ``AUTOTUNE_*`` variables cannot change a result,
+    ``hardware`` to :func:`~autotune_core.testing.make_hardware`'s 16 GiB machine.
+    """
+    from .config import Settings, validate_settings
+    from .host import PluginHost
+    from .testing import FakeBackendPlugin, make_hardware
+
+    if isinstance(config, dict):
+        config = validate_settings({"backend": "fake", **config}, "<autotune_host_factory config>")
+    config = config if config is not None else Settings(backend="fake")
+    if settings:
+        merged = {**config.plugins.settings, **settings}
+        config = config.model_copy(update={"plugins": config.plugins.model_copy(update={"settings": merged})})
+    kwargs.setdefault("env", {})
+    if kwargs.get("hardware") is None:
+        kwargs["hardware"] = make_hardware()
+    registrar = FakeBackendPlugin() if backend is None else _registrar(backend)
+    return PluginHost(config=config, plugins=[registrar, *plugins], load_entrypoints=load_entrypoints, **kwargs)
+
+
+def _registrar(backend: type[FakeBackend]) -> object:
+    """A ``fake-backend`` plugin registering ``backend`` (a FakeBackend subclass) in place of FakeBackend."""
+    from .markers import hookimpl
+
+    class _Registrar:
+        name = "fake-backend"
+
+        @hookimpl
+        def register_backends(self, register: Callable[[type[FakeBackend]], None]) -> None:
+            register(backend)
+
+    return _Registrar()
+
+
 @pytest.fixture
 def autotune_host_factory(hardware_snapshot: HardwareSnapshot) -> Callable[..., PluginHost]:
     """Build hosts holding the given plugins (plus the fake backend), without the user's config.
 
     ``config`` may be a :class:`~autotune_core.config.Settings` or a plain dict shaped like the
-    config file (``{"plugins": {"my-plugin": {"ceiling": 4096}}}``), validated the same way.
+    config file (``{"plugins": {"my-plugin": {"ceiling": 4096}}}``), validated the same way;
+    ``settings`` and ``backend`` as in :func:`make_host`. ``hardware`` defaults to the
+    ``hardware_snapshot`` fixture (override that fixture to change every host of a test).
     """
-    from .config import Settings, validate_settings
-    from .host import PluginHost
-    from .testing import FakeBackendPlugin
 
-    def build(*plugins: object, load_entrypoints: bool = False, config: Settings | dict[str, Any] | None = None,
-              **kwargs: Any) -> PluginHost:
-        if isinstance(config, dict):
-            config = validate_settings({"backend": "fake", **config}, "<autotune_host_factory config>")
+    def build(*plugins: object, **kwargs: Any) -> PluginHost:
         kwargs.setdefault("hardware", hardware_snapshot)
-        kwargs.setdefault("env", {})  # the developer's AUTOTUNE_* variables must not change test results
-        return PluginHost(config=config if config is not None else Settings(backend="fake"),
-                          plugins=[FakeBackendPlugin(), *plugins], load_entrypoints=load_entrypoints, **kwargs)
+        return make_host(*plugins, **kwargs)
 
     return build
 

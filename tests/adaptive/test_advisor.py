@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from autotune_core import ChatRequest, Choice, Message, PluginHost, fold_stage, hookimpl
-from autotune_core.config import Settings as CoreSettings
 from autotune_core.pipeline import Pipeline
-from autotune_core.testing import LLAMA_1B, FakeBackend, FakeBackendPlugin, make_hardware
+from autotune_core.pytest_plugin import make_host
+from autotune_core.testing import LLAMA_1B, FakeBackend
 from autotune_plugins.session_advisor import SessionAdvisorPlugin
 from autotune_plugins.session_advisor.health import GB, Advisor, Sample, health_score
 from autotune_plugins.session_advisor.sampler import SystemSampler, linux_thermal, parse_pmset
@@ -53,11 +53,10 @@ class Proposer:
 
 
 def make(settings: dict[str, Any] | None = None) -> tuple[PluginHost, SessionAdvisorPlugin, Clock, FakeSampler]:
+    """The shipped host (make_host) with a proposer and an advisor on a fake clock and sampler, its state built."""
     clock, sampler = Clock(), FakeSampler()
     plugin = SessionAdvisorPlugin(sampler=sampler, clock=clock)
-    config = CoreSettings(backend="fake", plugins={"settings": {"session-advisor": settings or {}}})
-    host = PluginHost(config=config, plugins=[FakeBackendPlugin(), Proposer(), plugin], load_entrypoints=False,
-                      hardware=make_hardware(), env={})
+    host = make_host(Proposer(), plugin, settings={"session-advisor": settings or {}})
     plugin.ensure(host)
     return host, plugin, clock, sampler
 
@@ -196,11 +195,10 @@ def test_status_cli_falls_back_to_a_local_sample() -> None:
 
 
 @pytest.mark.parametrize("how", ["env", "settings"])
-async def test_toggle(how: str) -> None:
+async def test_toggle(how: str, autotune_host_factory: Any) -> None:
     if how == "env":
-        host = PluginHost(config=CoreSettings(backend="fake"), plugins=[FakeBackendPlugin(), Proposer()],
-                          load_entrypoints=True, hardware=make_hardware(),
-                          env={"AUTOTUNE_DISABLE_PLUGINS": "session-advisor"})
+        host = autotune_host_factory(Proposer(), load_entrypoints=True,
+                                     env={"AUTOTUNE_DISABLE_PLUGINS": "session-advisor"})
         assert not host.enabled("session-advisor") and host.plugin("session-advisor") is None
     else:
         host, plugin, clock, sampler = make({"act": False})
@@ -213,8 +211,7 @@ async def test_toggle(how: str) -> None:
     if how == "settings":
         assert plan.num_ctx == 8192 and next(e.new for e in plan.steps("kv_type")) == "f16"
     assert not any(e.plugin == "session-advisor" for e in plan.trace)
-    on = PluginHost(config=CoreSettings(backend="fake"), plugins=[FakeBackendPlugin()], load_entrypoints=True,
-                    hardware=make_hardware(), env={"AUTOTUNE_LOAD_PLUGINS": "session-advisor"})
+    on = autotune_host_factory(load_entrypoints=True, env={"AUTOTUNE_LOAD_PLUGINS": "session-advisor"})
     assert on.enabled("session-advisor")
 
 

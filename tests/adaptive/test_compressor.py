@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from adaptive_corpus import SYSTEM, code_block, coding_conversation, traceback_text
 
-from autotune_core import ChatRequest, Message, PluginHost
+from autotune_core import ChatRequest, Message
 from autotune_core.config import Settings as CoreSettings
 from autotune_core.messages import ToolCall
 from autotune_core.pipeline import Pipeline
-from autotune_core.testing import LLAMA_1B, FakeBackendPlugin, make_hardware
+from autotune_core.testing import LLAMA_1B
 from autotune_core.tokens import estimate_tokens
 from autotune_plugins.context_compressor import ContextCompressorPlugin
 from autotune_plugins.context_compressor.compress import compress_message, cut_prose, fold_json, strip_noise
@@ -140,13 +141,8 @@ def test_noise_json_and_tool_head_tail() -> None:
     assert "line 25" not in out
 
 
-def _host(*plugins: object, env: dict[str, str] | None = None, entrypoints: bool = False) -> PluginHost:
-    return PluginHost(config=CoreSettings(backend="fake"), plugins=[FakeBackendPlugin(), *plugins],
-                      load_entrypoints=entrypoints, hardware=make_hardware(), env=env or {})
-
-
-async def test_stateless_request_is_compressed_in_pre_request_with_trace() -> None:
-    host = _host(ContextCompressorPlugin())
+async def test_stateless_request_is_compressed_in_pre_request_with_trace(autotune_host_factory: Any) -> None:
+    host = autotune_host_factory(ContextCompressorPlugin())
     messages = coding_conversation(40)
     request = ChatRequest(model="llama3.2:1b", messages=messages)
     prepared = await Pipeline(host).plan(request, host.backend("fake"), LLAMA_1B)
@@ -159,8 +155,8 @@ async def test_stateless_request_is_compressed_in_pre_request_with_trace() -> No
     assert request.messages == messages  # the client's request object is untouched
 
 
-async def test_budget_uses_model_trained_context_and_max_tokens() -> None:
-    host = _host(ContextCompressorPlugin())
+async def test_budget_uses_model_trained_context_and_max_tokens(autotune_host_factory: Any) -> None:
+    host = autotune_host_factory(ContextCompressorPlugin())
     small = LLAMA_1B.model_copy(update={"context_length": 4096})
     messages = coding_conversation(6)
     request = ChatRequest(model="llama3.2:1b", messages=messages, max_tokens=256)
@@ -170,27 +166,27 @@ async def test_budget_uses_model_trained_context_and_max_tokens() -> None:
 
 
 @pytest.mark.parametrize("how", ["env", "config"])
-async def test_toggle_off_leaves_messages_alone(how: str) -> None:
+async def test_toggle_off_leaves_messages_alone(how: str, autotune_host_factory: Any) -> None:
     messages = coding_conversation(40)
     if how == "env":
-        host = _host(env={"AUTOTUNE_DISABLE_PLUGINS": "context-compressor"}, entrypoints=True)
+        host = autotune_host_factory(env={"AUTOTUNE_DISABLE_PLUGINS": "context-compressor"}, load_entrypoints=True)
     else:
         config = CoreSettings(backend="fake", plugins={"disabled": ["context-compressor"]})
-        host = PluginHost(config=config, plugins=[FakeBackendPlugin()], hardware=make_hardware(), env={})
+        host = autotune_host_factory(config=config, load_entrypoints=True)
     assert not host.enabled("context-compressor")
     plan = (await Pipeline(host).plan(ChatRequest(model="llama3.2:1b", messages=messages), host.backend("fake"),
                                       LLAMA_1B)).plan
     assert plan.messages == messages and not any(e.plugin == "context-compressor" for e in plan.trace)
-    on = _host(env={"AUTOTUNE_LOAD_PLUGINS": "context-compressor"}, entrypoints=True)
+    on = autotune_host_factory(env={"AUTOTUNE_LOAD_PLUGINS": "context-compressor"}, load_entrypoints=True)
     assert on.enabled("context-compressor")
 
 
-def test_settings_are_validated() -> None:
+def test_settings_are_validated(autotune_host_factory: Any) -> None:
     from autotune_core.errors import ConfigError
 
     bad = CoreSettings(backend="fake", plugins={"settings": {"context-compressor": {"thresholds": [0.9, 0.5, 0.7]}}})
     with pytest.raises(ConfigError, match="context-compressor"):
-        PluginHost(config=bad, plugins=[ContextCompressorPlugin()], load_entrypoints=False, env={})
+        autotune_host_factory(ContextCompressorPlugin(), config=bad)
 
 
 def test_tool_message_keeps_its_call_id_when_compressed() -> None:

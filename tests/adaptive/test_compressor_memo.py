@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import random
 import re
+from typing import Any
 
 from adaptive_corpus import coding_conversation
 
-from autotune_core import ChatRequest, Message, PluginHost
-from autotune_core.config import Settings as CoreSettings
+from autotune_core import ChatRequest, Message
 from autotune_core.pipeline import Pipeline
-from autotune_core.testing import LLAMA_1B, FakeBackendPlugin, make_hardware
+from autotune_core.testing import LLAMA_1B
 from autotune_core.tokens import estimate_tokens
 from autotune_plugins.context_compressor import ContextCompressorPlugin, Memo
 from autotune_plugins.context_compressor.classifier import has_trace, tech_words
@@ -113,14 +113,11 @@ def test_topics_per_message_match_a_search_of_the_joined_text() -> None:
         assert extract_facts(messages, Memo()).topics == expected == extract_facts(messages).topics, contents
 
 
-async def test_the_plugin_remembers_across_requests_and_can_be_turned_off() -> None:
+async def test_the_plugin_remembers_across_requests_and_can_be_turned_off(autotune_host_factory: Any) -> None:
     plugin = ContextCompressorPlugin()
-    host = PluginHost(config=CoreSettings(backend="fake"), plugins=[FakeBackendPlugin(), plugin],
-                      load_entrypoints=False, hardware=make_hardware(), env={})
+    host = autotune_host_factory(plugin)
     off_plugin = ContextCompressorPlugin()
-    off = PluginHost(config=CoreSettings(backend="fake", plugins={"settings": {"context-compressor": {
-        "remembered_messages": 0}}}), plugins=[FakeBackendPlugin(), off_plugin], load_entrypoints=False,
-        hardware=make_hardware(), env={})
+    off = autotune_host_factory(off_plugin, settings={"context-compressor": {"remembered_messages": 0}})
     for messages in growing(14)[-3:]:
         request = ChatRequest(model="llama3.2:1b", messages=messages)
         on_plan = (await Pipeline(host).plan(request, host.backend("fake"), LLAMA_1B)).plan

@@ -18,9 +18,9 @@ import psutil
 import pytest
 
 from autotune_core import ChatRequest, Message, PluginHost
-from autotune_core.config import Settings as CoreSettings
 from autotune_core.pipeline import Pipeline
-from autotune_core.testing import LLAMA_1B, FakeBackend, FakeBackendPlugin, make_hardware
+from autotune_core.pytest_plugin import make_host
+from autotune_core.testing import LLAMA_1B, FakeBackend
 from autotune_plugins.os_tuner import OSTunerPlugin, TunerState, process_state
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread niceness checks are Linux's")
@@ -77,13 +77,13 @@ def _untuned_start() -> None:
 
 def make(sysfs: Path, server: int, *, root: bool = True, settings: dict[str, Any] | None = None,
          env: dict[str, str] | None = None, entrypoints: bool = False) -> tuple[PluginHost, OSTunerPlugin, FakeQoS]:
+    """The shipped host (make_host) with an os-tuner on a fake sysfs, QoS and server process."""
     qos = FakeQoS()
     plugin = OSTunerPlugin(state=TunerState(), qos=qos, process_finder=lambda names: [server], is_root=lambda: root,
                            sysfs_cpu=sysfs)
     # restore at once unless a test is about the linger
-    config = CoreSettings(backend="fake", plugins={"settings": {"os-tuner": {"linger_seconds": 0, **(settings or {})}}})
-    host = PluginHost(config=config, plugins=[FakeBackendPlugin(), plugin], load_entrypoints=entrypoints,
-                      hardware=make_hardware(), env=env or {})
+    host = make_host(plugin, settings={"os-tuner": {"linger_seconds": 0, **(settings or {})}},
+                     load_entrypoints=entrypoints, env=env or {})
     return host, plugin, qos
 
 
@@ -209,11 +209,10 @@ async def test_backstops_dropped_request_timer_and_shutdown(sysfs: Path, server_
 
 
 @pytest.mark.parametrize("how", ["env", "settings"])
-async def test_toggle(sysfs: Path, server_proc: Any, how: str) -> None:
+async def test_toggle(sysfs: Path, server_proc: Any, how: str, autotune_host_factory: Any) -> None:
     if how == "env":
         qos = FakeQoS()
-        host = PluginHost(config=CoreSettings(backend="fake"), plugins=[FakeBackendPlugin()], load_entrypoints=True,
-                          hardware=make_hardware(), env={"AUTOTUNE_DISABLE_PLUGINS": "os-tuner"})
+        host = autotune_host_factory(load_entrypoints=True, env={"AUTOTUNE_DISABLE_PLUGINS": "os-tuner"})
         assert not host.enabled("os-tuner") and host.records["os-tuner"].status == "disabled"
     else:
         host, _, qos = make(sysfs, server_proc.pid, settings={
@@ -224,8 +223,7 @@ async def test_toggle(sysfs: Path, server_proc: Any, how: str) -> None:
     assert snapshot(sysfs, qos, server_proc.pid) == before
     assert not any(e.plugin == "os-tuner" and e.new == "applied" for e in prepared.plan.trace)
     await pipeline.run(prepared)
-    on = PluginHost(config=CoreSettings(backend="fake"), plugins=[FakeBackendPlugin()], load_entrypoints=True,
-                    hardware=make_hardware(), env={"AUTOTUNE_LOAD_PLUGINS": "os-tuner"})
+    on = autotune_host_factory(load_entrypoints=True, env={"AUTOTUNE_LOAD_PLUGINS": "os-tuner"})
     assert on.enabled("os-tuner")
 
 
@@ -284,7 +282,8 @@ async def test_shutdown_during_the_linger_restores_at_once(sysfs: Path, server_p
     assert snapshot(sysfs, qos, server_proc.pid) == before
 
 
-async def test_hosts_in_one_process_share_one_state(sysfs: Path, server_proc: Any) -> None:
+async def test_hosts_in_one_process_share_one_state(sysfs: Path, server_proc: Any,
+                                                     autotune_host_factory: Any) -> None:
     """Separate counts would restore out of order and leave the process tuned; one shared count cannot."""
     threshold, nice = gc.get_threshold(), os.getpriority(os.PRIO_PROCESS, 0)
     hosts = []
@@ -292,9 +291,7 @@ async def test_hosts_in_one_process_share_one_state(sysfs: Path, server_proc: An
         qos = FakeQoS()
         plugin = OSTunerPlugin(qos=qos, process_finder=lambda names: [server_proc.pid], is_root=lambda: True,
                                sysfs_cpu=sysfs)
-        config = CoreSettings(backend="fake", plugins={"settings": {"os-tuner": {"linger_seconds": 0.5}}})
-        hosts.append(PluginHost(config=config, plugins=[FakeBackendPlugin(), plugin], load_entrypoints=False,
-                                hardware=make_hardware(), env={}))
+        hosts.append(autotune_host_factory(plugin, settings={"os-tuner": {"linger_seconds": 0.5}}))
     state = process_state()
     applies, restores = state.applies, state.restores
     running = [await Pipeline(h).plan(request(i, False), h.backend("fake"), LLAMA_1B) for i, h in enumerate(hosts)]

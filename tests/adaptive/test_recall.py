@@ -15,19 +15,18 @@ from adaptive_corpus import PLANTED, QUERIES, topic_embed
 from click.testing import CliRunner
 
 from autotune_core import ChatRequest, Message, PluginHost
-from autotune_core.config import Settings as CoreSettings
 from autotune_core.config import data_dir
 from autotune_core.pipeline import Pipeline
-from autotune_core.testing import LLAMA_1B, FakeBackend, FakeBackendPlugin, make_hardware
+from autotune_core.pytest_plugin import make_host
+from autotune_core.testing import LLAMA_1B, FakeBackend
 from autotune_plugins.recall import RecallPlugin, format_block
 from autotune_plugins.recall.store import Hit, MemoryStore, lexical_score, terms
 
 
 def _host(*plugins: object, settings: dict[str, object] | None = None, env: dict[str, str] | None = None,
           entrypoints: bool = False, stock_embed: bool = False) -> PluginHost:
-    config = CoreSettings(backend="fake", plugins={"settings": {"recall": settings or {}}})
-    host = PluginHost(config=config, plugins=[FakeBackendPlugin(), *plugins], load_entrypoints=entrypoints,
-                      hardware=make_hardware(), env=env or {})
+    """The shipped host (make_host) plus what every recall test needs: recall's settings and a topic embedder."""
+    host = make_host(*plugins, settings={"recall": settings or {}}, load_entrypoints=entrypoints, env=env or {})
     if not stock_embed:
         host.backend("fake").embed = topic_embed  # type: ignore[method-assign]
     return host

@@ -6,12 +6,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from autotune_core.config import Settings
 from autotune_core.hardware import GiB, HardwareSnapshot
 from autotune_core.hardware.detect import detect_hardware
-from autotune_core.host import PluginHost
 from autotune_core.markers import hookimpl
-from autotune_core.testing import FakeBackendPlugin
 
 TESTS = Path(__file__).resolve().parent.parent
 HARDWARE = TESTS / "fixtures" / "hardware"
@@ -74,8 +71,3 @@ class SetsPlugin:
     def register_archetypes(self, register: Any) -> None:
         for item in self.sets:
             register(item)
-
-
-def host_with(*plugins: object, hardware: HardwareSnapshot, config: Settings | None = None) -> PluginHost:
-    return PluginHost(config=config or Settings(backend="fake"), plugins=[FakeBackendPlugin(), *plugins],
-                      load_entrypoints=False, hardware=hardware, env={})

@@ -9,9 +9,10 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
-from archetype_helpers import host_with, profile_set
+from archetype_helpers import profile_set
 
 from autotune_core.archetypes import dump_profile_set
 from autotune_core.config import Settings
@@ -141,10 +142,11 @@ def test_staleness_follows_refresh_hours(server: _Server, tmp_path: Path) -> Non
     assert store.stale(24, now=checked + 25 * 3600)
 
 
-def test_startup_refreshes_a_stale_cache_and_swaps_the_registered_sets(server: _Server) -> None:
+def test_startup_refreshes_a_stale_cache_and_swaps_the_registered_sets(server: _Server,
+                                                                       autotune_host_factory: Any) -> None:
     server.serve(_curated(bundled_set().version + 1, num_ctx=12288))
     config = Settings(backend="fake", archetypes={"url": server.url, "refresh_hours": 1, "timeout": 5})
-    host = host_with(BundledProfilesPlugin(), hardware=make_hardware(16), config=config)
+    host = autotune_host_factory(BundledProfilesPlugin(), hardware=make_hardware(16), config=config)
     assert [s.version for _p, s in host.archetype_sets] == [1]
     asyncio.run(host.start())
     assert server.hits == 1

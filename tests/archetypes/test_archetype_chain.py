@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
-from archetype_helpers import SetsPlugin, host_with, profile_set, replay
+from archetype_helpers import SetsPlugin, profile_set, replay
 
 from autotune_core.archetypes import classify, load_profile_set, resolve
 from autotune_core.config import Settings
@@ -71,8 +72,8 @@ def test_higher_priority_set_wins_per_knob_and_the_loser_is_recorded() -> None:
     assert resolved["num_ctx"].origin.set_name == "base"  # per knob, not per profile
 
 
-def test_plan_trace_shows_every_applied_value_with_its_origin() -> None:
-    host = host_with(SetsPlugin("sets", BASE), AutoTunePlugin(), hardware=RTX4090)
+def test_plan_trace_shows_every_applied_value_with_its_origin(autotune_host_factory: Any) -> None:
+    host = autotune_host_factory(SetsPlugin("sets", BASE), AutoTunePlugin(), hardware=RTX4090)
     plan = plan_request(host, "hello", model="llama3.2:1b")
     mine = {e.knob: e for e in plan.trace if e.plugin == "auto-tune"}
     assert mine["num_batch"].new == 256
@@ -85,10 +86,9 @@ def test_plan_trace_shows_every_applied_value_with_its_origin() -> None:
 
 
 @pytest.mark.parametrize("how", ["config", "env"])
-def test_disabling_auto_tune_removes_every_archetype_entry(how: str) -> None:
+def test_disabling_auto_tune_removes_every_archetype_entry(how: str, autotune_host_factory: Any) -> None:
     """Through the real entry points, as a user switches it off."""
     from autotune_core.host import PluginHost
-    from autotune_core.testing import FakeBackendPlugin
 
     def build(disabled: bool) -> PluginHost:
         env = {"AUTOTUNE_LOAD_PLUGINS": "archetype-profiles,auto-tune"}
@@ -97,7 +97,7 @@ def test_disabling_auto_tune_removes_every_archetype_entry(how: str) -> None:
             config = Settings(backend="fake", plugins={"disabled": ["auto-tune"]})
         if disabled and how == "env":
             env["AUTOTUNE_DISABLE_PLUGINS"] = "auto-tune"
-        return PluginHost(config=config, plugins=[FakeBackendPlugin()], hardware=RTX4090, env=env)
+        return autotune_host_factory(load_entrypoints=True, config=config, hardware=RTX4090, env=env)
 
     on = plan_request(build(False), "hello", model="llama3.2:1b")
     assert [e for e in on.trace if e.plugin == "auto-tune"]
@@ -109,8 +109,8 @@ def test_disabling_auto_tune_removes_every_archetype_entry(how: str) -> None:
     assert off.num_ctx is None and "archetype" not in off.flags
 
 
-def test_explicit_client_options_are_never_overridden() -> None:
-    host = host_with(SetsPlugin("sets", BASE), AutoTunePlugin(), hardware=RTX4090)
+def test_explicit_client_options_are_never_overridden(autotune_host_factory: Any) -> None:
+    host = autotune_host_factory(SetsPlugin("sets", BASE), AutoTunePlugin(), hardware=RTX4090)
     plan = plan_request(host, "hello", model="llama3.2:1b", options={"num_batch": 64, "num_ctx": 2048})
     assert not [e for e in plan.trace if e.plugin == "auto-tune" and e.knob in ("num_batch", "num_ctx")]
 
@@ -126,18 +126,18 @@ class _BigCtx:
         return Choice(65536, "sized from the prompt")
 
 
-def test_num_ctx_default_is_refined_by_later_proposers_and_capped_by_the_ceiling() -> None:
+def test_num_ctx_default_is_refined_by_later_proposers_and_capped_by_the_ceiling(autotune_host_factory: Any) -> None:
     capped = profile_set("cap", {"nvidia-ada-24gb": {"common": {"num_ctx": 8192, "max_num_ctx": 16384}}})
-    host = host_with(SetsPlugin("sets", capped), AutoTunePlugin(), _BigCtx(), hardware=RTX4090)
+    host = autotune_host_factory(SetsPlugin("sets", capped), AutoTunePlugin(), _BigCtx(), hardware=RTX4090)
     plan = plan_request(host, "hello", model="llama3.2:1b")
     steps = [(e.plugin, e.new) for e in plan.steps("num_ctx")]
     assert steps == [("auto-tune", 8192), ("big-ctx", 65536), ("auto-tune", 16384)]
     assert plan.num_ctx == 16384 and plan.steps("num_ctx")[-1].reason.startswith("ceiling: archetype")
 
 
-def test_bundled_profiles_apply_on_recorded_machines(tmp_path: Path) -> None:
+def test_bundled_profiles_apply_on_recorded_machines(tmp_path: Path, autotune_host_factory: Any) -> None:
     snapshot = replay(tmp_path, nvidia="rtx4090.csv")
-    host = host_with(BundledProfilesPlugin(), AutoTunePlugin(), hardware=snapshot)
+    host = autotune_host_factory(BundledProfilesPlugin(), AutoTunePlugin(), hardware=snapshot)
     plan = plan_request(host, "hello", model="llama3.2:1b")
     ctx = plan.steps("num_ctx")[0]
     assert (ctx.plugin, ctx.new) == ("auto-tune", 32768)
@@ -145,17 +145,18 @@ def test_bundled_profiles_apply_on_recorded_machines(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("snapshot_args", [{"root": "strix_halo_128gb"}, {"sysctl": "m2_pro_16gb"}])
-def test_bundled_profiles_reach_the_embedded_section(tmp_path: Path, snapshot_args: dict) -> None:
+def test_bundled_profiles_reach_the_embedded_section(tmp_path: Path, snapshot_args: dict,
+                                                     autotune_host_factory: Any) -> None:
     from autotune_core.archetypes import profile_sets
 
-    host = host_with(BundledProfilesPlugin(), hardware=replay(tmp_path, **snapshot_args))
+    host = autotune_host_factory(BundledProfilesPlugin(), hardware=replay(tmp_path, **snapshot_args))
     sets, errors = profile_sets(host.archetype_sets)
     resolved = resolve(sets, classify(host.hardware), section="embedded")
     assert not errors and resolved["embedded.n_gpu_layers"].value == -1
 
 
-def test_a_broken_registered_set_is_reported_not_fatal() -> None:
+def test_a_broken_registered_set_is_reported_not_fatal(autotune_host_factory: Any) -> None:
     broken = profile_set("broken", {"nvidia-ada-24gb": {"common": {"num_batch": -5}}})
-    host = host_with(SetsPlugin("sets", broken, BASE), AutoTunePlugin(), hardware=RTX4090)
+    host = autotune_host_factory(SetsPlugin("sets", broken, BASE), AutoTunePlugin(), hardware=RTX4090)
     plan = plan_request(host, "hello", model="gemma3:270m")
     assert plan.num_batch == 1024  # the valid set still applies

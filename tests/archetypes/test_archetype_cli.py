@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
-from archetype_helpers import SetsPlugin, host_with, profile_set, replay
+from archetype_helpers import SetsPlugin, profile_set, replay
 from click.testing import CliRunner
 
 from autotune_core.cli import common, hardware_cmd
@@ -38,9 +39,10 @@ def cli_for(monkeypatch: pytest.MonkeyPatch) -> Iterator:
     common.reset_host()
 
 
-def test_hardware_json_shows_archetype_and_every_override_with_origin(tmp_path: Path, cli_for) -> None:
-    host = host_with(BundledProfilesPlugin(), AutoTunePlugin(), SetsPlugin("vendor-plugin", VENDOR),
-                     hardware=replay(tmp_path, nvidia="rtx4090.csv"))
+def test_hardware_json_shows_archetype_and_every_override_with_origin(tmp_path: Path, cli_for,
+                                                                      autotune_host_factory: Any) -> None:
+    host = autotune_host_factory(BundledProfilesPlugin(), AutoTunePlugin(), SetsPlugin("vendor-plugin", VENDOR),
+                                 hardware=replay(tmp_path, nvidia="rtx4090.csv"))
     out = CliRunner().invoke(cli_for(host), ["hardware", "--json"])
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
@@ -64,8 +66,8 @@ def test_hardware_says_when_auto_tune_is_off(tmp_path: Path, cli_for) -> None:
     assert "nothing below is applied" in CliRunner().invoke(cli_for(host), ["hardware"]).output
 
 
-def test_profiles_list_show_and_lemonade(tmp_path: Path, cli_for) -> None:
-    host = host_with(BundledProfilesPlugin(), hardware=replay(tmp_path, root="strix_halo_128gb"))
+def test_profiles_list_show_and_lemonade(tmp_path: Path, cli_for, autotune_host_factory: Any) -> None:
+    host = autotune_host_factory(BundledProfilesPlugin(), hardware=replay(tmp_path, root="strix_halo_128gb"))
     cli = cli_for(host)
     listed = json.loads(CliRunner().invoke(cli, ["profiles", "list", "--json"]).output)
     assert listed["archetype"] == "amd-strix-halo-128gb"
@@ -76,14 +78,14 @@ def test_profiles_list_show_and_lemonade(tmp_path: Path, cli_for) -> None:
     assert missing.exit_code != 0 and "no profile 'no-such'" in missing.output
 
 
-def test_profiles_update_without_url_explains(tmp_path: Path, cli_for) -> None:
-    host = host_with(BundledProfilesPlugin(), hardware=replay(tmp_path, root="x86_cpu_only"))
+def test_profiles_update_without_url_explains(tmp_path: Path, cli_for, autotune_host_factory: Any) -> None:
+    host = autotune_host_factory(BundledProfilesPlugin(), hardware=replay(tmp_path, root="x86_cpu_only"))
     result = CliRunner().invoke(cli_for(host), ["profiles", "update"])
     assert result.exit_code != 0 and "[archetypes] url" in result.output
 
 
-def test_bench_merge_learn_end_to_end_on_the_fake_backend(tmp_path: Path, cli_for) -> None:
-    host = host_with(BundledProfilesPlugin(), hardware=replay(tmp_path, root="x86_cpu_only"))
+def test_bench_merge_learn_end_to_end_on_the_fake_backend(tmp_path: Path, cli_for, autotune_host_factory: Any) -> None:
+    host = autotune_host_factory(BundledProfilesPlugin(), hardware=replay(tmp_path, root="x86_cpu_only"))
     cli = cli_for(host)
     out = tmp_path / "bench.json"
     ran = CliRunner().invoke(cli, ["bench", "--backend", "fake", "--model", "llama3.2:1b", "--submit-file",

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from archetype_helpers import host_with
 
 from autotune_core.archetypes import classify, profile_sets, resolve
 from autotune_core.pytest_plugin import plan_request
@@ -40,8 +39,8 @@ def test_default_sweep_skips_quantized_v_without_flash_attention() -> None:
         {k: c[k] for k in ("flash_attn", "kv_type")} for c in sweep]
 
 
-def test_bench_on_the_fake_backend_sweeps_only_what_the_backend_honours() -> None:
-    host = host_with(hardware=make_hardware(16))
+def test_bench_on_the_fake_backend_sweeps_only_what_the_backend_honours(autotune_host_factory: Any) -> None:
+    host = autotune_host_factory(hardware=make_hardware(16))
     result = asyncio.run(run_bench(host, backend_name="fake", model="llama3.2:1b", budget_s=20, max_tokens=64))
     backend = host.backend("fake")
     assert isinstance(backend, FakeBackend)
@@ -57,8 +56,8 @@ def test_bench_on_the_fake_backend_sweeps_only_what_the_backend_honours() -> Non
     Contribution.model_validate_json(result.model_dump_json())  # the file format round-trips
 
 
-def test_bench_stops_at_the_time_budget() -> None:
-    host = host_with(hardware=make_hardware(16))
+def test_bench_stops_at_the_time_budget(autotune_host_factory: Any) -> None:
+    host = autotune_host_factory(hardware=make_hardware(16))
     backend = host.backend("fake")
     assert isinstance(backend, FakeBackend)
     backend.chunk_delay = 0.1  # 5 words: 0.5 s per request, 1 s per combination (warm-up + measured)
@@ -149,7 +148,7 @@ def test_merge_respects_min_submissions_and_explicit_targets() -> None:
         merge([a, b], min_submissions=3)
 
 
-def test_learn_writes_a_local_overlay_that_wins_and_says_so() -> None:
+def test_learn_writes_a_local_overlay_that_wins_and_says_so(autotune_host_factory: Any) -> None:
     store = ProfileCache()
     measured = contribution({256: 20, 512: 35, 1024: 30}, archetype="cpu-x86-16gb")
     learned = learn(measured, store)
@@ -159,7 +158,7 @@ def test_learn_writes_a_local_overlay_that_wins_and_says_so() -> None:
     assert again.version == learned.version + 1  # versioned; the model's overlay was updated in place
     assert len(again.profiles["cpu-x86-16gb"].overlays) == 1
     assert [s.name for s in sets_to_register(store)] == ["bundled", "local"]
-    host = host_with(BundledProfilesPlugin(), AutoTunePlugin(), hardware=make_hardware(16))
+    host = autotune_host_factory(BundledProfilesPlugin(), AutoTunePlugin(), hardware=make_hardware(16))
     sets, errors = profile_sets(host.archetype_sets)
     assert not errors
     resolved = resolve(sets, classify(host.hardware), section=None, model="llama3.2:1b")
@@ -172,9 +171,9 @@ def test_learn_writes_a_local_overlay_that_wins_and_says_so() -> None:
     assert other_model.steps("num_batch") == []  # learned for one model only
 
 
-def test_learn_as_default_applies_to_every_model() -> None:
+def test_learn_as_default_applies_to_every_model(autotune_host_factory: Any) -> None:
     store = ProfileCache()
     learn(contribution({256: 20, 512: 35}, archetype="cpu-x86-16gb"), store, as_default=True)
-    host = host_with(BundledProfilesPlugin(), AutoTunePlugin(), hardware=make_hardware(16))
+    host = autotune_host_factory(BundledProfilesPlugin(), AutoTunePlugin(), hardware=make_hardware(16))
     plan: Any = plan_request(host, "hello", model="gemma3:270m")
     assert plan.num_batch == 512 and "local overlay" in plan.steps("num_batch")[0].reason

@@ -8,14 +8,8 @@ import pytest
 from core_helpers import Boom, Fixed
 
 from autotune_core import Choice, PluginHost, RequestRejected, fold_stage, hookimpl
-from autotune_core.config import Settings
 from autotune_core.modelinfo import smaller_kv_type
 from autotune_core.plan import Plan
-from autotune_core.testing import make_hardware
-
-
-def build(*plugins: object) -> PluginHost:
-    return PluginHost(config=Settings(), plugins=plugins, env={}, hardware=make_hardware(), load_entrypoints=False)
 
 
 def fold(host: PluginHost, initial: int | None = None, plan: Plan | None = None) -> tuple[Choice[Any] | None, Plan]:
@@ -25,9 +19,9 @@ def fold(host: PluginHost, initial: int | None = None, plan: Plan | None = None)
     return result, plan
 
 
-def test_stages_order_the_fold_whatever_the_registration_order():
-    host = build(Fixed("g", 1000, "guard"), Fixed("a", 3000, "adjust"), Fixed("s", 4096, "snap"),
-                 Fixed("p", 3500, "propose"))
+def test_stages_order_the_fold_whatever_the_registration_order(autotune_host_factory):
+    host = autotune_host_factory(Fixed("g", 1000, "guard"), Fixed("a", 3000, "adjust"), Fixed("s", 4096, "snap"),
+                                 Fixed("p", 3500, "propose"))
     assert host.hook_order("choose_num_ctx") == ["p", "s", "a", "g"]
     result, plan = fold(host)
     assert result == Choice(1000, "g says 1000")
@@ -35,7 +29,7 @@ def test_stages_order_the_fold_whatever_the_registration_order():
         ("p", None, 3500), ("s", 3500, 4096), ("a", 4096, 3000), ("g", 3000, 1000)]
 
 
-def test_default_stage_is_adjust():
+def test_default_stage_is_adjust(autotune_host_factory):
     class Plain:
         name = "plain"
 
@@ -43,28 +37,30 @@ def test_default_stage_is_adjust():
         def choose_num_ctx(self, proposal):
             return None
 
-    host = build(Plain(), Fixed("p", 1, "propose"), Fixed("g", 1, "guard"))
+    host = autotune_host_factory(Plain(), Fixed("p", 1, "propose"), Fixed("g", 1, "guard"))
     assert host.hook_order("choose_num_ctx") == ["p", "plain", "g"]
     assert host.records["plain"].fold_positions == {"choose_num_ctx": "adjust #2"}
 
 
-def test_tryfirst_and_trylast_order_within_a_stage_and_lifo_otherwise():
-    host = build(Fixed("first", 1, "adjust", "tryfirst"), Fixed("x", 2, "adjust"), Fixed("y", 3, "adjust"),
-                 Fixed("last", 4, "adjust", "trylast"), Fixed("guard", None, "guard", "tryfirst"))
+def test_tryfirst_and_trylast_order_within_a_stage_and_lifo_otherwise(autotune_host_factory):
+    host = autotune_host_factory(Fixed("first", 1, "adjust", "tryfirst"), Fixed("x", 2, "adjust"),
+                                 Fixed("y", 3, "adjust"),
+                                 Fixed("last", 4, "adjust", "trylast"), Fixed("guard", None, "guard", "tryfirst"))
     # within adjust: tryfirst, then the rest last-registered-first, then trylast; tryfirst never jumps a stage
     assert host.hook_order("choose_num_ctx") == ["first", "y", "x", "last", "guard"]
     assert fold(host)[0] == Choice(4, "last says 4")
 
 
-def test_none_keeps_the_proposal_and_is_not_traced():
-    host = build(Fixed("p", 2048, "propose"), Fixed("quiet", None, "adjust"), Fixed("same", 2048, "snap"))
+def test_none_keeps_the_proposal_and_is_not_traced(autotune_host_factory):
+    host = autotune_host_factory(Fixed("p", 2048, "propose"), Fixed("quiet", None, "adjust"),
+                                 Fixed("same", 2048, "snap"))
     result, plan = fold(host)
     assert result is not None and result.value == 2048
     assert [e.plugin for e in plan.trace] == ["p"]  # "same" returned the same value: no trace entry
 
 
-def test_a_failing_proposer_is_skipped_and_counted():
-    host = build(Fixed("p2", 3000, "snap"), Boom("boom", "propose"), Fixed("p1", 2000, "propose"))
+def test_a_failing_proposer_is_skipped_and_counted(autotune_host_factory):
+    host = autotune_host_factory(Fixed("p2", 3000, "snap"), Boom("boom", "propose"), Fixed("p1", 2000, "propose"))
     result, _ = fold(host)
     assert result == Choice(3000, "p2 says 3000")
     record = host.records["boom"]
@@ -74,8 +70,9 @@ def test_a_failing_proposer_is_skipped_and_counted():
     assert record.failures == 2
 
 
-def test_a_failing_guard_keeps_the_most_conservative_value():
-    host = build(Boom("bad-guard", "guard"), Fixed("big", 8192, "adjust"), Fixed("small", 2048, "propose"))
+def test_a_failing_guard_keeps_the_most_conservative_value(autotune_host_factory):
+    host = autotune_host_factory(Boom("bad-guard", "guard"), Fixed("big", 8192, "adjust"),
+                                 Fixed("small", 2048, "propose"))
     result, plan = fold(host)
     assert result is not None and result.value == 2048
     last = plan.trace[-1]
@@ -84,7 +81,7 @@ def test_a_failing_guard_keeps_the_most_conservative_value():
     assert host.records["bad-guard"].failures == 1
 
 
-def test_a_failing_guard_on_kv_type_keeps_the_smaller_type():
+def test_a_failing_guard_on_kv_type_keeps_the_smaller_type(autotune_host_factory):
     class F16:
         name = "f16"
 
@@ -93,20 +90,20 @@ def test_a_failing_guard_on_kv_type_keeps_the_smaller_type():
         def choose_kv_type(self, proposal):
             return Choice("f16", "profile")
 
-    host = build(Boom("kv-guard", "guard", hook="choose_kv_type"), F16())
+    host = autotune_host_factory(Boom("kv-guard", "guard", hook="choose_kv_type"), F16())
     plan = Plan(model="m")
     result = host.fold("choose_kv_type", knob="kv_type", plan=plan, initial=Choice("q8_0", "start"),
                        conservative=smaller_kv_type)
     assert result is not None and result.value == "q8_0"
 
 
-def test_a_failing_guard_with_nothing_seen_changes_nothing():
-    host = build(Boom("lonely-guard", "guard"))
+def test_a_failing_guard_with_nothing_seen_changes_nothing(autotune_host_factory):
+    host = autotune_host_factory(Boom("lonely-guard", "guard"))
     result, plan = fold(host)
     assert result is None and plan.trace == []
 
 
-def test_a_wrong_return_type_is_a_failure():
+def test_a_wrong_return_type_is_a_failure(autotune_host_factory):
     class Raw:
         name = "raw"
 
@@ -115,13 +112,13 @@ def test_a_wrong_return_type_is_a_failure():
         def choose_num_ctx(self, proposal):
             return 4096  # should be Choice(4096, "...")
 
-    host = build(Raw())
+    host = autotune_host_factory(Raw())
     result, _ = fold(host, initial=1024)
     assert result == Choice(1024, "initial")
     assert "must return Choice or None, got int" in host.records["raw"].last_failure
 
 
-def test_rejections_are_not_isolated():
+def test_rejections_are_not_isolated(autotune_host_factory):
     class Gate:
         name = "gate"
 
@@ -131,7 +128,7 @@ def test_rejections_are_not_isolated():
             raise RequestRejected("too big for this machine")
 
     with pytest.raises(RequestRejected, match="too big"):
-        fold(build(Gate(), Fixed("p", 99, "propose")))
+        fold(autotune_host_factory(Gate(), Fixed("p", 99, "propose")))
 
 
 def test_unknown_stage_is_refused():
@@ -139,22 +136,22 @@ def test_unknown_stage_is_refused():
         fold_stage("later")
 
 
-def test_fold_positions_are_reported_per_plugin():
-    host = build(Fixed("g", 1, "guard"), Fixed("p", 1, "propose"))
+def test_fold_positions_are_reported_per_plugin(autotune_host_factory):
+    host = autotune_host_factory(Fixed("g", 1, "guard"), Fixed("p", 1, "propose"))
     assert host.records["p"].fold_positions == {"choose_num_ctx": "propose #1"}
     assert host.records["g"].fold_positions == {"choose_num_ctx": "guard #2"}
     assert host.records["core"].fold_positions == {}
 
 
-def test_skip_leaves_a_plugin_out_of_one_fold():
-    host = build(Fixed("p", 4096, "propose"), Fixed("a", 1024, "adjust"))
+def test_skip_leaves_a_plugin_out_of_one_fold(autotune_host_factory):
+    host = autotune_host_factory(Fixed("p", 4096, "propose"), Fixed("a", 1024, "adjust"))
     plan = Plan(model="m")
     result = host.fold("choose_num_ctx", knob="num_ctx", plan=plan, initial=None, conservative=min,
                        skip=frozenset({"a"}))
     assert result is not None and result.value == 4096
 
 
-def test_a_plugin_may_sit_at_two_stages_with_specname():
+def test_a_plugin_may_sit_at_two_stages_with_specname(autotune_host_factory):
     class Both:
         name = "both"
 
@@ -168,7 +165,7 @@ def test_a_plugin_may_sit_at_two_stages_with_specname():
         def never_above_4k(self, proposal):
             return Choice(min(proposal.value, 4096), "hard limit") if proposal else None
 
-    host = build(Both(), Fixed("a", 6000, "adjust"))
+    host = autotune_host_factory(Both(), Fixed("a", 6000, "adjust"))
     assert host.hook_order("choose_num_ctx") == ["both", "a", "both"]
     assert [(i.stage, i.tryfirst) for i in host.hook_impls("choose_num_ctx")] == [
         ("propose", True), ("adjust", False), ("guard", False)]

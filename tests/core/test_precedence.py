@@ -9,11 +9,10 @@ import pytest
 from core_helpers import Boom, Fixed
 
 from autotune_core import ChatRequest, Choice, Message, PluginHost, fold_stage, hookimpl
-from autotune_core.config import ModelOverride, Settings, validate_settings
+from autotune_core.config import ModelOverride, validate_settings
 from autotune_core.modelinfo import smaller_kv_type
 from autotune_core.plan import Plan
 from autotune_core.precedence import Pin, client_pins, config_pins, lowers, pins_for
-from autotune_core.testing import make_hardware
 
 
 def request(**fields: Any) -> ChatRequest:
@@ -38,10 +37,6 @@ class Guard:
     @fold_stage("guard")
     def choose_num_ctx(self, proposal: Choice[int] | None) -> Choice[int]:
         return Choice(self.value, "would not fit", safety=self.safety)
-
-
-def build(*plugins: object) -> PluginHost:
-    return PluginHost(config=Settings(), plugins=plugins, env={}, hardware=make_hardware(), load_entrypoints=False)
 
 
 def fold(host: PluginHost, plan: Plan) -> Choice[Any] | None:
@@ -82,8 +77,9 @@ def test_lowers_knows_which_way_is_safer() -> None:
     assert not lowers("keep_alive", 600, 0) and not lowers("num_keep", 24, 0)  # not memory: never lowered
 
 
-def test_a_pinned_knob_keeps_its_value_and_traces_every_proposal() -> None:
-    host = build(Fixed("sizing", 1536, "propose"), Fixed("buckets", 2048, "snap"), Fixed("ceiling", 4096, "adjust"))
+def test_a_pinned_knob_keeps_its_value_and_traces_every_proposal(autotune_host_factory: Any) -> None:
+    host = autotune_host_factory(Fixed("sizing", 1536, "propose"), Fixed("buckets", 2048, "snap"),
+                                 Fixed("ceiling", 4096, "adjust"))
     plan = pinned()
     result = fold(host, plan)
     assert result is not None and result.value == 8192
@@ -94,21 +90,22 @@ def test_a_pinned_knob_keeps_its_value_and_traces_every_proposal() -> None:
     assert plan.warnings == [] and "sizing~1536" in plan.compact_trace()
 
 
-def test_only_a_safety_choice_lowers_a_pin_and_it_warns() -> None:
+def test_only_a_safety_choice_lowers_a_pin_and_it_warns(autotune_host_factory: Any) -> None:
     plan = pinned()
-    assert fold(build(Guard(2048, safety=False)), plan).value == 8192  # type: ignore[union-attr]
+    assert fold(autotune_host_factory(Guard(2048, safety=False)), plan).value == 8192  # type: ignore[union-attr]
     assert plan.warnings == []
     plan = pinned()
-    assert fold(build(Guard(2048, safety=True)), plan).value == 2048  # type: ignore[union-attr]
+    assert fold(autotune_host_factory(Guard(2048, safety=True)), plan).value == 2048  # type: ignore[union-attr]
     assert plan.warnings == ["num_ctx lowered from 8192 (client asked 8192 (options.num_ctx)) to 2048 by guard: "
                              "would not fit"]
     plan = pinned()
-    assert fold(build(Guard(16384, safety=True)), plan).value == 8192  # type: ignore[union-attr]  never raised
+    assert fold(autotune_host_factory(Guard(16384, safety=True)), plan).value == 8192  # type: ignore[union-attr]  never raised
 
 
-def test_a_failing_guard_keeps_the_clients_value() -> None:
+def test_a_failing_guard_keeps_the_clients_value(autotune_host_factory: Any) -> None:
     plan = pinned()
-    assert fold(build(Fixed("sizing", 1024, "propose"), Boom("bad-guard", "guard")), plan).value == 8192  # type: ignore[union-attr]
+    host = autotune_host_factory(Fixed("sizing", 1024, "propose"), Boom("bad-guard", "guard"))
+    assert fold(host, plan).value == 8192  # type: ignore[union-attr]
 
 
 def test_plan_set_follows_the_same_rule() -> None:
@@ -122,7 +119,7 @@ def test_plan_set_follows_the_same_rule() -> None:
     assert free.client_values() == []
 
 
-def test_kv_fold_pin_lowered_for_safety() -> None:
+def test_kv_fold_pin_lowered_for_safety(autotune_host_factory: Any) -> None:
     class KvGuard:
         name = "kv-guard"
 
@@ -132,8 +129,8 @@ def test_kv_fold_pin_lowered_for_safety() -> None:
             return Choice("q4_0", "tight", safety=True)
 
     plan = pinned("kv_type", "f16")
-    result = build(KvGuard()).fold("choose_kv_type", knob="kv_type", plan=plan, initial=None,
-                                   conservative=smaller_kv_type)
+    result = autotune_host_factory(KvGuard()).fold("choose_kv_type", knob="kv_type", plan=plan, initial=None,
+                                                   conservative=smaller_kv_type)
     assert result is not None and result.value == "q4_0" and "kv_type lowered from f16" in plan.warnings[0]
 
 

@@ -95,6 +95,34 @@ def test_factory_ignores_the_developers_environment(autotune_host_factory, monke
     assert host.env == {} and not host.trace_hooks and host.config.profile == "balanced"
 
 
+def test_factory_settings_merge_over_the_configs(autotune_host_factory):
+    host = autotune_host_factory(config={"plugins": {"mine": {"a": 1}, "other": {"b": 2}}},
+                                 settings={"mine": {"a": 3}, "new": {"c": 4}})
+    assert host.config.plugins.settings == {"mine": {"a": 3}, "other": {"b": 2}, "new": {"c": 4}}
+    assert host.config.backend == "fake"
+
+
+def test_factory_backend_replaces_the_fake(autotune_host_factory, autotune_plan):
+    class Silent(FakeBackend):
+        def __init__(self, settings=None):
+            super().__init__(settings)
+            self.reply = "shh"
+
+    host = autotune_host_factory(backend=Silent)
+    assert type(host.backend("fake")) is Silent
+    assert [n for n, r in host.records.items() if r.enabled] == ["core", "fake-backend"]
+    assert autotune_plan(host, "hi").backend == "fake"
+
+
+def test_make_host_is_the_factory_outside_a_fixture(autotune_host_factory, hardware_snapshot):
+    """Module-level helpers and conftests get the same host; only the hardware default differs in identity."""
+    mine, theirs = pytest_plugin.make_host(Sized()), autotune_host_factory(Sized())
+    assert list(mine.records) == list(theirs.records) == ["core", "fake-backend", "sized"]
+    assert mine.env == theirs.env == {} and mine.config == theirs.config
+    assert mine.hardware == hardware_snapshot and theirs.hardware is hardware_snapshot
+    assert pytest_plugin.make_host(load_entrypoints=True).records.keys() > {"core", "fake-backend"}
+
+
 async def test_plan_helper_works_inside_async_tests(autotune_host_factory, autotune_plan):
     await asyncio.sleep(0)
     assert autotune_plan(autotune_host_factory(Sized()), "hello").num_ctx == 3000

@@ -15,7 +15,8 @@ from autotune_core.modelinfo import ModelInfo
 from autotune_core.pipeline import Pipeline, Prepared
 from autotune_core.plan import Plan
 from autotune_core.profiles import get_profile
-from autotune_core.testing import FakeBackend, FakeBackendPlugin, make_hardware
+from autotune_core.pytest_plugin import make_host as shipped_host
+from autotune_core.testing import FakeBackend
 from autotune_plugins.ctx_buckets import CtxBucketsPlugin
 from autotune_plugins.ctx_sizing import CtxSizingPlugin
 from autotune_plugins.flash_attention import FlashAttentionPlugin
@@ -39,13 +40,11 @@ OPTIMIZATIONS: dict[str, type] = {
 def make_host(*names: str, settings: dict[str, dict[str, Any]] | None = None, profile: str = "balanced",
               hardware: HardwareSnapshot | None = None, disabled: list[str] | None = None,
               env: dict[str, str] | None = None, plugins: list[object] | None = None) -> PluginHost:
-    """A host with the fake backend and the named optimization plugins (all ten when none named)."""
+    """The shipped host (pytest_plugin.make_host) holding the named optimization plugins (all ten when none named)."""
     # registered in name order, as entry points are, so pluggy's order matches production
     chosen = plugins if plugins is not None else [OPTIMIZATIONS[n]() for n in sorted(names or OPTIMIZATIONS)]
-    config = Settings(backend="fake", profile=profile,
-                      plugins=PluginsConfig(settings=settings or {}, disabled=disabled or []))
-    return PluginHost(config=config, plugins=[FakeBackendPlugin(), *chosen], load_entrypoints=False,
-                      env=env or {}, hardware=hardware or make_hardware())
+    config = Settings(backend="fake", profile=profile, plugins=PluginsConfig(disabled=disabled or []))
+    return shipped_host(*chosen, config=config, settings=settings, env=env or {}, hardware=hardware)
 
 
 def fake(host: PluginHost) -> FakeBackend:

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from opt_support import OPTIMIZATIONS, chat, make_host, plan, pressure, set_scope
 
 from autotune_core.backend import KnobScope
 from autotune_core.config import PluginsConfig, Settings
-from autotune_core.host import PluginHost
-from autotune_core.testing import FakeBackendPlugin, make_hardware
+from autotune_core.testing import make_hardware
 
 MINE = sorted(OPTIMIZATIONS)
 
 
-def entrypoint_host(**kw: object) -> PluginHost:
-    return PluginHost(plugins=[FakeBackendPlugin()], hardware=make_hardware(), **kw)  # type: ignore[arg-type]
-
-
-def test_all_ten_load_from_entry_points_by_default() -> None:
-    host = entrypoint_host(config=Settings(backend="fake"), env={})
+def test_all_ten_load_from_entry_points_by_default(autotune_host_factory: Any) -> None:
+    host = autotune_host_factory(load_entrypoints=True)
     for name in MINE:
         assert host.enabled(name), (name, host.records[name].reason)
         assert host.records[name].source == "builtin"
@@ -38,8 +35,8 @@ def test_fold_order() -> None:
     assert stages["noswap-guard"]["choose_num_ctx"].startswith("guard")
 
 
-def test_fold_order_with_entry_points_keeps_our_relative_order() -> None:
-    host = entrypoint_host(config=Settings(backend="fake"), env={})
+def test_fold_order_with_entry_points_keeps_our_relative_order(autotune_host_factory: Any) -> None:
+    host = autotune_host_factory(load_entrypoints=True)
     order = [name for name in host.hook_order("choose_num_ctx") if name in OPTIMIZATIONS]
     assert order == ["ctx-sizing", "ctx-buckets", "live-pressure", "noswap-guard"]
     assert host.hook_order("choose_num_ctx")[-1] == "noswap-guard"  # the guard has the last word
@@ -53,13 +50,13 @@ def _effect(name: str, p: object) -> bool:
 
 @pytest.mark.parametrize("name", MINE)
 @pytest.mark.parametrize("via", ["config", "env"])
-def test_disabled_plugin_is_absent_and_its_effect_gone(name: str, via: str) -> None:
+def test_disabled_plugin_is_absent_and_its_effect_gone(name: str, via: str, autotune_host_factory: Any) -> None:
     disabled = [name] if via == "config" else []
     env = {"AUTOTUNE_DISABLE_PLUGINS": name} if via == "env" else {}
     config = Settings(backend="fake", plugins=PluginsConfig(disabled=disabled))
     hw = make_hardware(ram_gib=64, available_gib=6.6)  # tight enough that the guard and model-fit speak
-    on = PluginHost(config=Settings(backend="fake"), plugins=[FakeBackendPlugin()], env={}, hardware=hw)
-    off = PluginHost(config=config, plugins=[FakeBackendPlugin()], env=env, hardware=hw)
+    on = autotune_host_factory(load_entrypoints=True, hardware=hw)
+    off = autotune_host_factory(load_entrypoints=True, config=config, env=env, hardware=hw)
     assert off.plugin(name) is None and off.records[name].status == "disabled"
     assert "disabled by" in off.records[name].reason
     for host in (on, off):
@@ -74,11 +71,13 @@ def test_disabled_plugin_is_absent_and_its_effect_gone(name: str, via: str) -> N
     assert not _effect(name, p_off)
 
 
-def test_disable_everything_leaves_a_plain_request() -> None:
-    host = entrypoint_host(config=Settings(backend="fake", plugins=PluginsConfig(disabled=MINE)), env={})
+def test_disable_everything_leaves_a_plain_request(autotune_host_factory: Any) -> None:
+    host = autotune_host_factory(load_entrypoints=True,
+                                 config=Settings(backend="fake", plugins=PluginsConfig(disabled=MINE)), env={})
     assert not any(host.enabled(name) for name in MINE)
     p = plan(host, chat("hi", system="Be brief."))
     assert not [e for e in p.trace if e.plugin in MINE]
-    bare = entrypoint_host(config=Settings(backend="fake"), env={"AUTOTUNE_LOAD_PLUGINS": ""})
+    bare = autotune_host_factory(load_entrypoints=True, config=Settings(backend="fake"),
+                                 env={"AUTOTUNE_LOAD_PLUGINS": ""})
     p = plan(bare, chat("hi", system="Be brief."))
     assert (p.num_ctx, p.kv_type, p.num_keep, p.num_batch, p.keep_alive, p.flash_attn) == (None,) * 6

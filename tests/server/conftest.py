@@ -18,9 +18,10 @@ import uvicorn
 from autotune_core.config import Settings, validate_settings
 from autotune_core.host import PluginHost
 from autotune_core.markers import hookimpl
+from autotune_core.pytest_plugin import make_host
 from autotune_core.server import create_app
 from autotune_core.server.state import ServerState
-from autotune_core.testing import FakeBackend, FakeBackendPlugin, make_hardware
+from autotune_core.testing import FakeBackend
 
 
 @dataclass
@@ -143,25 +144,13 @@ class SlowFake(FakeBackend):
         return await super().embed(model, inputs)
 
 
-def backend_plugin(cls: type[FakeBackend]) -> object:
-    class _Plugin:
-        name = "fake-backend"
-
-        @hookimpl
-        def register_backends(self, register: Any) -> None:
-            register(cls)
-
-    return _Plugin()
-
-
 def fake_host(*plugins: object, fake: dict[str, Any] | None = None, backend: type[FakeBackend] | None = None,
               **server: Any) -> PluginHost:
+    """The shipped host (pytest_plugin.make_host) with ``[server]`` settings and the fake backend's settings."""
     config = settings(**server)
     if fake:
         config.backends["fake"] = fake
-    registrar = backend_plugin(backend) if backend is not None else FakeBackendPlugin()
-    return PluginHost(config=config, plugins=[registrar, *plugins], load_entrypoints=False,
-                      hardware=make_hardware())
+    return make_host(*plugins, config=config, backend=backend)
 
 
 @pytest.fixture

@@ -7,12 +7,10 @@ from typing import Any
 
 import httpx
 from click.testing import CliRunner
-from conftest import serve, settings
+from conftest import fake_host, serve
 
 from autotune_core.cli import serve_cmd
-from autotune_core.host import PluginHost
 from autotune_core.markers import hookimpl
-from autotune_core.testing import FakeBackendPlugin, make_hardware
 
 
 class HealthyPlugin:
@@ -38,14 +36,8 @@ class DuckTyped:
         raise AssertionError("status() was called")
 
 
-def _host() -> PluginHost:
-    return PluginHost(config=settings(), plugins=[FakeBackendPlugin(), HealthyPlugin(), BrokenStatusPlugin(),
-                                                        DuckTyped()],
-                      load_entrypoints=False, hardware=make_hardware())
-
-
 def test_health_includes_plugin_status_and_isolates_failures() -> None:
-    live = serve(_host())
+    live = serve(fake_host(HealthyPlugin(), BrokenStatusPlugin(), DuckTyped()))
     try:
         data = httpx.get(live.url + "/health", timeout=5).json()
         assert data["plugins"]["healthy"]["score"] == 91
@@ -57,7 +49,7 @@ def test_health_includes_plugin_status_and_isolates_failures() -> None:
 
 
 def test_status_command_prints_plugin_status() -> None:
-    live = serve(_host())
+    live = serve(fake_host(HealthyPlugin(), BrokenStatusPlugin(), DuckTyped()))
     try:
         port = live.url.rsplit(":", 1)[1]
         result = CliRunner().invoke(serve_cmd.status, ["--host", "127.0.0.1", "--port", port])
