@@ -24,6 +24,7 @@ from autotune_plugins.backends.openai_compat import OpenAIPlugin
 
 
 def two_backend_host(fake_ollama: FakeOllama, fake_openai: FakeOpenAI, **extra: Any) -> PluginHost:
+    """The real ollama and openai backends against the fake servers, no fake backend: resolving across them."""
     settings = load_settings(overrides={"backends.ollama.url": fake_ollama.url,
                                         "backends.openai.url": fake_openai.url, **extra}, env={})
     return PluginHost(config=settings, plugins=[OllamaPlugin(), OpenAIPlugin()], load_entrypoints=False)

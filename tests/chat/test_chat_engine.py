@@ -168,6 +168,7 @@ def test_default_model_prefers_a_loaded_one_then_the_largest_that_fits(fake_olla
 
 @pytest.fixture
 def autotune_server(fake_ollama: Any) -> Iterator[str]:
+    """A live server on every entry point before a fake Ollama: the chat engine talks HTTP to it, as a user's."""
     host = PluginHost(env=_env(fake_ollama), hardware=make_hardware(16, 12))
     app = create_app(host, sampler=False)
     sock = socket.socket()

@@ -29,6 +29,7 @@ def fake_eps(monkeypatch: pytest.MonkeyPatch):
 
 def host(*plugins: object, env: dict[str, str] | None = None, config: Settings | None = None,
          load_entrypoints: bool = True) -> PluginHost:
+    """A bare PluginHost (entry points on, no fake backend): these tests are about discovery itself."""
     return PluginHost(config=config or Settings(), plugins=plugins, env=env or {}, hardware=make_hardware(),
                       load_entrypoints=load_entrypoints)
 

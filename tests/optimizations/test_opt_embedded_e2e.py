@@ -20,6 +20,7 @@ MINE = ("ctx-sizing", "ctx-buckets", "kv-precision", "live-pressure", "noswap-gu
 
 
 def _host() -> PluginHost:
+    """Every entry point and the real embedded llamacpp backend: the fixture's fake backend cannot answer this."""
     pytest.importorskip("llama_cpp")
     pytest.importorskip("autotune_plugins.backends.llamacpp")
     host = PluginHost(config=Settings(backend="llamacpp"), env={}, hardware=make_hardware(16, 12))

@@ -20,6 +20,7 @@ PROMPTS = ("Count: 1, 2, 3, 4,", "def fibonacci(n):")
 
 
 def _host(stack: str | None) -> PluginHost:
+    """Every entry point (or a stack) and the real embedded llamacpp backend: answers from the model compared."""
     pytest.importorskip("llama_cpp")
     env = {} if stack is None else {"AUTOTUNE_LOAD_PLUGINS": stack}  # "" = no optional plugin at all
     host = PluginHost(config=Settings(backend="llamacpp"), env=env, hardware=make_hardware(16, 12))

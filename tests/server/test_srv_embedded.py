@@ -23,6 +23,7 @@ MSGS: list[Any] = [{"role": "user", "content": "Name one colour."}]
 
 @pytest.fixture(scope="module")
 def embedded() -> Iterator[tuple[LiveServer, str]]:
+    """A live server on the real embedded llamacpp backend only, shared by the module (one model load)."""
     try:
         from autotune_plugins.backends.llamacpp import LlamaCppPlugin
     except ImportError as exc:  # the backend plugin is written by another engineer

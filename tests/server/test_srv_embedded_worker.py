@@ -34,6 +34,7 @@ OTHER = "llama3.2:1b"  # served by the fake backend on the same proxy
 
 
 def _live(**server: Any) -> LiveServer:
+    """A live server on the real llamacpp backend (its worker process, crashes injected) beside the fake one."""
     config = settings(**server)
     config.backend_order = ["llamacpp", "fake"]
     config.backends["llamacpp"] = {"n_ctx": 512, "cancel_grace": 1.0, "crash_backoff": 0.0, "keep_alive": -1}

@@ -47,6 +47,7 @@ DOORS: list[Door] = [("/api/chat", ollama_body), ("/v1/chat/completions", openai
 
 @pytest.fixture
 def proxied(fake_ollama_factory: Callable[..., FakeOllama]) -> Iterator[Callable[..., tuple[LiveServer, FakeOllama]]]:
+    """Live servers on every entry point before a fake Ollama: fidelity end to end through the real backend."""
     made: list[LiveServer] = []
 
     def make(*, ram_gib: float = 16, available_gib: float = 12, models: list[FakeModel] | None = None,

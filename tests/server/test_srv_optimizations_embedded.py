@@ -20,6 +20,7 @@ pytestmark = pytest.mark.embedded
 
 @pytest.fixture(scope="module")
 def tuned() -> Iterator[LiveServer]:
+    """A live server on every entry point and the real embedded model, shared by the module (one model load)."""
     pytest.importorskip("llama_cpp")
     config = validate_settings({"backend_order": ["llamacpp"]}, "<test>")
     host = PluginHost(config=config, env={}, hardware=make_hardware(16, 12))  # every entry point

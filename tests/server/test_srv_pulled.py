@@ -21,6 +21,7 @@ from autotune_core.testing import make_hardware
 
 
 def _live() -> LiveServer:
+    """A live server on the real llamacpp backend only: pulled models are served by it, not by the fake."""
     try:
         from autotune_plugins.backends.llamacpp import LlamaCppPlugin
     except ImportError as exc:

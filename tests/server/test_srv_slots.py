@@ -51,6 +51,7 @@ def batching() -> Iterator[FakeOpenAI]:
 
 
 def proxy(fake: FakeOpenAI, **server: Any) -> LiveServer:
+    """A live server on the real openai backend before a fake OpenAI server: its slots drive admission."""
     config = settings(**server)
     config.backend_order = ["openai"]
     config.backends["openai"] = {"url": fake.url}
