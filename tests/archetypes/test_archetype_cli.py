@@ -13,7 +13,6 @@ from archetype_helpers import SetsPlugin, profile_set, replay
 from click.testing import CliRunner
 
 from autotune_core.cli import common, hardware_cmd
-from autotune_core.config import Settings
 from autotune_core.host import PluginHost
 from autotune_plugins.archetypes.apply import AutoTunePlugin
 from autotune_plugins.archetypes.bundled import BundledProfilesPlugin
@@ -57,10 +56,10 @@ def test_hardware_json_shows_archetype_and_every_override_with_origin(tmp_path: 
     assert "nvidia-ada-24gb" in text and "overrides 1024 from archetype nvidia-ada-24gb" in text
 
 
-def test_hardware_says_when_auto_tune_is_off(tmp_path: Path, cli_for) -> None:
-    host = PluginHost(config=Settings(plugins={"disabled": ["auto-tune"]}),
-                      hardware=replay(tmp_path, root="x86_cpu_only"),
-                      env={"AUTOTUNE_LOAD_PLUGINS": "archetype-profiles,auto-tune"})
+def test_hardware_says_when_auto_tune_is_off(tmp_path: Path, cli_for, autotune_host_factory: Any) -> None:
+    host = autotune_host_factory(load_entrypoints=True, config={"plugins": {"disabled": ["auto-tune"]}},
+                                 hardware=replay(tmp_path, root="x86_cpu_only"),
+                                 env={"AUTOTUNE_LOAD_PLUGINS": "archetype-profiles,auto-tune"})
     report = json.loads(CliRunner().invoke(cli_for(host), ["hardware", "--json"]).output)
     assert report["auto_tune"] == "disabled" and report["archetype"]["id"] == "cpu-x86-32gb"
     assert "nothing below is applied" in CliRunner().invoke(cli_for(host), ["hardware"]).output

@@ -69,7 +69,7 @@ def test_disabling_the_plugin_removes_the_set() -> None:
     assert all(plugin != "archetypes-example" for plugin, _set in host.archetype_sets)
 
 
-def test_programmatic_registration_works_too() -> None:
-    host = PluginHost(config=Settings(), plugins=[ExampleArchetypesPlugin()], load_entrypoints=False,
-                      hardware=ARC_B580, env={})
+def test_programmatic_registration_works_too(autotune_host_factory) -> None:
+    """With autotune's own pytest fixture, as a plugin author tests a plugin alone."""
+    host = autotune_host_factory(ExampleArchetypesPlugin(), hardware=ARC_B580)
     assert [s.name for _p, s in host.archetype_sets] == ["example-vendor"]
