@@ -1,4 +1,4 @@
-"""Embedded backend (Gemma 3 270M): reload cost, KV bytes (formula vs llama.cpp's allocation) and RSS.
+"""Embedded backend (Gemma 3 270M): reload cost, KV bytes (formula vs llama.cpp's allocation) and the worker's RSS.
 
 Each (n_ctx, kv_type) is measured in a fresh subprocess so resident memory is not polluted by earlier loads.
 Run: ``python bench/backend_kv.py`` (add ``--markdown`` for the docs table).
@@ -40,7 +40,8 @@ async def _one(n_ctx: int, kv_type: str) -> dict[str, object]:
         "n_ctx": n_ctx, "kv_type": kv_type, "flash_attn": loaded.params.flash_attn,
         "reload_ms": round(result.timings.load_ms or 0.0, 1), "request_wall_ms": round(wall_ms, 1),
         "kv_formula": backend.kv_bytes(loaded.info, loaded.params), "kv_measured": loaded.kv_bytes_measured,
-        "rss_mib": round(psutil.Process().memory_info().rss / 2**20, 1),
+        # the model lives in the worker process: its RSS, not this (server) process's
+        "rss_mib": round((await backend.engine.call("stats"))["rss_bytes"] / 2**20, 1),
         "rss_before_mib": round(rss_before / 2**20, 1),
     }
     await backend.aclose()

@@ -1,7 +1,8 @@
-"""The thread side of the embedded backend: one ``llama_cpp.Llama`` at a time, loads, KV measurement.
+"""The worker process's engine: one ``llama_cpp.Llama`` at a time, loads, KV measurement, tokenizers.
 
-Everything here runs in worker threads, serialised by :attr:`Engine.lock` (a ``Llama`` holds one
-sequence and is not thread-safe). ``llama_cpp`` is imported lazily so the plugin imports without it.
+Runs inside the worker (``worker.py``), serialised by :attr:`Engine.lock` (a ``Llama`` holds one sequence
+and is not thread-safe). Keep-alive lives in the server (``supervisor.py``): unloading ends the whole
+process. ``llama_cpp`` is imported lazily so the plugin imports without it.
 """
 
 from __future__ import annotations
@@ -148,8 +149,6 @@ class Engine:
         self._vocab: dict[str, Any] = {}
         self._vocab_lock = threading.Lock()
         self._embedder: tuple[str, Any] | None = None
-        self._timer: threading.Timer | None = None
-        self._epoch = 0
 
     # -- loading (call with self.lock held) --------------------------------------------------------------
 
@@ -209,40 +208,6 @@ class Engine:
         with self.lock:
             return self.unload_locked()
 
-    # -- keep-alive ----------------------------------------------------------------------------------------
-
-    def schedule_unload(self, seconds: float | None) -> None:
-        """Unload after ``seconds`` idle (None or negative: keep; 0: now). Call with the lock held;
-        a newer request re-arms it."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._epoch += 1
-        if seconds is None or seconds < 0:
-            return
-        if seconds == 0:
-            self.unload_locked()  # the caller holds the lock (end of a request)
-            return
-        epoch = self._epoch
-        timer = threading.Timer(seconds, self.unload_locked_if_free, args=(epoch,))
-        timer.daemon = True
-        self._timer = timer
-        timer.start()
-
-    def unload_locked_if_free(self, epoch: int) -> None:
-        if not self.lock.acquire(blocking=False):
-            return  # busy: that request re-arms the timer when it finishes
-        try:
-            if epoch == self._epoch:
-                self.unload_locked()
-        finally:
-            self.lock.release()
-
-    def cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
     # -- tokens ----------------------------------------------------------------------------------------------
 
     def vocab(self, path: str) -> Any:
@@ -276,7 +241,6 @@ class Engine:
         return self._embedder[1]
 
     def close(self) -> None:
-        self.cancel_timer()
         with self.lock:
             self.unload_locked()
             if self._embedder is not None:

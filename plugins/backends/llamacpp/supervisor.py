@@ -314,10 +314,11 @@ class Supervisor:
             if not finished:
                 self._abandon(request_id, sink)
 
-    async def call(self, op: str, **fields: Any) -> Any:
-        """One answer: tokenize, info, stats (answered at once) or embed (queued behind generations)."""
+    async def call(self, op: str, *, keep_alive: float | None = None, **fields: Any) -> Any:
+        """One answer: tokenize, info, stats (answered at once) or embed (queued behind generations; like a
+        generation it re-arms the idle timer with ``keep_alive``)."""
         job = op == "embed"
-        request_id, sink = self._open({"op": op, **fields}, job=job)
+        request_id, sink = self._open({"op": op, **fields}, job=job, keep_alive=keep_alive)
         try:
             kind, item = await sink.queue.get()
         except BaseException:
