@@ -428,7 +428,7 @@ class LlamaCppBackend(Backend):
 
     async def embed(self, model: str, inputs: list[str]) -> EmbeddingResult:
         _alias, path = await asyncio.to_thread(self.resolve_path, model)
-        data = await self.engine.call("embed", path=path, inputs=list(inputs))
+        data = await self.engine.call("embed", keep_alive=self.config.keep_alive, path=path, inputs=list(inputs))
         return EmbeddingResult(vectors=data["vectors"], prompt_tokens=int(data["prompt_tokens"]), model=model)
 
 
