@@ -22,10 +22,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from autotune_core.backend import Availability, Backend, Capabilities, EmbeddingResult, KnobScope, KnobSupport
-from autotune_core.errors import ConfigError, InvalidRequest, ModelNotFound
+from autotune_core.errors import InvalidRequest, ModelNotFound
 from autotune_core.markers import hookimpl
 from autotune_core.messages import (
     ChatRequest,
@@ -144,14 +144,12 @@ class LlamaCppBackend(Backend):
     """llama-cpp-python in a worker process; at-load knobs reload only on change."""
 
     name = "llamacpp"
+    Settings = LlamaCppSettings
+    config: LlamaCppSettings
     label = "llama.cpp (embedded)"
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        super().__init__(settings)
-        try:
-            self.config = LlamaCppSettings.model_validate(self.settings)
-        except ValidationError as exc:
-            raise ConfigError(f"invalid [backends.llamacpp] settings: {exc}") from None
+        super().__init__(settings)  # validates [backends.<name>] with Settings into self.config
         cfg = self.config
         self.engine = Supervisor({"n_threads": cfg.n_threads or physical_cores(), "verbose": cfg.verbose,
                                   "chat_template": cfg.chat_template}, cancel_grace=cfg.cancel_grace,
@@ -324,7 +322,7 @@ class LlamaCppBackend(Backend):
         return LoadParams(path=path, n_ctx=int(n_ctx), kv_type=kv, flash_attn=bool(flash), n_batch=int(n_batch),
                           n_ubatch=int(n_ubatch), swa_full=cfg.swa_full)
 
-    def wire_options(self, plan: Plan) -> dict[str, Any]:
+    def wire_options(self, plan: Plan, request: ChatRequest | None = None) -> dict[str, Any]:
         params = self.load_params("<model>", plan.model_copy(deep=True))
         return {"n_ctx": params.n_ctx, "type_k": params.kv_type, "type_v": params.kv_type,
                 "flash_attn": params.flash_attn, "n_batch": params.n_batch, "n_ubatch": params.n_ubatch,
@@ -367,7 +365,7 @@ class LlamaCppBackend(Backend):
                 kwargs[key] = sampling[key]
         if "repeat_penalty" in sampling:
             kwargs["repeat_penalty"] = sampling["repeat_penalty"]
-        limit = request.max_tokens if request.max_tokens is not None else plan.max_tokens
+        limit = plan.max_tokens if plan.max_tokens is not None else request.max_tokens
         kwargs["max_tokens"] = limit if limit is not None else None
         if request.stop:
             kwargs["stop"] = list(request.stop)
