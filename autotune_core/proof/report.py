@@ -113,7 +113,8 @@ def to_markdown(result: ProofResult, findings: list[ScenarioFindings], command: 
     m = machine()
     lines = [f"### `autotune proof` on {result.model} ({result.backend})", "",
              f"Command: `{command}`. {m['system']}, {m['cpus']} CPUs, {m['ram_gib']} GiB RAM, Python {m['python']}; "
-             f"{'quick run' if result.quick else 'full run'}, {result.wall_s:.0f} s wall, {result.cpu_s:.0f} s CPU, load average "
+             f"{'quick run' if result.quick else 'full run'}, {result.wall_s:.0f} s wall, {result.cpu_s:.0f} s CPU, "
+             "load average "
              f"{result.load_average[0]:.1f} → {result.load_average[1]:.1f}. Default context of the plain arm: "
              f"{result.default_ctx}. "
              "Temperature 0 and a fixed seed in every arm; arms interleaved per item, rotating who goes first; "
