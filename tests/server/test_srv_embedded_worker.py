@@ -142,7 +142,7 @@ def test_a_worker_killed_with_sigkill_during_a_request(live: LiveServer, monkeyp
 def test_a_hung_worker_is_killed_and_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
     """No token within the server's upstream_timeout: the stream ends with its error and the worker is killed."""
     monkeypatch.setenv(CRASH_ENV, "hang")
-    live = _live(upstream_timeout=12.0)  # room for a worker start and a load on a busy machine
+    live = _live(upstream_timeout=20.0)  # room for a cold worker start and a load on a busy machine
     try:
         _hung(live, monkeypatch)
     finally:
@@ -161,7 +161,7 @@ def _hung(live: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
     while engine.crashes.total == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert engine.crashes.last is not None and "stopped answering" in engine.crashes.last.message
-    assert time.monotonic() - started < 40
+    assert time.monotonic() - started < 60
     recovered(live, monkeypatch, None)
 
 
