@@ -119,7 +119,8 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]]) -> list[ToolCall]:
     for index, item in enumerate(items if isinstance(items, list) else []):
         if not isinstance(item, dict):
             continue
-        fn = item.get("function") if isinstance(item.get("function"), dict) else item
+        nested = item.get("function")
+        fn: dict[str, Any] = nested if isinstance(nested, dict) else item
         name = str(fn.get("name") or "")
         if name in names:
             arguments = fn.get("arguments", fn.get("parameters", {}))
@@ -136,7 +137,8 @@ def _tool_preamble(tools: list[dict[str, Any]]) -> str:
 
 def _archetype_param(plan: Plan, key: str) -> int | None:
     """A value the auto-tune plugin resolved for this machine's archetype (config still wins over it)."""
-    value = (plan.flags.get("archetype") or {}).get("params", {}).get(key)
+    archetype = plan.flags.get("archetype")
+    value = archetype["params"].get(key) if archetype is not None else None
     return int(value) if isinstance(value, int | float) and value >= 1 else None
 
 

@@ -88,7 +88,7 @@ class Loaded:
 
 
 def _capture_log(llama_cpp: Any, lines: list[str]) -> Any:
-    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
     def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         with contextlib.suppress(Exception):
             lines.append(text.decode("utf-8", "replace"))

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +102,8 @@ class WorkerProcess:
         self.expected_exit = False
         #: set when autotune killed a hung worker: the crash message says so
         self.killed: str | None = None
+        #: its death was handled (requests failed, crash counted): once only, whoever notices first
+        self.forgotten = False
         self.tokens = 0
 
     def alive(self) -> bool:
@@ -185,6 +187,7 @@ class WorkerProcess:
         if self.loop is not None and not self.loop.is_closed():
             with contextlib.suppress(Exception):
                 self.loop.remove_reader(self.sock.fileno())
+            with contextlib.suppress(Exception):
                 self.loop.remove_writer(self.sock.fileno())
         self.sock.close()
         self._on_eof(self)
@@ -288,7 +291,7 @@ class Supervisor:
 
     # -- calls -----------------------------------------------------------------------------------------------
 
-    async def generate(self, message: dict[str, Any], keep_alive: float | None) -> AsyncIterator[tuple[str, Any]]:
+    async def generate(self, message: dict[str, Any], keep_alive: float | None) -> AsyncGenerator[tuple[str, Any]]:
         """("token", text) ... then ("done", final dict); raises the worker's or a crash's error.
 
         Leaving early (the client went away) cancels: the worker stops at its next token, or is killed if it
@@ -413,14 +416,20 @@ class Supervisor:
                 self._schedule(sink.keep_alive)
 
     def _on_eof(self, worker: WorkerProcess) -> None:
-        if worker.loop is not None and not worker.loop.is_closed():
+        if not worker.forgotten and worker.loop is not None and not worker.loop.is_closed():
             worker.loop.create_task(self._exited(worker))
 
     async def _exited(self, worker: WorkerProcess) -> None:
         self._forget(worker, await worker.returncode())
 
     def _forget(self, worker: WorkerProcess, returncode: int | None) -> None:
-        """The worker is gone: fail what it held; a death we did not ask for counts as a crash."""
+        """The worker is gone: fail what it held; a death we did not ask for counts as a crash (once)."""
+        if worker.forgotten:
+            return
+        worker.forgotten = True
+        # stop reading before the socket closes: a new worker's socket may get the same fd number, and a
+        # stale registration in the event loop would swallow its frames
+        worker.close()
         if self.worker is worker:
             self.worker = None
             self.loaded = None
@@ -441,8 +450,6 @@ class Supervisor:
             error = BackendCrashed(crash.message, signal=crash.signal)
         for _rid, sink in held:
             sink.put(("error", error), worker.loop if worker.loop is not None else None)
-        with contextlib.suppress(OSError):
-            worker.sock.close()
 
     # -- keep-alive and unload -------------------------------------------------------------------------------
 
