@@ -32,6 +32,7 @@ def _spawn(*args: str) -> pexpect.spawn:
     return child
 
 
+@pytest.mark.timeout(400)  # ~30 s on a quiet 2-core machine; several model processes at once make it minutes
 def test_chat_in_a_terminal_stream_stop_and_resume() -> None:
     child = _spawn("--max-tokens", "60")
     conv_id = child.match.group(1)
