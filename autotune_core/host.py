@@ -130,6 +130,7 @@ class PluginHost:
         self._hardware = hardware
         self.pressure: Pressure | None = None
         self._concurrency_cap: tuple[int, str, str] | None = None
+        self._concurrency_base: Callable[[], int] | None = None
         self.trace_hooks = self.env.get("AUTOTUNE_TRACE_PLUGINS", "") not in ("", "0", "false")
         stack_names = list(stack) if stack is not None else self.config.server.plugins
         self.stack: frozenset[str] | None = frozenset(stack_names) if stack_names is not None else None
@@ -370,6 +371,17 @@ class PluginHost:
     def concurrency_cap(self) -> int | None:
         """The current cap (the queue reads it), or None for the config's ``max_concurrent``."""
         return self._concurrency_cap[0] if self._concurrency_cap is not None else None
+
+    def serve_concurrency(self, base: Callable[[], int] | None) -> None:
+        """The server says how many requests it lets through before any cap (its queue's limit)."""
+        self._concurrency_base = base
+
+    @property
+    def concurrency_base(self) -> int:
+        """Requests the server lets through before any cap: ``max_concurrent``, or the backend's slots plus a
+        lookahead when the server follows them (live; the config's value outside a server). A plugin that
+        lowers the cap scales from this."""
+        return self._concurrency_base() if self._concurrency_base is not None else self.config.server.max_concurrent
 
     @property
     def concurrency_cap_reason(self) -> str:

@@ -64,6 +64,7 @@ class ServerState:
         self.queue = FairQueue(self.config.max_concurrent, self.config.max_queued, self.config.queue_timeout,
                                cap=lambda: self.host.concurrency_cap, slots=self.backend_slots,
                                fixed="max_concurrent" in self.config.model_fields_set)
+        self.host.serve_concurrency(lambda: self.queue.base)
         self.metrics.queue_capacity.set(self.config.max_concurrent)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -104,6 +105,7 @@ class ServerState:
             await self.check_backend(name, force=True)
 
         await asyncio.gather(*(one(name) for name in self.pipeline.resolver.candidates()))
+        self._slots_until = 0.0  # the servers may have said how many requests they run: ask again
 
     async def check_backend(self, name: str, *, force: bool = False) -> BackendStatus:
         cached = self.status.get(name)

@@ -101,6 +101,8 @@ class SessionAdvisorPlugin:
         """Sample (in a thread), score, act; then carry out the async part (unloading)."""
         assert self.host is not None, "call ensure(host) or start the host first"
         advisor = self.ensure(self.host)
+        # halve what the server really lets through (a batching server's slots + lookahead), not the config's 2
+        advisor.rebase_concurrency(self.host.concurrency_base)
         reading: Sample = sample if sample is not None else await asyncio.to_thread(self.sampler.sample)
         actions = advisor.tick(reading)
         # the server's queue reads this cap at every admission: a "reduce concurrency" action is real

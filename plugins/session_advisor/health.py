@@ -213,6 +213,19 @@ class Advisor:
             self.last_action = now
         return taken
 
+    def rebase_concurrency(self, base: int) -> None:
+        """The server's real limit changed (a batching server's slots became known): a reduction in force
+        keeps its proportion, and so does the value its scale-up restores."""
+        old = self.base_concurrency
+        if base == old or base < 1:
+            return
+        self.base_concurrency = base
+        if self.knobs.concurrency is not None:
+            self.knobs.concurrency = max(1, self.knobs.concurrency * base // old)
+        for action in self.applied:
+            if action.kind == "reduce_concurrency" and action.undo.isdigit():
+                action.undo = str(max(1, int(action.undo) * base // old))
+
     def _next_action(self, now: float, why: str) -> Action | None:
         knobs = self.knobs
         concurrency = knobs.concurrency or self.base_concurrency

@@ -115,3 +115,54 @@ def test_a_full_line_is_still_refused_with_retry_after(batching: FakeOpenAI) -> 
 def test_a_server_that_does_not_say_keeps_the_memory_safe_default(live_factory: Any) -> None:
     live = live_factory()  # the in-process FakeBackend reports no slots
     assert live.state.queue.slots is None and live.state.queue.limit == 2
+
+
+def test_the_session_advisor_halves_what_the_server_really_lets_through(batching: FakeOpenAI) -> None:
+    """Under memory pressure the advisor halves the slot-aware limit (6 → 3), not the config's default (2 → 1)."""
+    from autotune_plugins.session_advisor import SessionAdvisorPlugin
+    from autotune_plugins.session_advisor.health import Sample
+
+    class Clock:
+        now = 1000.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    class Pressed:
+        def sample(self) -> Sample:
+            return Sample(ram_percent=91.0)
+
+    clock = Clock()
+    advisor = SessionAdvisorPlugin(sampler=Pressed(), clock=clock)
+    config = settings(max_queued=64)
+    config.backend_order = ["openai"]
+    config.backends["openai"] = {"url": batching.url}
+    live = serve(PluginHost(config=config, plugins=[OpenAIPlugin(), advisor], load_entrypoints=False,
+                            hardware=make_hardware()))
+    try:
+        assert live.host.concurrency_base == 6
+        for _ in range(30):  # RAM at 91 %: the advisor's first step is to halve the concurrency
+            asyncio.run(advisor.tick_once(Sample(ram_percent=91.0)))
+            clock.now += 1
+            if live.host.concurrency_cap is not None:
+                break
+        # (its first tick may have come before the slots were known: the halving is rescaled, 2 → 1 becomes 6 → 3)
+        assert live.host.concurrency_cap == 3 and live.state.queue.limit == 3
+        assert advisor.advisor is not None and advisor.advisor.applied[0].undo == "6"  # scale-up restores 6
+    finally:
+        live.stop()
+
+
+def test_a_reduction_made_before_the_slots_were_known_is_rescaled() -> None:
+    from autotune_plugins.session_advisor.health import Advisor, Sample
+
+    now = [1000.0]
+    advisor = Advisor(clock=lambda: now[0], max_concurrency=2)
+    for _ in range(5):
+        advisor.tick(Sample(ram_percent=91.0))
+        now[0] += 1
+    assert advisor.knobs.concurrency == 1  # half of the config's 2
+    advisor.rebase_concurrency(6)  # the queue learnt llama-server's 4 slots: 6 in flight
+    assert advisor.knobs.concurrency == 3 and advisor.applied[0].undo == "6"
+    advisor.rebase_concurrency(6)
+    assert advisor.knobs.concurrency == 3  # idempotent
