@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 #: where a citation must resolve (shipped code, and what readers of the repository see)
-CITING = ("autotune_core", "plugins", "bench", "contrib", "tests")
+CITING = ("autotune_core", "autotune_plugins", "bench", "contrib", "tests")
 #: what only points at documents outside the repository
 OUTSIDE = ("research/", "§", "backend-knobs", "seed-autotune", "field-2026", "peers-and-user", "knobs.md",
            "/work/shared")
@@ -25,7 +25,7 @@ def python_files(*tops: str, patterns: tuple[str, ...] = ("*.py",)) -> list[Path
 
 
 #: shipped code and data (the bundled profiles' ``source`` strings reach users in traces)
-SHIPPED = python_files("autotune_core", "plugins", patterns=("*.py", "*.toml"))
+SHIPPED = python_files("autotune_core", "autotune_plugins", patterns=("*.py", "*.toml"))
 
 
 def slug(heading: str) -> str:
