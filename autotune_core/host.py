@@ -126,6 +126,7 @@ class PluginHost:
         self.archetype_sets: list[tuple[str, Any]] = []
         self._backends: dict[str, Backend] = {}
         self._settings_cache: dict[str, BaseModel] = {}
+        self._settings_owner: dict[type[BaseModel], str] = {}
         self._impl_cache: dict[str, list[_Impl]] = {}
         self._hardware = hardware
         self.pressure: Pressure | None = None
@@ -409,13 +410,18 @@ class PluginHost:
         return settings
 
     def settings_of(self, model: type[S]) -> S:
-        """The validated settings whose model is ``model`` (``ctx.settings(CtxSizingSettings)``), typed."""
-        for name, record in self.records.items():
-            if record.enabled and getattr(self.pm.get_plugin(name), "Settings", None) is model:
-                found = self.plugin_settings(name)
-                assert isinstance(found, model)
-                return found
-        raise PluginError(f"no enabled plugin declares Settings = {model.__name__}")
+        """The validated settings whose model is ``model`` (``ctx.settings(CtxSizingSettings)``), typed.
+        Called in hooks on every request, so the owner of each model is remembered."""
+        owner = self._settings_owner.get(model)
+        if owner is None:
+            owner = next((name for name, record in self.records.items() if record.enabled
+                          and getattr(self.pm.get_plugin(name), "Settings", None) is model), None)
+            if owner is None:
+                raise PluginError(f"no enabled plugin declares Settings = {model.__name__}")
+            self._settings_owner[model] = owner
+        found = self.plugin_settings(owner)
+        assert isinstance(found, model)
+        return found
 
     def enabled(self, name: str) -> bool:
         record = self.records.get(name)
