@@ -11,6 +11,7 @@ Warm-up rules (the same for every arm):
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import time
@@ -167,9 +168,9 @@ async def run_proof(cfg: ProofConfig, progress: Progress | None = None) -> Proof
     texts: dict[tuple[str, str, int, str], str] = {}
     try:
         generic = Item("warm", [Step([Message(role="user", content="Warm-up: reply with one word.")])])
-        for arm in arms:
-            report.step(f"warming up {arm.name}", 0)
-            await _warm(arm, generic, 1)
+        # untimed and alike: both engines load at once (on a CPU the loads overlap with each other's I/O)
+        report.step("warming up " + ", ".join(arm.name for arm in arms), 0)
+        await asyncio.gather(*(_warm(arm, generic, 1) for arm in arms))
         plain = next(a for a in arms if a.name == "plain")
         default_ctx = await plain.default_context() or 4096
         pids = _pids(arms, totals)
