@@ -9,6 +9,7 @@ arm's backend counted for the same prompt, or when autotune's truncation check f
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +106,9 @@ def analyse(result: ProofResult) -> list[ScenarioFindings]:
                 ratios[baseline] = _ratios(by_arm["autotune"], by_arm[baseline], info)
         notes = list(scenario.notes)
         notes += _scenario_notes(scenario.name, summaries)
+        busy = _busy_note([r.load for r in result.records if r.scenario == scenario.name])
+        if busy:
+            notes.append(busy)
         out.append(ScenarioFindings(scenario.name, scenario.title, "", summaries, ratios, notes))
     return out
 
@@ -171,6 +175,15 @@ def _ratios(arm: dict[tuple[str, int], Record], base: dict[tuple[str, int], Reco
         paired_ratio("tokens/s", pairs(lambda r: r.sample.tokens_per_s), lower_is_better=False),
         paired_ratio("KV bytes", pairs(lambda r: _kv(info, r.sample.num_ctx, r.sample.kv_type, pad=True))),
     ]
+
+
+def _busy_note(loads: list[float]) -> str | None:
+    """A warning when other work loaded the CPUs during the scenario: its timing ratios are then not evidence."""
+    cpus = os.cpu_count() or 1
+    if not loads or max(loads) <= cpus:
+        return None
+    return (f"the machine was busy: load average {min(loads):.1f}–{max(loads):.1f} on {cpus} CPUs during this "
+            "scenario; timing ratios may reflect other processes, not autotune (memory figures are unaffected)")
 
 
 def _scenario_notes(name: str, arms: dict[str, ArmSummary]) -> list[str]:

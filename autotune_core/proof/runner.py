@@ -59,6 +59,8 @@ class Record:
     arm: str
     position: int
     sample: Sample
+    #: 1-minute load average when the request started (other processes on the machine make timings noise)
+    load: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -192,8 +194,9 @@ async def run_proof(cfg: ProofConfig, progress: Progress | None = None) -> Proof
                     swap_in, swap_out = swap_counters()
                     began = time.perf_counter()
                     for step in item.steps:
+                        load = _load()
                         sample = await arm.send(step, scenario.max_tokens)
-                        records.append(Record(scenario.name, item.key, step.index, arm.name, position, sample))
+                        records.append(Record(scenario.name, item.key, step.index, arm.name, position, sample, load))
                         texts[(scenario.name, item.key, step.index, arm.name)] = sample.text
                         report.step(f"{scenario.name} · {arm.name} · {item.key}")
                     sampler.watch(None, [])

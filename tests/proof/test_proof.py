@@ -127,3 +127,12 @@ def test_proof_quick_on_the_embedded_model(tmp_path: Any) -> None:
     short = names["short"]["arms"]
     assert short["autotune"]["kv_allocated"] < short["plain"]["kv_allocated"]
     assert all(s["sample"]["error"] is None for s in data["samples"])
+
+
+def test_a_busy_machine_is_called_out() -> None:
+    from autotune_core.proof.analysis import _busy_note
+
+    cpus = os.cpu_count() or 1
+    assert _busy_note([0.2, cpus * 0.5]) is None
+    note = _busy_note([0.5, cpus * 3.0])
+    assert note is not None and "not autotune" in note
