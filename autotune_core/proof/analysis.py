@@ -202,6 +202,10 @@ def _scenario_notes(name: str, arms: dict[str, ArmSummary]) -> list[str]:
         if counts:
             notes.append(f"prompt tokens the backend itself counted (median): {counts}")
     if name in ("conversation", "agent"):
+        reuse = ", ".join(f"{s.arm} {s.cached_tokens:.0f} of {s.prompt_tokens}" for s in arms.values()
+                          if s.cached_tokens is not None and s.prompt_tokens)
+        if reuse:
+            notes.append(f"prefix reuse, median prompt tokens served from the backend's cache: {reuse}")
         for summary in arms.values():
             if summary.ttft_slope_ms is not None:
                 notes.append(f"{summary.arm}: TTFT grows {summary.ttft_slope_ms:+.1f} ms per "
