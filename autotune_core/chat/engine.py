@@ -293,68 +293,42 @@ class RemoteEngine:
         return self._owners.get(model, "server")
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str]:
-        body: dict[str, Any] = {"model": request.model, "stream": True, "stream_options": {"include_usage": True},
-                                "messages": [{"role": m.role, "content": m.content} for m in request.messages]}
-        body.update(request.sampling())
-        if request.max_tokens is not None:
-            body["max_tokens"] = request.max_tokens
-        headers = {}
-        if request.conversation_id:
-            headers["X-Conversation-Id"] = request.conversation_id
-        if request.profile:
-            headers["X-Autotune-Profile"] = request.profile
-        started = time.perf_counter()
-        first: float | None = None
-        usage: dict[str, Any] = {}
-        finish: str | None = None
-        pieces = 0
+        body, headers = _wire_request(request)
+        turn = _SseTurn(started=time.perf_counter())
         completed = False
-        seen: dict[str, str] = {}
         try:
             async with self.client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response:
-                seen = {k.lower(): v for k, v in response.headers.items() if k.lower().startswith("x-autotune-")}
+                turn.seen = {k.lower(): v for k, v in response.headers.items() if k.lower().startswith("x-autotune-")}
                 if response.status_code != 200:
                     raise UpstreamError(_error_text(response.status_code, (await response.aread()).decode()))
                 async for line in response.aiter_lines():
-                    if line.startswith(": x-autotune-"):  # plan headers sent as SSE comments (a queued stream)
-                        name, _, value = line[2:].partition(": ")
-                        seen[name.strip().lower()] = value.strip()
-                        continue
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
+                    for text in turn.feed(line):
+                        yield text
+                    if turn.done:
                         break
-                    data = json.loads(payload)
-                    if "error" in data:
-                        raise UpstreamError(str((data["error"] or {}).get("message", data["error"])))
-                    if data.get("usage"):
-                        usage = data["usage"]
-                    for choice in data.get("choices") or []:
-                        text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            if first is None:
-                                first = time.perf_counter()
-                            pieces += 1
-                            yield text
-                        finish = choice.get("finish_reason") or finish
             completed = True
         finally:
-            end = time.perf_counter()
-            if seen.get("x-autotune-plan"):
-                self.last_headers = seen  # /plan shows the last request that was planned
-            trace = parse_compact(seen.get("x-autotune-plan", ""))
-            num_ctx = final_value(trace, "num_ctx")
-            completion = int(usage.get("completion_tokens") or pieces)
-            self.last = TurnStats(
-                model=request.model, backend=seen.get("x-autotune-backend", "server"),
-                ttft_ms=(first - started) * 1000 if first is not None else None, total_ms=(end - started) * 1000,
-                prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=completion,
-                tokens_per_s=_rate(completion, first, end, None),
-                num_ctx=int(num_ctx) if num_ctx is not None and str(num_ctx).isdigit() else None,
-                kv_type=final_value(trace, "kv_type"), finish_reason=finish, interrupted=not completed,
-                notes=header_notes(seen))
-            self.history.append(self.last)
+            self._record(request, turn, completed)
+
+    def _record(self, request: ChatRequest, turn: _SseTurn, completed: bool) -> None:
+        """The turn's status line, from the answer and the plan headers the server sent."""
+        end, seen, usage = time.perf_counter(), turn.seen, turn.usage
+        if seen.get("x-autotune-plan"):
+            self.last_headers = seen  # /plan shows the last request that was planned
+        trace = parse_compact(seen.get("x-autotune-plan", ""))
+        num_ctx = final_value(trace, "num_ctx")
+        completion = int(usage.get("completion_tokens") or turn.pieces)
+        first = turn.first
+        self.last = TurnStats(
+            model=request.model, backend=seen.get("x-autotune-backend", "server"),
+            ttft_ms=(first - turn.started) * 1000 if first is not None else None,
+            total_ms=(end - turn.started) * 1000,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=completion,
+            tokens_per_s=_rate(completion, first, end, None),
+            num_ctx=int(num_ctx) if num_ctx is not None and str(num_ctx).isdigit() else None,
+            kv_type=final_value(trace, "kv_type"), finish_reason=turn.finish, interrupted=not completed,
+            notes=header_notes(seen))
+        self.history.append(self.last)
 
     def plan_lines(self) -> list[str]:
         if not self.last_headers:
@@ -376,3 +350,60 @@ def _error_text(status: int, text: str) -> str:
         if isinstance(error, dict):
             return f"{status}: {error.get('message', text)}"
     return f"{status}: {text[:300]}"
+
+
+def _wire_request(request: ChatRequest) -> tuple[dict[str, Any], dict[str, str]]:
+    """The OpenAI body and the autotune headers for one turn sent to a running server."""
+    body: dict[str, Any] = {"model": request.model, "stream": True, "stream_options": {"include_usage": True},
+                            "messages": [{"role": m.role, "content": m.content} for m in request.messages]}
+    body.update(request.sampling())
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    headers = {}
+    if request.conversation_id:
+        headers["X-Conversation-Id"] = request.conversation_id
+    if request.profile:
+        headers["X-Autotune-Profile"] = request.profile
+    return body, headers
+
+
+@dataclass
+class _SseTurn:
+    """What one streamed answer told us so far: text pieces, usage, finish reason, the X-Autotune-* values."""
+
+    started: float
+    first: float | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    finish: str | None = None
+    pieces: int = 0
+    seen: dict[str, str] = field(default_factory=dict)
+    done: bool = False
+
+    def feed(self, line: str) -> list[str]:
+        """The text in one SSE line; plan comments (a queued stream's headers), usage and the end are noted."""
+        if line.startswith(": x-autotune-"):
+            name, _, value = line[2:].partition(": ")
+            self.seen[name.strip().lower()] = value.strip()
+            return []
+        if not line.startswith("data:"):
+            return []
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            self.done = True
+            return []
+        data = json.loads(payload)
+        if "error" in data:
+            raise UpstreamError(str((data["error"] or {}).get("message", data["error"])))
+        if data.get("usage"):
+            self.usage = data["usage"]
+        texts = []
+        for choice in data.get("choices") or []:
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                if self.first is None:
+                    self.first = time.perf_counter()
+                self.pieces += 1
+                texts.append(text)
+            self.finish = choice.get("finish_reason") or self.finish
+        return texts
+

@@ -191,20 +191,10 @@ async def run_proof(cfg: ProofConfig, progress: Progress | None = None) -> Proof
                         report.step(f"{scenario.name}: warming up {arm.name}", 0)
                         await _warm(arm, scenario.warmup, scenario.max_tokens)
                     sampler.watch(arm.name, pids[arm.name], _finder(arm))
-                    swap_in, swap_out = swap_counters()
-                    began = time.perf_counter()
-                    for step in item.steps:
-                        load = _load()
-                        sample = await arm.send(step, scenario.max_tokens)
-                        records.append(Record(scenario.name, item.key, step.index, arm.name, position, sample, load))
-                        texts[(scenario.name, item.key, step.index, arm.name)] = sample.text
-                        report.step(f"{scenario.name} · {arm.name} · {item.key}")
-                    sampler.watch(None, [])
-                    after_in, after_out = swap_counters()
-                    t = totals[arm.name]
-                    t.swap_in += max(0, after_in - swap_in)
-                    t.swap_out += max(0, after_out - swap_out)
-                    t.wall_s[scenario.name] = t.wall_s.get(scenario.name, 0.0) + time.perf_counter() - began
+                    try:
+                        await _time_item(arm, position, scenario, item, report, records, texts, totals[arm.name])
+                    finally:
+                        sampler.watch(None, [])
     finally:
         sampler.stop()
         for arm in arms:
@@ -224,6 +214,23 @@ async def run_proof(cfg: ProofConfig, progress: Progress | None = None) -> Proof
     result.cpu_s = _cpu_seconds() - cpu0
     result.load_average = (load0, _load())
     return result
+
+
+async def _time_item(arm: Arm, position: int, scenario: Scenario, item: Item, report: Progress, records: list[Record],
+                     texts: dict[tuple[str, str, int, str], str], totals: ArmTotals) -> None:
+    """One item (all its steps) on one arm: each answer recorded, and the arm's wall time and swap counted."""
+    swap_in, swap_out = swap_counters()
+    began = time.perf_counter()
+    for step in item.steps:
+        load = _load()
+        sample = await arm.send(step, scenario.max_tokens)
+        records.append(Record(scenario.name, item.key, step.index, arm.name, position, sample, load))
+        texts[(scenario.name, item.key, step.index, arm.name)] = sample.text
+        report.step(f"{scenario.name} · {arm.name} · {item.key}")
+    after_in, after_out = swap_counters()
+    totals.swap_in += max(0, after_in - swap_in)
+    totals.swap_out += max(0, after_out - swap_out)
+    totals.wall_s[scenario.name] = totals.wall_s.get(scenario.name, 0.0) + time.perf_counter() - began
 
 
 def _finder(arm: Arm) -> Callable[[], list[int]] | None:
