@@ -16,13 +16,27 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
-    "AutotuneError": "errors", "RequestRejected": "errors",
-    "Backend": "backend", "Capabilities": "backend", "KnobScope": "backend", "KnobSupport": "backend",
-    "Choice": "context", "HookContext": "context", "StashKey": "context", "fold_stage": "context",
-    "PluginHost": "host", "hookimpl": "markers", "hookspec": "markers",
-    "ChatRequest": "messages", "ChatResult": "messages", "Message": "messages", "StreamChunk": "messages",
-    "ModelInfo": "modelinfo", "Plan": "plan",
-    "start": "server.launcher", "client_kwargs": "server.launcher",
+    "AutotuneError": "errors",
+    "RequestRejected": "errors",
+    "Backend": "backend",
+    "Capabilities": "backend",
+    "KnobScope": "backend",
+    "KnobSupport": "backend",
+    "Choice": "context",
+    "HookContext": "context",
+    "StashKey": "context",
+    "fold_stage": "context",
+    "PluginHost": "host",
+    "hookimpl": "markers",
+    "hookspec": "markers",
+    "ChatRequest": "messages",
+    "ChatResult": "messages",
+    "Message": "messages",
+    "StreamChunk": "messages",
+    "ModelInfo": "modelinfo",
+    "Plan": "plan",
+    "start": "server.launcher",
+    "client_kwargs": "server.launcher",
 }
 
 __all__ = [

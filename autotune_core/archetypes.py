@@ -71,13 +71,23 @@ def classify(snapshot: HardwareSnapshot) -> Archetype:
     gpu = snapshot.primary_gpu
     brand = snapshot.cpu.brand
     apple_chip = (gpu.apple_chip if gpu is not None and gpu.vendor == "apple" else None) or (
-        brand if snapshot.os == "darwin" or "apple" in brand.lower() else None)
+        brand if snapshot.os == "darwin" or "apple" in brand.lower() else None
+    )
     chip = re.search(r"\bm(\d+)(?:\s+(pro|max|ultra))?\b", apple_chip.lower()) if apple_chip else None
     if chip is not None and cpu_arch == "arm64":
         gen = f"m{chip.group(1)}" + (f" {chip.group(2)}" if chip.group(2) else "")
         gbps = gpu_parts.APPLE_BANDWIDTH_GBPS.get(gen)
-        return _make("apple", _slug(gen), f"apple-m{chip.group(1)}", snapshot.ram_total_bytes, gbps, True,
-                     f"Apple {gen.title()}", 1, cpu_arch)
+        return _make(
+            "apple",
+            _slug(gen),
+            f"apple-m{chip.group(1)}",
+            snapshot.ram_total_bytes,
+            gbps,
+            True,
+            f"Apple {gen.title()}",
+            1,
+            cpu_arch,
+        )
     if gpu is None or gpu.vendor == "other":
         return _make("cpu", cpu_arch, cpu_arch, snapshot.ram_total_bytes, None, False, None, 0, cpu_arch)
     same = [g for g in snapshot.gpus if g.name == gpu.name and g.integrated == gpu.integrated]
@@ -93,27 +103,45 @@ def classify(snapshot: HardwareSnapshot) -> Archetype:
         unified = unified or bool(platform)
         if unified and not (gpu.integrated or snapshot.unified_memory):
             memory = snapshot.ram_total_bytes + gpu.memory_total_bytes
-        return _make("amd", platform or arch, arch, memory, gbps, unified, gpu.name,
-                     1 if unified else len(same), cpu_arch)
+        return _make(
+            "amd", platform or arch, arch, memory, gbps, unified, gpu.name, 1 if unified else len(same), cpu_arch
+        )
     if gpu.vendor == "intel":
         family = gpu_parts.intel_family(gpu.name)
         unified = unified or family == "xe"
         if unified and not (gpu.integrated or snapshot.unified_memory):
             memory = snapshot.ram_total_bytes + gpu.memory_total_bytes
-        return _make("intel", family, family, memory, gbps, unified, gpu.name,
-                     1 if unified else len(same), cpu_arch)
+        return _make("intel", family, family, memory, gbps, unified, gpu.name, 1 if unified else len(same), cpu_arch)
     # an Apple GPU reported without a recognisable chip name
     return _make("apple", "unknown", "apple", snapshot.ram_total_bytes, None, True, gpu.name, 1, cpu_arch)
 
 
-def _make(vendor: str, family: str, architecture: str, memory_bytes: int, gbps: float | None, unified: bool,
-          gpu_name: str | None, gpu_count: int, cpu_arch: str) -> Archetype:
+def _make(
+    vendor: str,
+    family: str,
+    architecture: str,
+    memory_bytes: int,
+    gbps: float | None,
+    unified: bool,
+    gpu_name: str | None,
+    gpu_count: int,
+    cpu_arch: str,
+) -> Archetype:
     bucket = gpu_parts.memory_bucket_gb(memory_bytes)
     count = f"{gpu_count}x" if gpu_count > 1 and not unified else ""
-    return Archetype(id=f"{vendor}-{family}-{count}{bucket}gb", vendor=vendor, family=family,
-                     architecture=architecture, memory_gb=bucket, bandwidth_gbps=gbps,
-                     bandwidth_tier=gpu_parts.bandwidth_tier(gbps), unified=unified, gpu_name=gpu_name,
-                     gpu_count=gpu_count, cpu_arch=cpu_arch)
+    return Archetype(
+        id=f"{vendor}-{family}-{count}{bucket}gb",
+        vendor=vendor,
+        family=family,
+        architecture=architecture,
+        memory_gb=bucket,
+        bandwidth_gbps=gbps,
+        bandwidth_tier=gpu_parts.bandwidth_tier(gbps),
+        unified=unified,
+        gpu_name=gpu_name,
+        gpu_count=gpu_count,
+        cpu_arch=cpu_arch,
+    )
 
 
 # -- profile schema ------------------------------------------------------------------------------
@@ -139,8 +167,22 @@ Layers = Annotated[int, Field(ge=-1, le=1000)]
 KvType = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl"]
 Flash = bool | Literal["auto"]
 #: keys that are sampling (quality) parameters: out of scope for archetype profiles
-SAMPLING_KEYS = frozenset({"temperature", "top_p", "top_k", "min_p", "typical_p", "repeat_penalty", "seed",
-                           "presence_penalty", "frequency_penalty", "mirostat", "repeat_last_n", "stop"})
+SAMPLING_KEYS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "typical_p",
+        "repeat_penalty",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "mirostat",
+        "repeat_last_n",
+        "stop",
+    }
+)
 
 
 class Section(BaseModel):
@@ -161,15 +203,24 @@ class Section(BaseModel):
         return data
 
     def values(self) -> dict[str, Sourced[Any]]:
-        return {name: value for name in type(self).model_fields if name != "source"
-                and isinstance(value := getattr(self, name), Sourced)}
+        return {
+            name: value
+            for name in type(self).model_fields
+            if name != "source" and isinstance(value := getattr(self, name), Sourced)
+        }
 
 
 class CommonParams(Section):
     """Backend-agnostic knobs, used for any backend (after its own section)."""
 
-    PLAN_KNOBS = {"num_ctx": "num_ctx", "max_num_ctx": "max_num_ctx", "kv_type": "kv_type",
-                  "flash_attn": "flash_attn", "num_batch": "num_batch", "parallel": "parallel"}
+    PLAN_KNOBS = {
+        "num_ctx": "num_ctx",
+        "max_num_ctx": "max_num_ctx",
+        "kv_type": "kv_type",
+        "flash_attn": "flash_attn",
+        "num_batch": "num_batch",
+        "parallel": "parallel",
+    }
     num_ctx: Sourced[Ctx] | None = None
     #: a ceiling applied in the adjust stage: never propose more context than this hardware handles well
     max_num_ctx: Sourced[Ctx] | None = None
@@ -182,8 +233,13 @@ class CommonParams(Section):
 class LlamaCppParams(Section):
     """llama-server start flags (and Lemonade's ``llamacpp_backend``/``llamacpp_args``)."""
 
-    PLAN_KNOBS = {"ctx_size": "num_ctx", "batch_size": "num_batch", "flash_attn": "flash_attn",
-                  "cache_type_k": "kv_type", "parallel": "parallel"}
+    PLAN_KNOBS = {
+        "ctx_size": "num_ctx",
+        "batch_size": "num_batch",
+        "flash_attn": "flash_attn",
+        "cache_type_k": "kv_type",
+        "parallel": "parallel",
+    }
     backend: Sourced[Literal["vulkan", "rocm", "cuda", "metal", "cpu", "sycl", "system"]] | None = None
     ctx_size: Sourced[Ctx] | None = None
     batch_size: Sourced[Pos] | None = None
@@ -201,8 +257,13 @@ class LlamaCppParams(Section):
 class OllamaParams(Section):
     """Ollama ``options`` (num_*) and server environment (``OLLAMA_*``, given as advice)."""
 
-    PLAN_KNOBS = {"num_ctx": "num_ctx", "num_batch": "num_batch", "flash_attention": "flash_attn",
-                  "kv_cache_type": "kv_type", "num_parallel": "parallel"}
+    PLAN_KNOBS = {
+        "num_ctx": "num_ctx",
+        "num_batch": "num_batch",
+        "flash_attention": "flash_attn",
+        "kv_cache_type": "kv_type",
+        "num_parallel": "parallel",
+    }
     num_ctx: Sourced[Ctx] | None = None
     num_batch: Sourced[Pos] | None = None
     num_thread: Sourced[Pos] | None = None
@@ -228,8 +289,13 @@ class VllmParams(Section):
 class LmStudioParams(Section):
     """LM Studio load config (REST ``/api/v1/models/load`` and SDK fields)."""
 
-    PLAN_KNOBS = {"context_length": "num_ctx", "eval_batch_size": "num_batch", "flash_attention": "flash_attn",
-                  "k_cache_quantization": "kv_type", "parallel": "parallel"}
+    PLAN_KNOBS = {
+        "context_length": "num_ctx",
+        "eval_batch_size": "num_batch",
+        "flash_attention": "flash_attn",
+        "k_cache_quantization": "kv_type",
+        "parallel": "parallel",
+    }
     context_length: Sourced[Ctx] | None = None
     eval_batch_size: Sourced[Pos] | None = None
     flash_attention: Sourced[bool] | None = None
@@ -255,8 +321,13 @@ class EmbeddedParams(Section):
 
 
 SECTION_MODELS: dict[str, type[Section]] = {
-    "common": CommonParams, "llamacpp": LlamaCppParams, "ollama": OllamaParams, "vllm": VllmParams,
-    "lmstudio": LmStudioParams, "embedded": EmbeddedParams}
+    "common": CommonParams,
+    "llamacpp": LlamaCppParams,
+    "ollama": OllamaParams,
+    "vllm": VllmParams,
+    "lmstudio": LmStudioParams,
+    "embedded": EmbeddedParams,
+}
 SECTIONS: tuple[str, ...] = tuple(SECTION_MODELS)
 
 
@@ -332,8 +403,10 @@ class ProfileSet(BaseModel):
                     for param, sourced in section.values().items():
                         sourced.source = sourced.source or section.source or inherited
                         if not sourced.source:
-                            raise ValueError(f"{path}.{name}.{param}: no source; every value needs one "
-                                             "(on the value, its section, profile or set)")
+                            raise ValueError(
+                                f"{path}.{name}.{param}: no source; every value needs one "
+                                "(on the value, its section, profile or set)"
+                            )
         return self
 
 
@@ -416,15 +489,17 @@ def profile_sets(registered: Iterable[tuple[str, Any]]) -> tuple[list[tuple[str,
     errors: list[str] = []
     for plugin, item in registered:
         try:
-            good.append((plugin, item if isinstance(item, ProfileSet) else load_profile_set(
-                item, origin=f"plugin {plugin}")))
+            good.append(
+                (plugin, item if isinstance(item, ProfileSet) else load_profile_set(item, origin=f"plugin {plugin}"))
+            )
         except ProfileSetError as exc:
             errors.append(exc.message)
     return good, errors
 
 
-def resolve(sets: Sequence[tuple[str, ProfileSet]], archetype: Archetype, *, section: str | None,
-            model: str | None = None) -> dict[str, Resolved]:
+def resolve(
+    sets: Sequence[tuple[str, ProfileSet]], archetype: Archetype, *, section: str | None, model: str | None = None
+) -> dict[str, Resolved]:
     """Resolve every knob for one backend section (or only ``common`` when None).
 
     Candidates are ordered by: model overlay before archetype defaults; exact key (with bandwidth
@@ -437,8 +512,11 @@ def resolve(sets: Sequence[tuple[str, ProfileSet]], archetype: Archetype, *, sec
     candidates: list[tuple[tuple[int, int, int, int, int], str, ProfileSet, str, _Sections, str | None]] = []
     for order, (plugin, pset) in enumerate(sets):
         for pid, profile in pset.profiles.items():
-            rank = keys.index(pid) if pid in keys else (
-                len(keys) if any(fnmatchcase(archetype.id, g) for g in profile.matches) else -1)
+            rank = (
+                keys.index(pid)
+                if pid in keys
+                else (len(keys) if any(fnmatchcase(archetype.id, g) for g in profile.matches) else -1)
+            )
             if rank < 0:
                 continue
             scopes: list[tuple[int, _Sections, str | None]] = [(1, profile, None)]
@@ -446,8 +524,9 @@ def resolve(sets: Sequence[tuple[str, ProfileSet]], archetype: Archetype, *, sec
                 scopes += [(0, o, o.model) for o in profile.overlays if o.matches(model)][:1]
             for level, scope, overlay in scopes:
                 for s_rank in range(len(sections)):
-                    candidates.append(((level, rank, -pset.priority, -order, s_rank), plugin, pset, pid, scope,
-                                       overlay))
+                    candidates.append(
+                        ((level, rank, -pset.priority, -order, s_rank), plugin, pset, pid, scope, overlay)
+                    )
     candidates.sort(key=lambda c: c[0])
     result: dict[str, Resolved] = {}
     for sort_key, plugin, pset, pid, scope, overlay in candidates:
@@ -471,10 +550,17 @@ def section_for(backend: str, dialect: str = "") -> str | None:
     if backend == "llamacpp":
         return "embedded"
     text = f"{backend} {dialect}".lower()
-    for needle, name in (("ollama", "ollama"), ("lmstudio", "lmstudio"), ("lm-studio", "lmstudio"),
-                         ("vllm", "vllm"), ("llama-server", "llamacpp"), ("llama.cpp", "llamacpp"),
-                         ("llamacpp", "llamacpp"), ("lemonade", "llamacpp"), ("embedded", "embedded")):
+    for needle, name in (
+        ("ollama", "ollama"),
+        ("lmstudio", "lmstudio"),
+        ("lm-studio", "lmstudio"),
+        ("vllm", "vllm"),
+        ("llama-server", "llamacpp"),
+        ("llama.cpp", "llamacpp"),
+        ("llamacpp", "llamacpp"),
+        ("lemonade", "llamacpp"),
+        ("embedded", "embedded"),
+    ):
         if needle in text:
             return name
     return None
-

@@ -88,8 +88,9 @@ class Backend(abc.ABC):
         if self.Settings is not None:
             from .config import validate_section
 
-            self.config: Any = validate_section(self.Settings, self.settings, section=f"backends.{self.name}",
-                                                label=f"backend {self.name!r}")
+            self.config: Any = validate_section(
+                self.Settings, self.settings, section=f"backends.{self.name}", label=f"backend {self.name!r}"
+            )
         #: number of model reloads this backend caused or observed
         self.reloads = 0
 
@@ -191,8 +192,7 @@ def reconcile_plan(plan: Plan, caps: Capabilities, *, backend: str) -> None:
             plan.advise(f"{knob}={value} cannot be set per request on {backend}; set {hint}", knob=knob)
         elif support.how:  # unsupported through the API, but the user may have another way
             plan.advise(f"{knob}={value} cannot be set through {backend}'s API; {support.how}", knob=knob)
-        plan.record("core", knob, value, None,
-                    f"{backend} cannot honour {knob} ({support.scope.value}); not sent")
+        plan.record("core", knob, value, None, f"{backend} cannot honour {knob} ({support.scope.value}); not sent")
         setattr(plan, knob, None)
 
 
@@ -211,4 +211,3 @@ __all__ = [
     "RegisteredBackends",
     "reconcile_plan",
 ]
-

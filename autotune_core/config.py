@@ -259,8 +259,9 @@ def validate_settings(raw: dict[str, Any], source: str) -> Settings:
     return settings
 
 
-def load_settings(path: Path | None = None, *, env: dict[str, str] | None = None,
-                  overrides: dict[str, Any] | None = None) -> Settings:
+def load_settings(
+    path: Path | None = None, *, env: dict[str, str] | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
     """Read the file, apply environment overrides, then explicit overrides, and validate."""
     path = path or config_path()
     raw = read_toml(path)

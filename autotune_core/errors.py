@@ -14,8 +14,9 @@ class AutotuneError(Exception):
     status: int = 500
     code: str | None = None
 
-    def __init__(self, message: str, *, type: str | None = None, status: int | None = None,
-                 code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, type: str | None = None, status: int | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if type is not None:

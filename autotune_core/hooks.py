@@ -85,20 +85,24 @@ class Hooks:
 
     # -- the request path -------------------------------------------------------------------------------
 
-    async def pre_request(self, *, ctx: HookContext, request: ChatRequest, plan: Plan,
-                          skip: frozenset[str] = _NONE) -> None:
+    async def pre_request(
+        self, *, ctx: HookContext, request: ChatRequest, plan: Plan, skip: frozenset[str] = _NONE
+    ) -> None:
         await self._acall("pre_request", {"ctx": ctx, "request": request, "plan": plan}, skip)
 
-    def choose_num_ctx(self, *, ctx: HookContext, request: ChatRequest, plan: Plan,
-                       skip: frozenset[str] = _NONE) -> Choice[Any] | None:
+    def choose_num_ctx(
+        self, *, ctx: HookContext, request: ChatRequest, plan: Plan, skip: frozenset[str] = _NONE
+    ) -> Choice[Any] | None:
         return self._fold("choose_num_ctx", plan, {"ctx": ctx, "request": request}, skip)
 
-    def choose_kv_type(self, *, ctx: HookContext, request: ChatRequest, plan: Plan,
-                       skip: frozenset[str] = _NONE) -> Choice[Any] | None:
+    def choose_kv_type(
+        self, *, ctx: HookContext, request: ChatRequest, plan: Plan, skip: frozenset[str] = _NONE
+    ) -> Choice[Any] | None:
         return self._fold("choose_kv_type", plan, {"ctx": ctx, "request": request}, skip)
 
-    async def post_response(self, *, ctx: HookContext, request: ChatRequest, plan: Plan, result: ChatResult,
-                            skip: frozenset[str] = _NONE) -> None:
+    async def post_response(
+        self, *, ctx: HookContext, request: ChatRequest, plan: Plan, result: ChatResult, skip: frozenset[str] = _NONE
+    ) -> None:
         await self._acall("post_response", {"ctx": ctx, "request": request, "plan": plan, "result": result}, skip)
 
     async def on_pressure(self, *, ctx: HookContext, pressure: Pressure) -> None:
@@ -129,8 +133,11 @@ class Hooks:
         return True
 
     def _call(self, hook: str, kwargs: dict[str, Any], skip: frozenset[str] = _NONE) -> list[Any]:
-        return [result for impl, result in self._each(hook, kwargs, skip)
-                if result is not None and not self._stray_awaitable(impl, hook, result)]
+        return [
+            result
+            for impl, result in self._each(hook, kwargs, skip)
+            if result is not None and not self._stray_awaitable(impl, hook, result)
+        ]
 
     def _per_plugin(self, hook: str, factory: Callable[[str], Callable[..., None]]) -> None:
         """A registration hook: each plugin gets its own callback."""
@@ -162,8 +169,9 @@ class Hooks:
                 results.append(result)
         return results
 
-    def _fold(self, hook: str, plan: Plan, kwargs: dict[str, Any], skip: frozenset[str],
-              initial: Choice[Any] | None = None) -> Choice[Any] | None:
+    def _fold(
+        self, hook: str, plan: Plan, kwargs: dict[str, Any], skip: frozenset[str], initial: Choice[Any] | None = None
+    ) -> Choice[Any] | None:
         """Fold ``hook`` over its stages; every change is recorded in ``plan.trace``.
 
         A pinned knob (``plan.pins``) starts the fold at its value and keeps it: every implementation still
@@ -184,15 +192,21 @@ class Hooks:
             try:
                 result = host.invoke(impl, hook, {**kwargs, "plan": plan, "proposal": proposal})
                 if result is not None and not isinstance(result, Choice):
-                    host.record_failure(impl.plugin, hook, TypeError(
-                        f"{hook} must return Choice or None, got {type(result).__name__}"))
+                    host.record_failure(
+                        impl.plugin, hook, TypeError(f"{hook} must return Choice or None, got {type(result).__name__}")
+                    )
                     raise Isolated
             except Isolated:
                 if impl.stage == "guard" and seen:
                     fallback = reduce(safest, seen)
                     if proposal is None or proposal.value != fallback:
-                        plan.record(impl.plugin, knob, proposal.value if proposal else None, fallback,
-                                    "guard failed; kept the most conservative value")
+                        plan.record(
+                            impl.plugin,
+                            knob,
+                            proposal.value if proposal else None,
+                            fallback,
+                            "guard failed; kept the most conservative value",
+                        )
                         proposal = Choice(fallback, "guard failed")
                 continue
             if result is None:
@@ -201,8 +215,9 @@ class Hooks:
             if result.value == old:
                 proposal = result
                 continue
-            if pin is not None and not plan.admits(impl.plugin, knob, old, result.value, result.reason,
-                                                   safety=result.safety):
+            if pin is not None and not plan.admits(
+                impl.plugin, knob, old, result.value, result.reason, safety=result.safety
+            ):
                 continue
             plan.record(impl.plugin, knob, old, result.value, result.reason)
             proposal = result

@@ -63,10 +63,20 @@ class PluginRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "version": self.version, "source": self.source, "module": self.module,
-            "enabled": self.enabled, "status": self.status, "reason": self.reason, "tier": self.tier,
-            "hooks": self.hooks, "fold_positions": self.fold_positions, "registered": self.registered,
-            "failures": self.failures, "last_failure": self.last_failure, "description": self.description,
+            "name": self.name,
+            "version": self.version,
+            "source": self.source,
+            "module": self.module,
+            "enabled": self.enabled,
+            "status": self.status,
+            "reason": self.reason,
+            "tier": self.tier,
+            "hooks": self.hooks,
+            "fold_positions": self.fold_positions,
+            "registered": self.registered,
+            "failures": self.failures,
+            "last_failure": self.last_failure,
+            "description": self.description,
         }
 
 
@@ -97,8 +107,10 @@ def _refuse_wrappers(pm: pluggy.PluginManager, plugin: object) -> None:
         for impl in caller.get_hookimpls():
             if impl.plugin is plugin and (impl.wrapper or impl.hookwrapper):
                 raise pluggy.PluginValidationError(
-                    plugin, f"{caller.name}: wrapper/hookwrapper implementations are not supported; "
-                            "use tryfirst/trylast and fold stages")
+                    plugin,
+                    f"{caller.name}: wrapper/hookwrapper implementations are not supported; "
+                    "use tryfirst/trylast and fold stages",
+                )
 
 
 def _describe_plugin(obj: object) -> str:
@@ -112,9 +124,16 @@ class PluginHost:
     >>> host = PluginHost(plugins=[MyPlugin()], load_entrypoints=False)
     """
 
-    def __init__(self, config: Settings | None = None, plugins: Iterable[object] = (), *,
-                 load_entrypoints: bool = True, env: dict[str, str] | None = None,
-                 hardware: HardwareSnapshot | None = None, stack: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Settings | None = None,
+        plugins: Iterable[object] = (),
+        *,
+        load_entrypoints: bool = True,
+        env: dict[str, str] | None = None,
+        hardware: HardwareSnapshot | None = None,
+        stack: Iterable[str] | None = None,
+    ) -> None:
         self.env = dict(os.environ if env is None else env)
         self.config = config if config is not None else load_settings(env=self.env)
         self.pm = pluggy.PluginManager(PROJECT)
@@ -136,13 +155,11 @@ class PluginHost:
         stack_names = list(stack) if stack is not None else self.config.server.plugins
         self.stack: frozenset[str] | None = frozenset(stack_names) if stack_names is not None else None
         self._allow = _names(self.env.get("AUTOTUNE_LOAD_PLUGINS"))
-        self._block = (_names(self.env.get("AUTOTUNE_DISABLE_PLUGINS")) or set()) | set(
-            self.config.plugins.disabled)
+        self._block = (_names(self.env.get("AUTOTUNE_DISABLE_PLUGINS")) or set()) | set(self.config.plugins.disabled)
         started = time.perf_counter()
         from . import core_plugin
 
-        self._register(core_plugin.CorePlugin(), "core", source="core", module=core_plugin.__name__,
-                       strict=True)
+        self._register(core_plugin.CorePlugin(), "core", source="core", module=core_plugin.__name__, strict=True)
         if load_entrypoints:
             self._load_entrypoints()
         for spec in self.config.plugins.load:
@@ -161,8 +178,11 @@ class PluginHost:
         if self._allow is not None and name not in self._allow:
             return False, "not in AUTOTUNE_LOAD_PLUGINS"
         if name in self._block:
-            where = "AUTOTUNE_DISABLE_PLUGINS" if name in (
-                _names(self.env.get("AUTOTUNE_DISABLE_PLUGINS")) or set()) else "config [plugins] disabled"
+            where = (
+                "AUTOTUNE_DISABLE_PLUGINS"
+                if name in (_names(self.env.get("AUTOTUNE_DISABLE_PLUGINS")) or set())
+                else "config [plugins] disabled"
+            )
             return False, f"disabled by {where}"
         return True, ""
 
@@ -203,31 +223,37 @@ class PluginHost:
         name = str(getattr(obj, "name", None) or spec)
         ok, reason = self._allowed(name)
         if not ok:
-            self.records[name] = PluginRecord(name=name, source="config", module=spec, status="disabled",
-                                              reason=reason)
+            self.records[name] = PluginRecord(name=name, source="config", module=spec, status="disabled", reason=reason)
             return
         self._register(obj, name, source="config", module=spec, strict=True)
 
-    def _register(self, obj: object, name: str, *, source: str, module: str, version: str | None = None,
-                  strict: bool) -> None:
+    def _register(
+        self, obj: object, name: str, *, source: str, module: str, version: str | None = None, strict: bool
+    ) -> None:
         try:
             plugin = obj() if inspect.isclass(obj) else obj
         except Exception as exc:
             if strict:
                 raise PluginError(f"plugin {name!r} ({module}) failed to start: {exc}") from exc
             log.error("plugin %s failed to start: %s", name, exc)
-            self.records[name] = PluginRecord(name=name, source=source, module=module, version=version,
-                                              status="error", reason=f"failed to start: {exc}")
+            self.records[name] = PluginRecord(
+                name=name,
+                source=source,
+                module=module,
+                version=version,
+                status="error",
+                reason=f"failed to start: {exc}",
+            )
             return
         tier = str(getattr(plugin, "tier", "essential" if name in ESSENTIAL else "default"))
         if tier not in TIERS or (tier == "essential") != (name in ESSENTIAL):
             # toggles apply before a plugin is imported, so only the core's list can make a plugin essential
             log.warning("plugin %s declares tier %r; treated as 'default'", name, tier)
             tier = "essential" if name in ESSENTIAL else "default"
-        record = PluginRecord(name=name, source=source, module=module, version=version, tier=tier,
-                              description=_describe_plugin(plugin))
-        if tier == "opt-in" and name not in self.config.plugins.enabled and not (
-                self._allow and name in self._allow):
+        record = PluginRecord(
+            name=name, source=source, module=module, version=version, tier=tier, description=_describe_plugin(plugin)
+        )
+        if tier == "opt-in" and name not in self.config.plugins.enabled and not (self._allow and name in self._allow):
             record.status, record.reason = "opt-in", "opt-in: enable with `autotune plugins enable`"
             self.records[name] = record
             return
@@ -253,10 +279,12 @@ class PluginHost:
         self.plugin_settings(name)  # invalid settings are the user's to fix: fail loudly, naming the key
 
     def _collect_registrations(self) -> None:
-        self.hooks.register_backends(register=lambda plugin: lambda item: self._add_registration(plugin, "backend",
-                                                                                                  item))
-        self.hooks.register_archetypes(register=lambda plugin: lambda item: self._add_registration(
-            plugin, "archetypes", item))
+        self.hooks.register_backends(
+            register=lambda plugin: lambda item: self._add_registration(plugin, "backend", item)
+        )
+        self.hooks.register_archetypes(
+            register=lambda plugin: lambda item: self._add_registration(plugin, "archetypes", item)
+        )
         for record in self.records.values():
             positions: dict[str, list[str]] = {}
             for hook in sorted(FOLDS):
@@ -284,9 +312,14 @@ class PluginHost:
             return cached
         caller = getattr(self.pm.hook, hook)
         ordered = [
-            _Impl(plugin=impl.plugin_name, function=impl.function, argnames=tuple(impl.argnames),
-                  stage=getattr(impl.function, "autotune_stage", "adjust"), tryfirst=impl.tryfirst,
-                  trylast=impl.trylast)
+            _Impl(
+                plugin=impl.plugin_name,
+                function=impl.function,
+                argnames=tuple(impl.argnames),
+                stage=getattr(impl.function, "autotune_stage", "adjust"),
+                tryfirst=impl.tryfirst,
+                trylast=impl.trylast,
+            )
             for impl in reversed(caller.get_hookimpls())
         ]
         if hook in FOLDS:
@@ -306,8 +339,7 @@ class PluginHost:
     def skipped_for(self, hook: str, skip: frozenset[str], *, request: bool) -> frozenset[str]:
         """The plugins not to call: ``skip``, plus, for a request hook, those outside the server's stack."""
         if request and self.stack is not None:
-            return skip | frozenset(name for name in self.records if name not in self.stack
-                                    and name not in ESSENTIAL)
+            return skip | frozenset(name for name in self.records if name not in self.stack and name not in ESSENTIAL)
         return skip
 
     def invoke(self, impl: HookImpl, hook: str, kwargs: dict[str, Any]) -> Any:
@@ -347,9 +379,17 @@ class PluginHost:
         _known(hook)
         return await self.hooks._acall(hook, kwargs, skip)
 
-    def fold(self, hook: str, *, plan: Plan, initial: Choice[Any] | None = None, skip: frozenset[str] = frozenset(),
-             knob: str | None = None, conservative: Callable[[Any, Any], Any] | None = None,
-             **kwargs: Any) -> Choice[Any] | None:
+    def fold(
+        self,
+        hook: str,
+        *,
+        plan: Plan,
+        initial: Choice[Any] | None = None,
+        skip: frozenset[str] = frozenset(),
+        knob: str | None = None,
+        conservative: Callable[[Any, Any], Any] | None = None,
+        **kwargs: Any,
+    ) -> Choice[Any] | None:
         """Run a fold by name (its knob and safest-value rule come from the spec; ``knob``/``conservative``
         are accepted for older callers and must match it)."""
         kind = _known(hook)
@@ -404,8 +444,13 @@ class PluginHost:
             return cached
         plugin = self.pm.get_plugin(name)
         model: type[BaseModel] = getattr(plugin, "Settings", None) or _NoSettings
-        settings = validate_section(model, self.config.plugins.settings.get(name, {}), section=f"plugins.{name}",
-                                    label=f"plugin {name!r}", source=self.config.source)
+        settings = validate_section(
+            model,
+            self.config.plugins.settings.get(name, {}),
+            section=f"plugins.{name}",
+            label=f"plugin {name!r}",
+            source=self.config.source,
+        )
         self._settings_cache[name] = settings
         return settings
 
@@ -414,8 +459,14 @@ class PluginHost:
         Called in hooks on every request, so the owner of each model is remembered."""
         owner = self._settings_owner.get(model)
         if owner is None:
-            owner = next((name for name, record in self.records.items() if record.enabled
-                          and getattr(self.pm.get_plugin(name), "Settings", None) is model), None)
+            owner = next(
+                (
+                    name
+                    for name, record in self.records.items()
+                    if record.enabled and getattr(self.pm.get_plugin(name), "Settings", None) is model
+                ),
+                None,
+            )
             if owner is None:
                 raise PluginError(f"no enabled plugin declares Settings = {model.__name__}")
             self._settings_owner[model] = owner
@@ -425,8 +476,7 @@ class PluginHost:
 
     def enabled(self, name: str) -> bool:
         record = self.records.get(name)
-        return record is not None and record.enabled and (
-            self.stack is None or name in self.stack or name in ESSENTIAL)
+        return record is not None and record.enabled and (self.stack is None or name in self.stack or name in ESSENTIAL)
 
     def backend(self, name: str) -> Backend:
         """The backend instance of this host (created on first use with ``[backends.<name>]``)."""

@@ -104,8 +104,10 @@ def _expected_digest(etag: str | None, lfs_sha256: str | None, url: str) -> tupl
     etag = (etag or "").strip('"').removeprefix("W/").strip('"').lower()
     if _SHA256.match(etag):
         if lfs_sha256 and lfs_sha256.lower() != etag:
-            raise PullError(f"the Hub disagrees with itself about {url}: X-Linked-Etag {etag} but LFS oid "
-                            f"{lfs_sha256}; not downloading")
+            raise PullError(
+                f"the Hub disagrees with itself about {url}: X-Linked-Etag {etag} but LFS oid "
+                f"{lfs_sha256}; not downloading"
+            )
         return "sha256", etag
     if lfs_sha256 and _SHA256.match(lfs_sha256.lower()):
         return "sha256", lfs_sha256.lower()
@@ -124,8 +126,7 @@ def _bar_class(on_event: ProgressCallback | None, digest: str) -> type[Any]:
 
         def _emit(self) -> None:
             if on_event is not None:
-                on_event(PullEvent(status=f"pulling {self.desc}", digest=digest, total=self.total,
-                                   completed=self.n))
+                on_event(PullEvent(status=f"pulling {self.desc}", digest=digest, total=self.total, completed=self.n))
 
         def update(self, n: int | float = 1) -> None:
             self.n += int(n)
@@ -175,8 +176,7 @@ def _describe(exc: BaseException, ref: HubRef) -> str:
     from huggingface_hub.errors import GatedRepoError, RemoteEntryNotFoundError, RepositoryNotFoundError
 
     if isinstance(exc, GatedRepoError):
-        return (f"{ref.repo} is gated: accept its licence on the Hub, then log in (`hf auth login`) or set "
-                "HF_TOKEN")
+        return f"{ref.repo} is gated: accept its licence on the Hub, then log in (`hf auth login`) or set HF_TOKEN"
     if isinstance(exc, RepositoryNotFoundError):
         return f"no repository {ref.repo} on the Hub (or it is private: log in or set HF_TOKEN)"
     if isinstance(exc, RemoteEntryNotFoundError):
@@ -198,8 +198,7 @@ def _already_there(dest: Path, wanted: PullManifest, kind: str, emit: ProgressCa
             _write_manifest(manifest_path, previous)
         emit(PullEvent(status="success"))
         return previous
-    if wanted.size and dest.stat().st_size == wanted.size \
-            and f"{kind}:{file_digest(dest, kind)}" == wanted.digest:
+    if wanted.size and dest.stat().st_size == wanted.size and f"{kind}:{file_digest(dest, kind)}" == wanted.digest:
         _write_manifest(manifest_path, wanted)  # already there (copied in, or its manifest was lost)
         emit(PullEvent(status="success"))
         return wanted
@@ -209,8 +208,10 @@ def _already_there(dest: Path, wanted: PullManifest, kind: str, emit: ProgressCa
 def _check_space(folder: Path, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise PullError(f"not enough disk space in {folder}: the download needs {needed / 2**20:.0f} MiB more, "
-                        f"{free / 2**20:.0f} MiB are free")
+        raise PullError(
+            f"not enough disk space in {folder}: the download needs {needed / 2**20:.0f} MiB more, "
+            f"{free / 2**20:.0f} MiB are free"
+        )
 
 
 def list_repo_files(ref: HubRef, *, endpoint: str | None, token: str | bool | None) -> dict[str, str | None]:
@@ -224,8 +225,9 @@ def list_repo_files(ref: HubRef, *, endpoint: str | None, token: str | bool | No
     return {s.rfilename: (s.lfs.sha256 if s.lfs else None) for s in info.siblings or []}
 
 
-def _resolve_file(ref: HubRef, *, endpoint: str | None,
-                  token: str | bool | None) -> tuple[HubRef, str, dict[str, str | None]]:
+def _resolve_file(
+    ref: HubRef, *, endpoint: str | None, token: str | bool | None
+) -> tuple[HubRef, str, dict[str, str | None]]:
     """``ref`` with its file named (picked from the repo's listing when it named none), the file, the listing.
 
     The listing's LFS oids are kept: they are the checksum when the HEAD answer carries no linked etag.
@@ -257,8 +259,10 @@ def _file_metadata(url: str, ref: HubRef, *, endpoint: str | None, token: str | 
     except _hub_errors() as exc:
         raise PullError(f"{ref.repo}/{ref.file}: {_describe(exc, ref)}") from None
     if not meta.commit_hash:
-        raise PullError(f"{url} answered without X-Repo-Commit: that is not a Hugging Face Hub endpoint "
-                        "(check HF_ENDPOINT and any proxy)")
+        raise PullError(
+            f"{url} answered without X-Repo-Commit: that is not a Hugging Face Hub endpoint "
+            "(check HF_ENDPOINT and any proxy)"
+        )
     return meta
 
 
@@ -274,8 +278,9 @@ def _resume_offset(dest: Path, part: Path, size: int | None) -> int:
     return resume
 
 
-def _download(meta: HfFileMetadata, dest: Path, part: Path, ref: HubRef, *, headers: dict[str, str],
-              bar: type[Any]) -> None:
+def _download(
+    meta: HfFileMetadata, dest: Path, part: Path, ref: HubRef, *, headers: dict[str, str], bar: type[Any]
+) -> None:
     """Append the rest of ``dest`` to ``part`` (a ``Range`` request when some of it is there already)."""
     from huggingface_hub.file_download import http_get
 
@@ -286,23 +291,35 @@ def _download(meta: HfFileMetadata, dest: Path, part: Path, ref: HubRef, *, head
     _check_space(part.parent, (size or 0) - resume)
     try:
         with part.open("ab") as handle:
-            http_get(meta.location, handle, resume_size=resume, headers=headers, expected_size=size,
-                     displayed_filename=ref.file, tqdm_class=bar)
+            http_get(
+                meta.location,
+                handle,
+                resume_size=resume,
+                headers=headers,
+                expected_size=size,
+                displayed_filename=ref.file,
+                tqdm_class=bar,
+            )
     except _hub_errors() as exc:
         kept = part.stat().st_size if part.exists() else 0
-        raise PullError(f"downloading {ref.repo}/{ref.file} stopped at {kept} of {size or '?'} bytes: "
-                        f"{_describe(exc, ref)}; run the same pull again to resume") from None
+        raise PullError(
+            f"downloading {ref.repo}/{ref.file} stopped at {kept} of {size or '?'} bytes: "
+            f"{_describe(exc, ref)}; run the same pull again to resume"
+        ) from None
 
 
-def _install(part: Path, dest: Path, manifest: PullManifest, kind: str, expected: str,
-             emit: ProgressCallback) -> PullManifest:
+def _install(
+    part: Path, dest: Path, manifest: PullManifest, kind: str, expected: str, emit: ProgressCallback
+) -> PullManifest:
     """Move a verified download into place with its manifest; a download whose digest differs is deleted."""
     emit(PullEvent(status=f"verifying {kind} digest", digest=manifest.digest))
     got = file_digest(part, kind)
     if got != expected:
         part.unlink(missing_ok=True)
-        raise PullError(f"checksum mismatch for {manifest.repo}/{manifest.file}: the Hub says {kind} {expected}, "
-                        f"the download is {got}; it was deleted (run the pull again)")
+        raise PullError(
+            f"checksum mismatch for {manifest.repo}/{manifest.file}: the Hub says {kind} {expected}, "
+            f"the download is {got}; it was deleted (run the pull again)"
+        )
     os.replace(part, dest)
     emit(PullEvent(status="writing manifest", digest=manifest.digest))
     manifest = manifest.model_copy(update={"size": dest.stat().st_size})
@@ -310,8 +327,14 @@ def _install(part: Path, dest: Path, manifest: PullManifest, kind: str, expected
     return manifest
 
 
-def pull_gguf(ref: HubRef, *, root: Path | None = None, endpoint: str | None = None,
-              token: str | bool | None = None, on_event: ProgressCallback | None = None) -> PullManifest:
+def pull_gguf(
+    ref: HubRef,
+    *,
+    root: Path | None = None,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    on_event: ProgressCallback | None = None,
+) -> PullManifest:
     """Download (or resume, or confirm) one GGUF of ``ref`` into the pull cache; returns its manifest."""
     from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import (  # type: ignore[attr-defined]  # public, but exported lazily
@@ -328,9 +351,17 @@ def pull_gguf(ref: HubRef, *, root: Path | None = None, endpoint: str | None = N
     meta = _file_metadata(url, ref, endpoint=endpoint, token=token)
     kind, expected = _expected_digest(meta.etag, lfs_oids.get(file), url)
     digest = f"{kind}:{expected}"
-    manifest = PullManifest(name=served_name(ref.repo, file), repo=ref.repo, file=file, revision=meta.commit_hash,
-                            digest=digest, size=meta.size or 0, quant=quant_of(file), alias=ref.alias,
-                            pulled_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"))
+    manifest = PullManifest(
+        name=served_name(ref.repo, file),
+        repo=ref.repo,
+        file=file,
+        revision=meta.commit_hash,
+        digest=digest,
+        size=meta.size or 0,
+        quant=quant_of(file),
+        alias=ref.alias,
+        pulled_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+    )
     dest.parent.mkdir(parents=True, exist_ok=True)
     done = _already_there(dest, manifest, kind, emit)
     if done is not None:

@@ -15,8 +15,14 @@ RUNTIME_OVERHEAD_BYTES = int(0.4 * GiB)
 
 #: bytes per parameter by quantization, heaviest first (the original's, docs/backend-facts.md#model-fit)
 QUANT_BYTES_PER_PARAM: dict[str, float] = {
-    "F16": 2.0, "Q8_0": 1.063, "Q6_K": 0.821, "Q5_K_M": 0.710, "Q4_K_M": 0.606, "Q4_K_S": 0.546,
-    "Q3_K_M": 0.411, "Q2_K": 0.329,
+    "F16": 2.0,
+    "Q8_0": 1.063,
+    "Q6_K": 0.821,
+    "Q5_K_M": 0.710,
+    "Q4_K_M": 0.606,
+    "Q4_K_S": 0.546,
+    "Q3_K_M": 0.411,
+    "Q2_K": 0.329,
 }
 
 #: an assumed architecture for unknown models: 32 layers × 8 KV heads × 128 dims (an 8B-class model)
@@ -33,8 +39,9 @@ def _fallback_layers(model: ModelInfo | None) -> int:
     return 64 if params <= 40e9 else 80
 
 
-def kv_bytes_estimate(model: ModelInfo | None, n_ctx: int, kv_type: str = "f16", *,
-                      parallel: int = 1) -> tuple[int, bool]:
+def kv_bytes_estimate(
+    model: ModelInfo | None, n_ctx: int, kv_type: str = "f16", *, parallel: int = 1
+) -> tuple[int, bool]:
     """``(bytes, exact)``: exact from the architecture when known, else a conservative estimate.
 
     The estimate assumes full-context layers (no sliding window) of an 8B-class shape, which
@@ -42,9 +49,14 @@ def kv_bytes_estimate(model: ModelInfo | None, n_ctx: int, kv_type: str = "f16",
     """
     if model is not None and model.known:
         return model.kv_bytes(n_ctx, kv_type, parallel=parallel), True
-    conservative = ModelInfo(name="unknown", block_count=_fallback_layers(model), head_count=32,
-                             head_count_kv=_FALLBACK_KV_HEADS, key_length=_FALLBACK_HEAD_DIM,
-                             value_length=_FALLBACK_HEAD_DIM)
+    conservative = ModelInfo(
+        name="unknown",
+        block_count=_fallback_layers(model),
+        head_count=32,
+        head_count_kv=_FALLBACK_KV_HEADS,
+        key_length=_FALLBACK_HEAD_DIM,
+        value_length=_FALLBACK_HEAD_DIM,
+    )
     return conservative.kv_bytes(n_ctx, kv_type, parallel=parallel), False
 
 

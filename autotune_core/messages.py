@@ -81,8 +81,16 @@ class ChatRequest(BaseModel):
 
     def sampling(self) -> dict[str, Any]:
         """The sampling fields the client actually set (None means 'not sent')."""
-        fields = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
-                  "frequency_penalty", "repeat_penalty")
+        fields = (
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "seed",
+            "presence_penalty",
+            "frequency_penalty",
+            "repeat_penalty",
+        )
         return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
 
 

@@ -38,12 +38,21 @@ class Alias:
 #: Small instruction-tuned GGUFs. Repo ids and file names as published on the Hub (not re-checked from
 #: here: this machine cannot reach the Hub); sizes are the Hub's.
 ALIASES: dict[str, Alias] = {
-    "gemma3-270m-it": Alias("ggml-org/gemma-3-270m-it-GGUF", "gemma-3-270m-it-Q8_0.gguf",
-                            "Gemma 3 270M instruction-tuned, Q8_0 (292 MB; ggml-org's conversion)"),
-    "qwen2.5-0.5b-instruct": Alias("Qwen/Qwen2.5-0.5B-Instruct-GGUF", "qwen2.5-0.5b-instruct-q4_k_m.gguf",
-                                   "Qwen 2.5 0.5B Instruct, Q4_K_M (~0.5 GB; Qwen's own GGUF)"),
-    "qwen3-0.6b": Alias("Qwen/Qwen3-0.6B-GGUF", "Qwen3-0.6B-Q8_0.gguf",
-                        "Qwen 3 0.6B (instruct, with thinking), Q8_0 (~0.64 GB; Qwen's own GGUF)"),
+    "gemma3-270m-it": Alias(
+        "ggml-org/gemma-3-270m-it-GGUF",
+        "gemma-3-270m-it-Q8_0.gguf",
+        "Gemma 3 270M instruction-tuned, Q8_0 (292 MB; ggml-org's conversion)",
+    ),
+    "qwen2.5-0.5b-instruct": Alias(
+        "Qwen/Qwen2.5-0.5B-Instruct-GGUF",
+        "qwen2.5-0.5b-instruct-q4_k_m.gguf",
+        "Qwen 2.5 0.5B Instruct, Q4_K_M (~0.5 GB; Qwen's own GGUF)",
+    ),
+    "qwen3-0.6b": Alias(
+        "Qwen/Qwen3-0.6B-GGUF",
+        "Qwen3-0.6B-Q8_0.gguf",
+        "Qwen 3 0.6B (instruct, with thinking), Q8_0 (~0.64 GB; Qwen's own GGUF)",
+    ),
 }
 
 #: what to suggest to someone holding only the bundled base model
@@ -78,8 +87,7 @@ def is_hub_ref(model: str) -> bool:
     return bool(_REPO.match(text.split(":", 1)[0]))
 
 
-def parse_ref(model: str, *, file: str | None = None, quant: str | None = None,
-              revision: str | None = None) -> HubRef:
+def parse_ref(model: str, *, file: str | None = None, quant: str | None = None, revision: str | None = None) -> HubRef:
     """Turn the command line into a :class:`HubRef`; raises :class:`InvalidRequest` with the accepted forms."""
     text = model.strip()
     if file is not None and quant is not None:
@@ -89,12 +97,14 @@ def parse_ref(model: str, *, file: str | None = None, quant: str | None = None,
     alias = ALIASES.get(text.lower())
     if alias is not None:
         if file is not None or quant is not None:
-            raise InvalidRequest(f"{text!r} is an alias for {alias.repo} {alias.file}; "
-                                 f"pass the repository ({alias.repo}) to pick another file")
+            raise InvalidRequest(
+                f"{text!r} is an alias for {alias.repo} {alias.file}; "
+                f"pass the repository ({alias.repo}) to pick another file"
+            )
         return HubRef(repo=alias.repo, file=alias.file, revision=revision, alias=text.lower())
     for prefix in _HOST_PREFIXES:
         if text.lower().startswith(prefix):
-            text = text[len(prefix):]
+            text = text[len(prefix) :]
             break
     repo, _, tag = text.partition(":")
     repo = repo.strip("/")
@@ -137,8 +147,10 @@ def pick_file(ref: HubRef, files: list[str]) -> str:
         if len(matches) == 1 and not _SHARD.search(matches[0]):
             return matches[0]
         if matches and all(_SHARD.search(m) for m in matches):
-            raise InvalidRequest(f"{ref.repo} splits {quant} into {len(matches)} files; split GGUFs are not "
-                                 "supported by autotune pull yet")
+            raise InvalidRequest(
+                f"{ref.repo} splits {quant} into {len(matches)} files; split GGUFs are not "
+                "supported by autotune pull yet"
+            )
         if len(matches) > 1:
             raise InvalidRequest(f"{ref.repo} has several {quant} files ({', '.join(matches)}); pick one with --file")
     quants = ", ".join(sorted(q for q in by_quant if q)) or "none recognised"

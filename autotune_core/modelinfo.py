@@ -36,8 +36,9 @@ def kv_type_bytes(kv_type: str) -> float:
     try:
         return KV_BYTES_PER_ELEMENT[kv_type.lower()]
     except KeyError as exc:
-        raise ValueError(f"unknown KV cache type {kv_type!r}; expected one of "
-                         f"{', '.join(KV_BYTES_PER_ELEMENT)}") from exc
+        raise ValueError(
+            f"unknown KV cache type {kv_type!r}; expected one of {', '.join(KV_BYTES_PER_ELEMENT)}"
+        ) from exc
 
 
 def smaller_kv_type(a: str, b: str) -> str:
@@ -87,8 +88,16 @@ class ModelInfo(BaseModel):
         key, value = self._head_dims()
         return sum(heads * (key + value) for heads in self.kv_heads())
 
-    def kv_bytes(self, n_ctx: int, kv_type: str = "f16", *, parallel: int = 1, n_ubatch: int = 512,
-                 swa_full: bool = False, pad: int = KV_CELL_PAD) -> int:
+    def kv_bytes(
+        self,
+        n_ctx: int,
+        kv_type: str = "f16",
+        *,
+        parallel: int = 1,
+        n_ubatch: int = 512,
+        swa_full: bool = False,
+        pad: int = KV_CELL_PAD,
+    ) -> int:
         """Exact KV-cache bytes for a context of ``n_ctx`` tokens per slot, as llama.cpp allocates it.
 
         llama.cpp rounds the cell count up to a multiple of ``pad`` (256), and sliding-window layers
@@ -100,8 +109,11 @@ class ModelInfo(BaseModel):
         per_elem = kv_type_bytes(kv_type)
         slots = max(1, parallel)
         full_cells = _pad(n_ctx, pad)
-        swa_cells = full_cells if swa_full or not self.sliding_window else \
-            _pad(min(full_cells, self.sliding_window + n_ubatch), pad)
+        swa_cells = (
+            full_cells
+            if swa_full or not self.sliding_window
+            else _pad(min(full_cells, self.sliding_window + n_ubatch), pad)
+        )
         swa = self.swa_layers or []
         total = 0.0
         for layer, heads in enumerate(self.kv_heads()):
@@ -139,15 +151,20 @@ class ModelInfo(BaseModel):
         explicit = kv.get(f"{arch}.attention.sliding_window_pattern")
         params = kv.get("general.parameter_count")
         return cls(
-            name=name, architecture=arch, block_count=block_count,
+            name=name,
+            architecture=arch,
+            block_count=block_count,
             head_count=max(head_count) if isinstance(head_count, list) else (head_count or 0),
             head_count_kv=head_count_kv if head_count_kv is not None else 0,
-            key_length=num("attention.key_length"), value_length=num("attention.value_length"),
-            embedding_length=num("embedding_length") or 0, context_length=num("context_length"),
+            key_length=num("attention.key_length"),
+            value_length=num("attention.value_length"),
+            embedding_length=num("embedding_length") or 0,
+            context_length=num("context_length"),
             sliding_window=window or None,
             swa_layers=swa_layer_pattern(arch, block_count, explicit) if window else None,
             parameter_count=int(float(params)) if params not in (None, "") else None,
         )
+
 
 #: llama.cpp ``set_swa_pattern(n)``: layer ``il`` slides when ``il % n < n - 1`` (dense every n-th layer)
 SWA_PATTERNS: dict[str, int] = {"gemma3": 6, "gemma2": 2, "cohere2": 4, "gpt-oss": 2, "gemma3n": 5}

@@ -102,8 +102,9 @@ class Pipeline:
 
     def profile_for(self, request: ChatRequest) -> str:
         override = self.host.config.server.models.get(request.model)
-        return request.profile or (override.profile if override and override.profile else None) or \
-            self.host.config.profile
+        return (
+            request.profile or (override.profile if override and override.profile else None) or self.host.config.profile
+        )
 
     async def resolve(self, request: ChatRequest) -> tuple[ChatRequest, Backend]:
         """Which backend serves the request, and the request under the model name that backend knows."""
@@ -117,8 +118,9 @@ class Pipeline:
         request, backend = await self.resolve(request)
         return await self.plan(request, backend)
 
-    async def plan(self, request: ChatRequest, backend: Backend, info: ModelInfo | _Missing | None = _MISSING
-                   ) -> Prepared:
+    async def plan(
+        self, request: ChatRequest, backend: Backend, info: ModelInfo | _Missing | None = _MISSING
+    ) -> Prepared:
         """Run the request hooks for a resolved request (the server, ``autotune plan`` and the library all come
         here). The model's architecture is looked up (cached) unless given."""
         started = time.perf_counter()
@@ -128,12 +130,17 @@ class Pipeline:
             info_ms = (time.perf_counter() - started) * 1000
         profile = get_profile(self.profile_for(request))
         caps = backend.capabilities()
-        plan = Plan(model=request.model, backend=backend.name, profile=profile.name,
-                    messages=list(request.messages))
+        plan = Plan(model=request.model, backend=backend.name, profile=profile.name, messages=list(request.messages))
         self.pin(plan, request)
-        ctx = HookContext(host=self.host, hardware=self.host.hardware, capabilities=caps,
-                          backend_name=backend.name, profile=profile, model=info,
-                          pressure=self.host.pressure or Pressure())
+        ctx = HookContext(
+            host=self.host,
+            hardware=self.host.hardware,
+            capabilities=caps,
+            backend_name=backend.name,
+            profile=profile,
+            model=info,
+            pressure=self.host.pressure or Pressure(),
+        )
         skip = self.skip_for(request.model)
         await self.host.hooks.pre_request(ctx=ctx, request=request, plan=plan, skip=skip)
         exact = None
@@ -151,8 +158,15 @@ class Pipeline:
         plan.kv_type = kv.value if kv is not None else None
         self._check_fit(plan)
         reconcile_plan(plan, caps, backend=backend.name)
-        return Prepared(request=request, plan=plan, ctx=ctx, backend=backend, skip=skip,
-                        planning_ms=(time.perf_counter() - started) * 1000, upstream_ms=tokenize_ms + info_ms)
+        return Prepared(
+            request=request,
+            plan=plan,
+            ctx=ctx,
+            backend=backend,
+            skip=skip,
+            planning_ms=(time.perf_counter() - started) * 1000,
+            upstream_ms=tokenize_ms + info_ms,
+        )
 
     def pin(self, plan: Plan, request: ChatRequest) -> None:
         """Fix the knobs the client (or the model's config) set, before any hook runs (precedence.py)."""
@@ -174,21 +188,29 @@ class Pipeline:
         ctx_pinned = "num_ctx" in plan.pins and plan.num_ctx == plan.pins["num_ctx"].value
         if plan.prompt_tokens >= plan.num_ctx:
             if ctx_pinned:
-                plan.warn(f"the prompt is about {plan.prompt_tokens} tokens but num_ctx is {plan.num_ctx} "
-                          f"({plan.pins['num_ctx'].describe()}): the model server will drop the start of it")
+                plan.warn(
+                    f"the prompt is about {plan.prompt_tokens} tokens but num_ctx is {plan.num_ctx} "
+                    f"({plan.pins['num_ctx'].describe()}): the model server will drop the start of it"
+                )
                 return
             raise ContextOverflow(
                 f"the prompt is about {plan.prompt_tokens} tokens but the context for {plan.model} is "
-                f"{plan.num_ctx}; shorten the conversation or enable the context-compressor plugin")
+                f"{plan.num_ctx}; shorten the conversation or enable the context-compressor plugin"
+            )
         # An explicit max_tokens that overruns the context would make the server shift the context
         # mid-answer (dropping prompt tokens): cap the output to the room left, visibly. When the client chose
         # both the context and the output budget, that combination is theirs and goes as asked.
         room = plan.num_ctx - plan.prompt_tokens
         if plan.max_tokens is not None and plan.max_tokens > room and not ctx_pinned:
             plan.flags["output_capped"] = {"requested": plan.max_tokens, "room": room}
-            plan.set("core", "max_tokens", room, f"only {room} tokens of the {plan.num_ctx} context are left after "
-                                                 f"the prompt ({plan.prompt_tokens}); output capped, prompt kept",
-                     safety=True)
+            plan.set(
+                "core",
+                "max_tokens",
+                room,
+                f"only {room} tokens of the {plan.num_ctx} context are left after "
+                f"the prompt ({plan.prompt_tokens}); output capped, prompt kept",
+                safety=True,
+            )
 
     async def run(self, prepared: Prepared, *, finish: bool = True) -> ChatResult:
         """Send a non-streaming request and run post_response (``finish=False``: the caller runs
@@ -254,5 +276,6 @@ class Pipeline:
                 await asyncio.shield(self.finish(prepared, result))
 
     async def finish(self, prepared: Prepared, result: ChatResult) -> None:
-        await self.host.hooks.post_response(ctx=prepared.ctx, request=prepared.request, plan=prepared.plan,
-                                            result=result, skip=prepared.skip)
+        await self.host.hooks.post_response(
+            ctx=prepared.ctx, request=prepared.request, plan=prepared.plan, result=result, skip=prepared.skip
+        )

@@ -144,8 +144,17 @@ class Plan(BaseModel):
         if safety and lowers(knob, current, value):
             self.warn(f"{knob} lowered from {current} ({pin.describe()}) to {value} by {plugin}: {reason}")
             return True
-        self.trace.append(TraceEntry(plugin=plugin, knob=knob, old=current, new=current, proposed=value, kept=True,
-                                     reason=f"{value} proposed ({reason}); {pin.describe()}: kept"))
+        self.trace.append(
+            TraceEntry(
+                plugin=plugin,
+                knob=knob,
+                old=current,
+                new=current,
+                proposed=value,
+                kept=True,
+                reason=f"{value} proposed ({reason}); {pin.describe()}: kept",
+            )
+        )
         return False
 
     def warn(self, text: str) -> None:
@@ -155,9 +164,17 @@ class Plan(BaseModel):
 
     def client_values(self) -> list[dict[str, Any]]:
         """Each pinned knob: asked for, sent, and whether it was kept (``autotune plan`` shows this)."""
-        return [{"knob": pin.knob, "source": pin.source, "origin": pin.origin,
-                 "asked": pin.sent if pin.sent is not None else pin.value, "sent": getattr(self, pin.knob),
-                 "kept": getattr(self, pin.knob) == pin.value} for pin in self.pins.values()]
+        return [
+            {
+                "knob": pin.knob,
+                "source": pin.source,
+                "origin": pin.origin,
+                "asked": pin.sent if pin.sent is not None else pin.value,
+                "sent": getattr(self, pin.knob),
+                "kept": getattr(self, pin.knob) == pin.value,
+            }
+            for pin in self.pins.values()
+        ]
 
     def warning_header(self, limit: int = 1024) -> str:
         """The warnings, header-safe (ASCII, one line)."""
@@ -188,5 +205,14 @@ class Plan(BaseModel):
 
 
 #: the knobs X-Autotune-Plan summarises, in this order
-_COMPACT_KNOBS = ("num_ctx", "kv_type", "num_keep", "num_batch", "num_thread", "keep_alive", "max_tokens",
-                  "flash_attn", "messages")
+_COMPACT_KNOBS = (
+    "num_ctx",
+    "kv_type",
+    "num_keep",
+    "num_batch",
+    "num_thread",
+    "keep_alive",
+    "max_tokens",
+    "flash_attn",
+    "messages",
+)

@@ -28,8 +28,12 @@ def hook_order(host: PluginHost) -> dict[str, list[dict[str, Any]]]:
     for hook in hook_names():
         rows = []
         for position, impl in enumerate(host.hook_impls(hook), start=1):
-            row: dict[str, Any] = {"position": position, "plugin": impl.plugin, "tryfirst": impl.tryfirst,
-                                   "trylast": impl.trylast}
+            row: dict[str, Any] = {
+                "position": position,
+                "plugin": impl.plugin,
+                "tryfirst": impl.tryfirst,
+                "trylast": impl.trylast,
+            }
             if hook in FOLDS:
                 row["stage"] = impl.stage
             rows.append(row)
@@ -40,5 +44,8 @@ def hook_order(host: PluginHost) -> dict[str, list[dict[str, Any]]]:
 def plugins_report(host: PluginHost, only_hook: str | None = None) -> dict[str, Any]:
     """Every plugin (loaded, disabled, opt-in or broken), the call order of every hook, the start-up time."""
     records = [r for r in host.records.values() if only_hook is None or only_hook in r.hooks]
-    return {"plugins": [r.as_dict() for r in records], "hook_order": hook_order(host),
-            "startup_ms": round(host.startup_ms, 2)}
+    return {
+        "plugins": [r.as_dict() for r in records],
+        "hook_order": hook_order(host),
+        "startup_ms": round(host.startup_ms, 2),
+    }

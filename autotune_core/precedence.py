@@ -95,8 +95,9 @@ def client_pins(request: ChatRequest) -> dict[str, Pin]:
         except ValueError:
             pass  # unparseable: passed through untouched for the server to judge
         else:
-            pins["keep_alive"] = Pin(knob="keep_alive", value=seconds, source="client", origin="keep_alive",
-                                     sent=request.keep_alive)
+            pins["keep_alive"] = Pin(
+                knob="keep_alive", value=seconds, source="client", origin="keep_alive", sent=request.keep_alive
+            )
     if request.max_tokens is not None:
         origin = "options.num_predict" if request.dialect == "ollama" else "max_tokens"
         pins["max_tokens"] = Pin(knob="max_tokens", value=request.max_tokens, source="client", origin=origin)
@@ -111,8 +112,7 @@ def config_pins(model: str, override: ModelOverride | None) -> dict[str, Pin]:
     for knob in KNOBS:
         value = getattr(override, knob, None)
         if value is not None:
-            pins[knob] = Pin(knob=knob, value=value, source="config",
-                             origin=f'[server.models."{model}"] {knob}')
+            pins[knob] = Pin(knob=knob, value=value, source="config", origin=f'[server.models."{model}"] {knob}')
     return pins
 
 

@@ -62,9 +62,14 @@ def model_architecture(request: pytest.FixtureRequest) -> ModelInfo:
     return found
 
 
-def make_host(*plugins: object, load_entrypoints: bool = False, config: Settings | dict[str, Any] | None = None,
-              settings: dict[str, dict[str, Any]] | None = None, backend: type[FakeBackend] | None = None,
-              **kwargs: Any) -> PluginHost:
+def make_host(
+    *plugins: object,
+    load_entrypoints: bool = False,
+    config: Settings | dict[str, Any] | None = None,
+    settings: dict[str, dict[str, Any]] | None = None,
+    backend: type[FakeBackend] | None = None,
+    **kwargs: Any,
+) -> PluginHost:
     """What :func:`autotune_host_factory` builds, for code that cannot take a fixture.
 
     ``config`` is a :class:`~autotune_core.config.Settings` or a dict shaped like the config file

@@ -18,34 +18,66 @@ from .plan import Plan
 from .tokens import estimate_message_tokens, estimate_tokens
 
 #: a llama-3.2-1B-shaped model: 16 layers, 8 KV heads of 64 dims
-LLAMA_1B = ModelInfo(name="llama3.2:1b", architecture="llama", block_count=16, head_count=32, head_count_kv=8,
-                     embedding_length=2048, key_length=64, value_length=64, context_length=131072,
-                     quantization="Q4_K_M", size_bytes=int(1.3 * GiB), parameter_count=1_240_000_000)
+LLAMA_1B = ModelInfo(
+    name="llama3.2:1b",
+    architecture="llama",
+    block_count=16,
+    head_count=32,
+    head_count_kv=8,
+    embedding_length=2048,
+    key_length=64,
+    value_length=64,
+    context_length=131072,
+    quantization="Q4_K_M",
+    size_bytes=int(1.3 * GiB),
+    parameter_count=1_240_000_000,
+)
 #: a gemma-3-270M-shaped model with sliding-window layers (5 local : 1 global)
-GEMMA_270M = ModelInfo(name="gemma3:270m", architecture="gemma3", block_count=18, head_count=4, head_count_kv=1,
-                       embedding_length=640, key_length=256, value_length=256, context_length=32768,
-                       sliding_window=512, swa_layers=[(i + 1) % 6 != 0 for i in range(18)],
-                       quantization="Q4_K_M", size_bytes=253_000_000, parameter_count=268_000_000)
+GEMMA_270M = ModelInfo(
+    name="gemma3:270m",
+    architecture="gemma3",
+    block_count=18,
+    head_count=4,
+    head_count_kv=1,
+    embedding_length=640,
+    key_length=256,
+    value_length=256,
+    context_length=32768,
+    sliding_window=512,
+    swa_layers=[(i + 1) % 6 != 0 for i in range(18)],
+    quantization="Q4_K_M",
+    size_bytes=253_000_000,
+    parameter_count=268_000_000,
+)
 
 
 def make_hardware(ram_gib: float = 16, available_gib: float = 12, *, swap_used_gib: float = 0) -> HardwareSnapshot:
     """A CPU-only Linux machine with the given RAM."""
-    return HardwareSnapshot(os="linux", cpu=CpuInfo(brand="Test CPU", arch="x86_64", cores_physical=4,
-                                                     cores_logical=8),
-                            ram_total_bytes=int(ram_gib * GiB), ram_available_bytes=int(available_gib * GiB),
-                            swap_total_bytes=int(4 * GiB), swap_used_bytes=int(swap_used_gib * GiB))
+    return HardwareSnapshot(
+        os="linux",
+        cpu=CpuInfo(brand="Test CPU", arch="x86_64", cores_physical=4, cores_logical=8),
+        ram_total_bytes=int(ram_gib * GiB),
+        ram_available_bytes=int(available_gib * GiB),
+        swap_total_bytes=int(4 * GiB),
+        swap_used_bytes=int(swap_used_gib * GiB),
+    )
 
 
 def ollama_like_capabilities() -> Capabilities:
-    return Capabilities(dialect="fake", can_tokenize=False, can_embed=True, knobs={
-        "num_ctx": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True),
-        "num_batch": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True),
-        "kv_type": KnobSupport(scope=KnobScope.SERVER_ENV, how="FAKE_KV_CACHE_TYPE"),
-        "flash_attn": KnobSupport(scope=KnobScope.SERVER_ENV, how="FAKE_FLASH_ATTENTION"),
-        "keep_alive": KnobSupport(scope=KnobScope.PER_REQUEST),
-        "num_keep": KnobSupport(scope=KnobScope.PER_REQUEST),
-        "parallel": KnobSupport(scope=KnobScope.SERVER_ENV, how="FAKE_NUM_PARALLEL"),
-    })
+    return Capabilities(
+        dialect="fake",
+        can_tokenize=False,
+        can_embed=True,
+        knobs={
+            "num_ctx": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True),
+            "num_batch": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True),
+            "kv_type": KnobSupport(scope=KnobScope.SERVER_ENV, how="FAKE_KV_CACHE_TYPE"),
+            "flash_attn": KnobSupport(scope=KnobScope.SERVER_ENV, how="FAKE_FLASH_ATTENTION"),
+            "keep_alive": KnobSupport(scope=KnobScope.PER_REQUEST),
+            "num_keep": KnobSupport(scope=KnobScope.PER_REQUEST),
+            "parallel": KnobSupport(scope=KnobScope.SERVER_ENV, how="FAKE_NUM_PARALLEL"),
+        },
+    )
 
 
 class FakeBackend(Backend):
@@ -74,8 +106,10 @@ class FakeBackend(Backend):
         return Availability(ok=self.up, reason="" if self.up else "fake backend is down", version="fake-1")
 
     async def list_models(self) -> list[ModelEntry]:
-        return [ModelEntry(name=name, backend=self.name, size_bytes=info.size_bytes,
-                           context_length=info.context_length) for name, info in self.models.items()]
+        return [
+            ModelEntry(name=name, backend=self.name, size_bytes=info.size_bytes, context_length=info.context_length)
+            for name, info in self.models.items()
+        ]
 
     async def model_info(self, model: str) -> ModelInfo:
         return self.models[model]
@@ -96,10 +130,13 @@ class FakeBackend(Backend):
         prompt = estimate_message_tokens(plan.messages)
         if plan.num_ctx is not None:
             prompt = min(prompt, plan.num_ctx)
-        return ChatResult(model=request.model, backend=self.name, content=self.reply,
-                          usage=Usage(prompt_tokens=prompt, completion_tokens=estimate_tokens(self.reply)),
-                          timings=Timings(load_ms=50.0 if reloaded else 0.0, prompt_ms=1.0, decode_ms=2.0,
-                                          reloaded=reloaded))
+        return ChatResult(
+            model=request.model,
+            backend=self.name,
+            content=self.reply,
+            usage=Usage(prompt_tokens=prompt, completion_tokens=estimate_tokens(self.reply)),
+            timings=Timings(load_ms=50.0 if reloaded else 0.0, prompt_ms=1.0, decode_ms=2.0, reloaded=reloaded),
+        )
 
     async def chat(self, request: ChatRequest, plan: Plan) -> ChatResult:
         self.plans.append(plan)
@@ -133,8 +170,9 @@ class FakeBackend(Backend):
         return EmbeddingResult(vectors=vectors, model=model)
 
     async def loaded_models(self) -> list[LoadedModel]:
-        return [LoadedModel(name=name, backend=self.name, context_length=runner[0])
-                for name, runner in self.loaded.items()]
+        return [
+            LoadedModel(name=name, backend=self.name, context_length=runner[0]) for name, runner in self.loaded.items()
+        ]
 
     async def unload(self, model: str) -> bool:
         return self.loaded.pop(model, None) is not None

@@ -75,8 +75,9 @@ class CtxBucketsPlugin:
 
     @hookimpl
     @fold_stage("snap")
-    def choose_num_ctx(self, ctx: HookContext, request: ChatRequest, plan: Plan,
-                       proposal: Choice[Any] | None) -> Choice[int] | None:
+    def choose_num_ctx(
+        self, ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None
+    ) -> Choice[int] | None:
         if proposal is None or proposal.value is None:
             return None
         settings = ctx.settings(CtxBucketsSettings)
@@ -97,12 +98,14 @@ class CtxBucketsPlugin:
                     size, extra = roomy, f" (+{settings.growth_reserve} tokens for the conversation to grow into)"
             if loaded is None:
                 ctx.stash[_DECISION] = _Decision(key, "first", None, size)
-                return self._answer(plan, need, size,
-                                    f"snapped {need} up to bucket {size}{extra} (first load of {plan.model})")
+                return self._answer(
+                    plan, need, size, f"snapped {need} up to bucket {size}{extra} (first load of {plan.model})"
+                )
             ctx.stash[_DECISION] = _Decision(key, "grow", loaded, size)
             plan.flags["ctx_resize"] = f"{loaded}->{size}"
-            return self._answer(plan, need, size,
-                                f"grow: need {need} exceeds the loaded {loaded}; bucket {size}{extra} (reload)")
+            return self._answer(
+                plan, need, size, f"grow: need {need} exceeds the loaded {loaded}; bucket {size}{extra} (reload)"
+            )
         idle = entry is not None and self.clock() - entry.last_used >= settings.idle_shrink_seconds
         pressed = ctx.pressure.tier in settings.shrink_tiers
         rungs = bucket_index(loaded, model_max) - bucket_index(plain, model_max)
@@ -110,8 +113,12 @@ class CtxBucketsPlugin:
             why = f"idle ≥ {settings.idle_shrink_seconds:g}s" if idle else f"pressure {ctx.pressure.tier}"
             ctx.stash[_DECISION] = _Decision(key, "shrink", loaded, plain)
             plan.flags["ctx_resize"] = f"{loaded}->{plain}"
-            return self._answer(plan, need, plain,
-                                f"shrink: {why} and bucket {plain} is {rungs} rungs below the loaded {loaded} (reload)")
+            return self._answer(
+                plan,
+                need,
+                plain,
+                f"shrink: {why} and bucket {plain} is {rungs} rungs below the loaded {loaded} (reload)",
+            )
         ctx.stash[_DECISION] = _Decision(key, "keep", loaded, plain)
         why = "" if plain == loaded else f"; bucket {plain} would reload (avoided, {self.reloads_avoided + 1} so far)"
         return self._answer(plan, need, loaded, f"keep the loaded {loaded}: need {need} fits{why}")

@@ -16,8 +16,17 @@ from autotune_core.buckets import MIN_CTX
 
 #: model-name fragments of reasoning models that think before answering (the original's list, extended:
 #: docs/backend-facts.md#thinking-models)
-THINKING_MARKERS: tuple[str, ...] = ("qwen3", "deepseek-r1", "qwq", "deepthink", "marco-o1", "gpt-oss",
-                                     "magistral", "phi4-reasoning", "cogito")
+THINKING_MARKERS: tuple[str, ...] = (
+    "qwen3",
+    "deepseek-r1",
+    "qwq",
+    "deepthink",
+    "marco-o1",
+    "gpt-oss",
+    "magistral",
+    "phi4-reasoning",
+    "cogito",
+)
 
 
 class CtxSizingSettings(BaseModel):
@@ -61,8 +70,9 @@ class CtxSizingPlugin:
 
     @hookimpl
     @fold_stage("propose")
-    def choose_num_ctx(self, ctx: HookContext, request: ChatRequest, plan: Plan,
-                       proposal: Choice[Any] | None) -> Choice[int] | None:
+    def choose_num_ctx(
+        self, ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None
+    ) -> Choice[int] | None:
         settings = ctx.settings(CtxSizingSettings)
         prompt = plan.prompt_tokens or 0
         counted = "counted" if plan.prompt_tokens_exact else "estimated"
@@ -83,8 +93,10 @@ class CtxSizingPlugin:
         reason = " + ".join(parts) + f" = {need}"
         if settings.prompt_may_exceed_profile and model_max and prompt + settings.headroom > ceiling:
             ceiling = max(ceiling, min(model_max, prompt + settings.headroom))
-            reason += f"; the prompt alone exceeds the {ctx.profile.name} profile's {ctx.profile.max_context}, " \
-                      f"allowed up to the model's {model_max}"
+            reason += (
+                f"; the prompt alone exceeds the {ctx.profile.name} profile's {ctx.profile.max_context}, "
+                f"allowed up to the model's {model_max}"
+            )
         value = max(floor, min(need, ceiling))
         if value < need:
             room = max(0, value - prompt)

@@ -54,21 +54,30 @@ class FlashAttentionPlugin:
         scope = ctx.capabilities.scope("flash_attn")
         if scope in (KnobScope.AT_LOAD, KnobScope.PER_REQUEST):
             if settings.enable == "auto" and ctx.hardware.primary_gpu is None:
-                plan.record(self.name, "flash_attn", None, None,
-                            "not asked for on a CPU-only machine (little gain there, and it changes greedy answers); "
-                            "enable = true to ask anyway")
+                plan.record(
+                    self.name,
+                    "flash_attn",
+                    None,
+                    None,
+                    "not asked for on a CPU-only machine (little gain there, and it changes greedy answers); "
+                    "enable = true to ask anyway",
+                )
                 return
             plan.set(self.name, "flash_attn", True, f"flash attention on ({scope.value})")
         elif scope is KnobScope.SERVER_ENV:
             how = _how(ctx)
             plan.advise(f"enable flash attention on {ctx.backend_name}: set {how} (server-wide)", knob="flash_attn")
-            plan.record(self.name, "flash_attn", None, None,
-                        f"advice only: {ctx.backend_name} sets flash attention server-wide ({how}); not sent")
+            plan.record(
+                self.name,
+                "flash_attn",
+                None,
+                None,
+                f"advice only: {ctx.backend_name} sets flash attention server-wide ({how}); not sent",
+            )
 
     @hookimpl(trylast=True)
     @fold_stage("guard")
-    def choose_kv_type(self, ctx: HookContext, request: ChatRequest, plan: Plan,
-                       proposal: Choice[Any] | None) -> None:
+    def choose_kv_type(self, ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None) -> None:
         """A quantized V cache needs flash attention; never changes the KV type itself."""
         kv = proposal.value if proposal is not None else None
         if not kv or kv in UNQUANTIZED:
@@ -76,9 +85,13 @@ class FlashAttentionPlugin:
         kv_scope = ctx.capabilities.scope("kv_type")
         fa_scope = ctx.capabilities.scope("flash_attn")
         if kv_scope in (KnobScope.AT_LOAD, KnobScope.PER_REQUEST) and fa_scope in (
-                KnobScope.AT_LOAD, KnobScope.PER_REQUEST):
+            KnobScope.AT_LOAD,
+            KnobScope.PER_REQUEST,
+        ):
             if plan.flash_attn is not True:
                 plan.set(self.name, "flash_attn", True, f"required: a quantized V cache ({kv}) needs flash attention")
         elif fa_scope is KnobScope.SERVER_ENV:
-            plan.advise(f"a quantized KV cache ({kv}) needs flash attention: set {_how(ctx)} on "
-                        f"{ctx.backend_name}", knob="flash_attn")
+            plan.advise(
+                f"a quantized KV cache ({kv}) needs flash attention: set {_how(ctx)} on {ctx.backend_name}",
+                knob="flash_attn",
+            )

@@ -48,8 +48,13 @@ class KeepAlivePlugin:
             try:
                 sent = parse_duration(request.keep_alive)
             except ValueError:
-                plan.record(self.name, "keep_alive", None, None,
-                            f"client sent keep_alive={request.keep_alive!r} (unparseable); passed through untouched")
+                plan.record(
+                    self.name,
+                    "keep_alive",
+                    None,
+                    None,
+                    f"client sent keep_alive={request.keep_alive!r} (unparseable); passed through untouched",
+                )
                 return
             what = "unload after this request" if sent == 0 else "forever" if sent < 0 else f"{sent:g}s"
             why = f"client sent keep_alive={request.keep_alive!r} ({what}); the client's choice wins"

@@ -26,8 +26,7 @@ class KVPrecisionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     #: KV type per profile
-    by_profile: dict[str, str] = Field(default_factory=lambda: {"fast": "q8_0", "balanced": "f16",
-                                                                 "quality": "f16"})
+    by_profile: dict[str, str] = Field(default_factory=lambda: {"fast": "q8_0", "balanced": "f16", "quality": "f16"})
     #: one KV type for every profile (wins over by_profile)
     override: str | None = None
     #: honour a client's ``options.kv_type`` / ``options.kv_cache_type``
@@ -52,8 +51,9 @@ class KVPrecisionPlugin:
 
     @hookimpl
     @fold_stage("propose")
-    def choose_kv_type(self, ctx: HookContext, request: ChatRequest, plan: Plan,
-                       proposal: Choice[Any] | None) -> Choice[str] | None:
+    def choose_kv_type(
+        self, ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None
+    ) -> Choice[str] | None:
         settings = ctx.settings(KVPrecisionSettings)
         client = request.options.get("kv_type") or request.options.get("kv_cache_type")
         if settings.allow_client and isinstance(client, str):

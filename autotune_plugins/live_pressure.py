@@ -70,8 +70,15 @@ class LivePressurePlugin:
         pressure = self.current(ctx)
         percent = max(pressure.ram_percent, pressure.gpu_memory_percent or 0.0)
         level = TIERS.index(pressure.tier)
-        by_percent = 3 if percent >= settings.critical_percent else 2 if percent >= settings.high_percent \
-            else 1 if percent >= settings.moderate_percent else 0
+        by_percent = (
+            3
+            if percent >= settings.critical_percent
+            else 2
+            if percent >= settings.high_percent
+            else 1
+            if percent >= settings.moderate_percent
+            else 0
+        )
         level = max(level, by_percent)
         why = f"memory {percent:.0f}%"
         if pressure.swap_growth_bytes_per_s >= settings.swap_growth_bytes_per_s:
@@ -81,8 +88,9 @@ class LivePressurePlugin:
 
     @hookimpl
     @fold_stage("adjust")
-    def choose_num_ctx(self, ctx: HookContext, request: ChatRequest, plan: Plan,
-                       proposal: Choice[Any] | None) -> Choice[int] | None:
+    def choose_num_ctx(
+        self, ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None
+    ) -> Choice[int] | None:
         settings = ctx.settings(LivePressureSettings)
         tier, why = self.tier_of(ctx, settings)
         if tier == "normal" or proposal is None or proposal.value is None:
@@ -91,29 +99,38 @@ class LivePressurePlugin:
         model_max = ctx.model.context_length if ctx.model is not None else None
         factor = settings.factors.get(tier, 1.0)
         target = max(MIN_CTX, snap_down(int(current * factor), model_max))
-        reserve = min(settings.min_output_reserve, plan.max_tokens) if plan.max_tokens else \
-            settings.min_output_reserve
+        reserve = min(settings.min_output_reserve, plan.max_tokens) if plan.max_tokens else settings.min_output_reserve
         prompt = plan.prompt_tokens or 0
         floor = min(current, snap_up(prompt + reserve, model_max))
         if target >= current:
             return None
         if target < floor:
             if floor >= current:
-                plan.record(self.name, "num_ctx", current, current,
-                            f"{tier} pressure ({why}): no reduction, the prompt ({prompt}) + {reserve} output "
-                            f"tokens need {current}")
+                plan.record(
+                    self.name,
+                    "num_ctx",
+                    current,
+                    current,
+                    f"{tier} pressure ({why}): no reduction, the prompt ({prompt}) + {reserve} output "
+                    f"tokens need {current}",
+                )
                 return None
-            return Choice(floor, f"{tier} pressure ({why}): ×{factor} → {target} would cut the prompt "
-                                 f"({prompt} + {reserve} output); kept {floor}, the smallest bucket that fits",
-                          safety=tier == "critical")
+            return Choice(
+                floor,
+                f"{tier} pressure ({why}): ×{factor} → {target} would cut the prompt "
+                f"({prompt} + {reserve} output); kept {floor}, the smallest bucket that fits",
+                safety=tier == "critical",
+            )
         # at the critical tier this is a safety step: it may lower even a context the client set explicitly
-        return Choice(target, f"{tier} pressure ({why}): {current} ×{factor} snapped down to {target}",
-                      safety=tier == "critical")
+        return Choice(
+            target, f"{tier} pressure ({why}): {current} ×{factor} snapped down to {target}", safety=tier == "critical"
+        )
 
     @hookimpl
     @fold_stage("adjust")
-    def choose_kv_type(self, ctx: HookContext, request: ChatRequest, plan: Plan,
-                       proposal: Choice[Any] | None) -> Choice[str] | None:
+    def choose_kv_type(
+        self, ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None
+    ) -> Choice[str] | None:
         settings = ctx.settings(LivePressureSettings)
         tier, why = self.tier_of(ctx, settings)
         if tier not in ("high", "critical"):

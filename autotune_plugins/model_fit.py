@@ -57,18 +57,27 @@ class FitReport:
     def summary(self) -> str:
         if self.verdict is None:
             return f"{self.model}: size unknown, fit not assessed"
-        text = (f"{self.verdict}: weights {_gib(self.weights_bytes or 0)} + KV {_gib(self.kv_bytes)} "
-                f"(q8_0 at {self.reference_ctx}{'' if self.exact_kv else ', conservative estimate'}) + overhead "
-                f"{_gib(self.overhead_bytes)} = {_gib(self.total_bytes)} of {_gib(self.available_bytes)} available; "
-                f"safe max context {self.safe_max_context}, KV {self.recommended_kv}")
+        text = (
+            f"{self.verdict}: weights {_gib(self.weights_bytes or 0)} + KV {_gib(self.kv_bytes)} "
+            f"(q8_0 at {self.reference_ctx}{'' if self.exact_kv else ', conservative estimate'}) + overhead "
+            f"{_gib(self.overhead_bytes)} = {_gib(self.total_bytes)} of {_gib(self.available_bytes)} available; "
+            f"safe max context {self.safe_max_context}, KV {self.recommended_kv}"
+        )
         return text + (f"; {self.suggestion}" if self.suggestion else "")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def assess(model: ModelInfo | None, name: str, hardware: HardwareSnapshot, profile: Profile, *,
-           parallel: int = 1, loaded: bool = False) -> FitReport:
+def assess(
+    model: ModelInfo | None,
+    name: str,
+    hardware: HardwareSnapshot,
+    profile: Profile,
+    *,
+    parallel: int = 1,
+    loaded: bool = False,
+) -> FitReport:
     """Classify a load. Pure arithmetic on facts already gathered (no I/O)."""
     weights = weights_bytes(model)
     model_max = model.context_length if model is not None else None
@@ -77,8 +86,21 @@ def assess(model: ModelInfo | None, name: str, hardware: HardwareSnapshot, profi
     available = hardware.memory_budget_bytes(0)
     capacity = int(hardware.accelerator_memory_bytes * (0.75 if hardware.unified_memory else 1.0))
     if weights is None:
-        return FitReport(name, None, None, kv_ref, ref, RUNTIME_OVERHEAD_BYTES, 0, available, capacity, 0,
-                         profile.kv_type, exact, notes=["model size unknown"])
+        return FitReport(
+            name,
+            None,
+            None,
+            kv_ref,
+            ref,
+            RUNTIME_OVERHEAD_BYTES,
+            0,
+            available,
+            capacity,
+            0,
+            profile.kv_type,
+            exact,
+            notes=["model size unknown"],
+        )
     if loaded:
         available += weights  # its weights are already counted as used
     total = weights + RUNTIME_OVERHEAD_BYTES + kv_ref
@@ -99,8 +121,9 @@ def assess(model: ModelInfo | None, name: str, hardware: HardwareSnapshot, profi
             used, _ = kv_bytes_estimate(model, size, kv, parallel=parallel)
             if weights + RUNTIME_OVERHEAD_BYTES + used <= 0.85 * available:
                 safe = size
-    report = FitReport(name, verdict, weights, kv_ref, ref, RUNTIME_OVERHEAD_BYTES, total, available, capacity,
-                       safe, kv, exact)
+    report = FitReport(
+        name, verdict, weights, kv_ref, ref, RUNTIME_OVERHEAD_BYTES, total, available, capacity, safe, kv, exact
+    )
     if verdict in ("SWAP_RISK", "OOM"):
         report.suggestion = suggest_quant(model, available, kv_ref)
     return report
@@ -159,12 +182,14 @@ class ModelFitPlugin:
                 raise ModelTooLarge(
                     f"{plan.model} will not fit in memory: {report.summary()}. Use a smaller model"
                     + (f" ({report.suggestion})" if report.suggestion else "")
-                    + ", or force the load with options.force=true / [plugins.model-fit] allow_oom = true")
+                    + ", or force the load with options.force=true / [plugins.model-fit] allow_oom = true"
+                )
             plan.advise(f"{plan.model}: loading although pre-flight says OOM (forced): {report.summary()}")
         elif report.verdict in ("MARGINAL", "SWAP_RISK"):
-            plan.advise(f"{plan.model} is {report.verdict}: use KV {report.recommended_kv} and at most "
-                        f"{report.safe_max_context} tokens of context"
-                        + (f"; {report.suggestion}" if report.suggestion else ""))
+            plan.advise(
+                f"{plan.model} is {report.verdict}: use KV {report.recommended_kv} and at most "
+                f"{report.safe_max_context} tokens of context" + (f"; {report.suggestion}" if report.suggestion else "")
+            )
         self._seen[key] = report.verdict
         self._seen.move_to_end(key)
         while len(self._seen) > settings.max_models:
@@ -206,8 +231,10 @@ def fit_command(model: str, profile: str | None, as_json: bool) -> None:
         click.echo(f"verdict:          {report.verdict or 'unknown (model size not reported)'}")
         if report.verdict is not None:
             click.echo(f"weights:          {_gib(report.weights_bytes or 0)}")
-            click.echo(f"KV (q8_0 @ {report.reference_ctx}): {_gib(report.kv_bytes)}"
-                       + ("" if report.exact_kv else " (conservative estimate: architecture unknown)"))
+            click.echo(
+                f"KV (q8_0 @ {report.reference_ctx}): {_gib(report.kv_bytes)}"
+                + ("" if report.exact_kv else " (conservative estimate: architecture unknown)")
+            )
             click.echo(f"overhead:         {_gib(report.overhead_bytes)}")
             click.echo(f"total:            {_gib(report.total_bytes)} of {_gib(report.available_bytes)} available")
             click.echo(f"safe max context: {report.safe_max_context}")

@@ -24,8 +24,12 @@ from autotune_core.modelinfo import smaller_kv_type
 
 #: (name, context factor or None for 512, KV type)
 LEVELS: tuple[tuple[str, float | None, str], ...] = (
-    ("ok", 1.0, "f16"), ("l1_trim", 0.75, "f16"), ("l2_halve", 0.5, "f16"),
-    ("l3_q8", 0.5, "q8_0"), ("l4_quarter", 0.25, "q8_0"), ("l5_min", None, "q8_0"),
+    ("ok", 1.0, "f16"),
+    ("l1_trim", 0.75, "f16"),
+    ("l2_halve", 0.5, "f16"),
+    ("l3_q8", 0.5, "q8_0"),
+    ("l4_quarter", 0.25, "q8_0"),
+    ("l5_min", None, "q8_0"),
 )
 
 _REQUIRED_KV: StashKey[str] = StashKey("noswap-guard.required_kv")
@@ -96,8 +100,7 @@ class NoSwapGuardPlugin:
         model_max = ctx.model.context_length if ctx.model is not None else None
         return min(current, snap_up((plan.prompt_tokens or 0) + reserve, model_max))
 
-    def _walk(self, ctx: HookContext, plan: Plan, current: int, kv: str
-              ) -> tuple[int, str, str, int, bool, bool]:
+    def _walk(self, ctx: HookContext, plan: Plan, current: int, kv: str) -> tuple[int, str, str, int, bool, bool]:
         """First level that fits: (num_ctx, kv, level, bytes, exact, fits)."""
         budget, _ = self.budget(ctx, plan)
         parallel = self._parallel(ctx, plan)
@@ -119,22 +122,27 @@ class NoSwapGuardPlugin:
         used, exact = kv_bytes_estimate(ctx.model, floor, level_kv, parallel=parallel)
         return floor, level_kv, "none", used, exact, False
 
-    def _explain(self, ctx: HookContext, plan: Plan, size: int, kv: str, level: str, used: int,
-                 exact: bool, fits: bool) -> str:
+    def _explain(
+        self, ctx: HookContext, plan: Plan, size: int, kv: str, level: str, used: int, exact: bool, fits: bool
+    ) -> str:
         budget, note = self.budget(ctx, plan)
         how = "exact" if exact else "conservative estimate (architecture unknown)"
         parallel = self._parallel(ctx, plan)
         slots = f" × {parallel} slots" if parallel > 1 else ""
         relation = "≤" if fits else ">"
-        return (f"level {level}: KV {fmt_bytes(used)} at {size} {kv}{slots} ({how}) {relation} budget "
-                f"{fmt_bytes(budget)} ({note})")
+        return (
+            f"level {level}: KV {fmt_bytes(used)} at {size} {kv}{slots} ({how}) {relation} budget "
+            f"{fmt_bytes(budget)} ({note})"
+        )
 
     def _flag_swap(self, ctx: HookContext, plan: Plan, used: int) -> None:
         budget, _ = self.budget(ctx, plan)
         plan.flags["swap_risk"] = True
-        plan.advise(f"{plan.model}: even the smallest context that holds the prompt needs {fmt_bytes(used)} of KV "
-                    f"cache but only {fmt_bytes(max(budget, 0))} is free: expect swapping; close other programs, "
-                    "shorten the conversation, or use a smaller model or lighter quantization")
+        plan.advise(
+            f"{plan.model}: even the smallest context that holds the prompt needs {fmt_bytes(used)} of KV "
+            f"cache but only {fmt_bytes(max(budget, 0))} is free: expect swapping; close other programs, "
+            "shorten the conversation, or use a smaller model or lighter quantization"
+        )
 
     def _kv_hint(self, ctx: HookContext) -> str:
         """The KV type the kv fold will most likely settle on (re-checked in the kv guard)."""
@@ -145,8 +153,9 @@ class NoSwapGuardPlugin:
 
     @hookimpl(trylast=True)
     @fold_stage("guard")
-    def choose_num_ctx(self, ctx: HookContext, request: ChatRequest, plan: Plan,
-                       proposal: Choice[Any] | None) -> Choice[int] | None:
+    def choose_num_ctx(
+        self, ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None
+    ) -> Choice[int] | None:
         if proposal is None or proposal.value is None:
             return None
         current = int(proposal.value)
@@ -164,8 +173,9 @@ class NoSwapGuardPlugin:
 
     @hookimpl  # not trylast: flash-attention and prefix-protect check the final KV type after this
     @fold_stage("guard")
-    def choose_kv_type(self, ctx: HookContext, request: ChatRequest, plan: Plan,
-                       proposal: Choice[Any] | None) -> Choice[str] | None:
+    def choose_kv_type(
+        self, ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None
+    ) -> Choice[str] | None:
         if plan.num_ctx is None:
             return None
         actual = proposal.value if proposal is not None and proposal.value else "f16"
@@ -174,8 +184,13 @@ class NoSwapGuardPlugin:
         size, level_kv, level, used, exact, fits = self._walk(ctx, plan, plan.num_ctx, kv)
         reason = self._explain(ctx, plan, size, level_kv, level, used, exact, fits)
         if size != plan.num_ctx:
-            plan.set(self.name, "num_ctx", size, f"the KV type {actual} does not fit at {plan.num_ctx}; {reason}",
-                     safety=True)
+            plan.set(
+                self.name,
+                "num_ctx",
+                size,
+                f"the KV type {actual} does not fit at {plan.num_ctx}; {reason}",
+                safety=True,
+            )
         if not fits and not plan.flags.get("swap_risk"):
             self._flag_swap(ctx, plan, used)
         if (proposal.value if proposal is not None else "f16") == level_kv:

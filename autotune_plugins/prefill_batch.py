@@ -55,8 +55,10 @@ class PrefillBatchPlugin:
         elif plan.model in settings.models:
             value, why = settings.models[plan.model], "configured for this model"
         elif plan.num_batch is not None:
-            value, why = plan.num_batch, "adopted the value an earlier plugin chose (e.g. the hardware archetype); " \
-                                         "kept for this model"
+            value, why = (
+                plan.num_batch,
+                "adopted the value an earlier plugin chose (e.g. the hardware archetype); kept for this model",
+            )
         elif ctx.pressure.tier == "critical" and plan.model not in ctx.loaded:
             value, why = settings.low_memory_num_batch, "loading under critical memory pressure; kept for this model"
         else:

@@ -46,8 +46,7 @@ class PrefixProtectSettings(BaseModel):
 
 def message_fingerprint(ctx: HookContext, messages: list[Message]) -> list[tuple[int, int]]:
     """Per message: (hash, tokens), to measure the prefix a backend may have served from cache."""
-    return [(hash((m.role, m.content, len(m.images))), ctx.tokens(m.content) + PER_MESSAGE_OVERHEAD)
-            for m in messages]
+    return [(hash((m.role, m.content, len(m.images))), ctx.tokens(m.content) + PER_MESSAGE_OVERHEAD) for m in messages]
 
 
 class PrefixProtectPlugin:
@@ -81,24 +80,36 @@ class PrefixProtectPlugin:
         scope = ctx.capabilities.scope("num_keep")
         tokens = 1 + sum(ctx.tokens(m.content) + PER_MESSAGE_OVERHEAD for m in system)
         if scope is not KnobScope.PER_REQUEST:
-            plan.record(self.name, "num_keep", None, None,
-                        f"{ctx.backend_name} cannot keep tokens on overflow ({scope.value}); the system prompt "
-                        f"({tokens} tokens) is protected only by the truncation check")
+            plan.record(
+                self.name,
+                "num_keep",
+                None,
+                None,
+                f"{ctx.backend_name} cannot keep tokens on overflow ({scope.value}); the system prompt "
+                f"({tokens} tokens) is protected only by the truncation check",
+            )
             return
-        plan.set(self.name, "num_keep", tokens, f"keep the system prompt ({len(system)} message(s), ~{tokens} "
-                                                f"tokens) when the context overflows")
+        plan.set(
+            self.name,
+            "num_keep",
+            tokens,
+            f"keep the system prompt ({len(system)} message(s), ~{tokens} tokens) when the context overflows",
+        )
 
     @hookimpl(trylast=True)
     @fold_stage("guard")
-    def choose_kv_type(self, ctx: HookContext, request: ChatRequest, plan: Plan,
-                       proposal: Choice[Any] | None) -> None:
+    def choose_kv_type(self, ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None) -> None:
         """Re-cap num_keep now that num_ctx is final (the kv fold runs after it); never changes the KV type."""
         if plan.num_keep is None or plan.num_ctx is None:
             return
         cap = max(0, plan.num_ctx - self._settings(ctx).keep_reserve)
         if plan.num_keep > cap:
-            plan.set(self.name, "num_keep", cap or None,
-                     f"re-capped to the final num_ctx {plan.num_ctx} − {self._settings(ctx).keep_reserve}")
+            plan.set(
+                self.name,
+                "num_keep",
+                cap or None,
+                f"re-capped to the final num_ctx {plan.num_ctx} − {self._settings(ctx).keep_reserve}",
+            )
 
     @hookimpl
     def post_response(self, ctx: HookContext, request: ChatRequest, plan: Plan, result: ChatResult) -> None:
@@ -132,9 +143,24 @@ class PrefixProtectPlugin:
             return
         kind = "counted" if plan.prompt_tokens_exact else "estimated"
         self.truncations += 1
-        plan.flags["truncated"] = {"expected": expected, "reported": reported, "exact": plan.prompt_tokens_exact,
-                                   "num_ctx": plan.num_ctx, "backend": ctx.backend_name}
-        plan.advise(f"{plan.model}: the backend processed {reported}{cache_note} prompt tokens but the prompt has "
-                    f"{expected} ({kind}): it was probably truncated; raise the context or shorten the prompt")
-        log.warning("truncation on %s/%s: backend saw %d%s prompt tokens, %s %d (num_ctx %s)", ctx.backend_name,
-                    plan.model, reported, cache_note, kind, expected, plan.num_ctx)
+        plan.flags["truncated"] = {
+            "expected": expected,
+            "reported": reported,
+            "exact": plan.prompt_tokens_exact,
+            "num_ctx": plan.num_ctx,
+            "backend": ctx.backend_name,
+        }
+        plan.advise(
+            f"{plan.model}: the backend processed {reported}{cache_note} prompt tokens but the prompt has "
+            f"{expected} ({kind}): it was probably truncated; raise the context or shorten the prompt"
+        )
+        log.warning(
+            "truncation on %s/%s: backend saw %d%s prompt tokens, %s %d (num_ctx %s)",
+            ctx.backend_name,
+            plan.model,
+            reported,
+            cache_note,
+            kind,
+            expected,
+            plan.num_ctx,
+        )

@@ -23,8 +23,16 @@ PRESETS: dict[str, dict[str, float]] = {
     "creative": {"temperature": 0.8, "top_p": 0.95, "repeat_penalty": 1.05},
 }
 #: the sampling names a client may send as Ollama ``options``, beside the typed request fields
-_OPTION_NAMES = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
-                 "repeat_penalty")
+_OPTION_NAMES = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repeat_penalty",
+)
 
 
 class SamplingPresetsSettings(BaseModel):
@@ -53,10 +61,20 @@ class SamplingPresetsPlugin:
         sent.update({key: value for key, value in request.options.items() if key in _OPTION_NAMES})
         added = {key: value for key, value in PRESETS[preset].items() if key not in sent}
         if not added:
-            plan.record(self.name, "sampling", None, None,
-                        f"preset {preset!r}: the client set every field it covers; nothing added")
+            plan.record(
+                self.name,
+                "sampling",
+                None,
+                None,
+                f"preset {preset!r}: the client set every field it covers; nothing added",
+            )
             return
         plan.sampling.update(added)
-        plan.record(self.name, "sampling", None, added,
-                    f"preset {preset!r} added {', '.join(sorted(added))} (opt-in; this changes answers: the "
-                    "model's own sampling defaults no longer apply to these fields)")
+        plan.record(
+            self.name,
+            "sampling",
+            None,
+            added,
+            f"preset {preset!r} added {', '.join(sorted(added))} (opt-in; this changes answers: the "
+            "model's own sampling defaults no longer apply to these fields)",
+        )

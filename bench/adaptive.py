@@ -24,14 +24,19 @@ from autotune_plugins.recall.store import MemoryStore
 
 
 def count(message: Message) -> int:
-    return 4 + estimate_tokens(message.content) + sum(
-        estimate_tokens(c.name) + estimate_tokens(c.arguments) for c in message.tool_calls)
+    return (
+        4
+        + estimate_tokens(message.content)
+        + sum(estimate_tokens(c.name) + estimate_tokens(c.arguments) for c in message.tool_calls)
+    )
 
 
 def compressor() -> None:
     print("## Compressor: balanced profile (8192 context, 1024 output reserve), estimated tokens")
-    print(f"{'turns':>5} {'history':>8} {'budget':>7} {'fill':>6}  {'tier':<18} {'after':>6} {'saved':>6} "
-          f"{'saved%':>6} {'code kept':>9} {'ms':>6}")
+    print(
+        f"{'turns':>5} {'history':>8} {'budget':>7} {'fill':>6}  {'tier':<18} {'after':>6} {'saved':>6} "
+        f"{'saved%':>6} {'code kept':>9} {'ms':>6}"
+    )
     for turns in (4, 6, 8, 9, 12, 20, 40):
         messages = coding_conversation(turns)
         budget = 8192 - count(messages[0]) - count(messages[-1]) - 1024 - 64
@@ -44,9 +49,11 @@ def compressor() -> None:
         blocks = [t for t in range(1, turns + 1) if t % 7]
         kept = sum(code_block(t) in text for t in blocks)
         assert outcome.messages[-1] == messages[-1]
-        print(f"{turns:>5} {before:>8} {budget:>7} {before / budget:>6.2f}  {outcome.tier:<18} "
-              f"{outcome.history_after:>6} {outcome.saved:>6} {100 * outcome.saved / before:>5.0f}% "
-              f"{kept:>4}/{len(blocks):<4} {took:>6.1f}")
+        print(
+            f"{turns:>5} {before:>8} {budget:>7} {before / budget:>6.2f}  {outcome.tier:<18} "
+            f"{outcome.history_after:>6} {outcome.saved:>6} {100 * outcome.saved / before:>5.0f}% "
+            f"{kept:>4}/{len(blocks):<4} {took:>6.1f}"
+        )
 
 
 async def recall(embed: str) -> None:
@@ -61,8 +68,9 @@ async def recall(embed: str) -> None:
         tp = fp = fn = tn = 0
         for query, expected in QUERIES:
             vector = (await embedder("m", [query])).vectors[0] if embed != "none" else None  # type: ignore[attr-defined]
-            hits = store.search(query, vector=vector, embedding_model="m" if vector else None, k=3, min_score=0.38,
-                                exclude_conv="new")
+            hits = store.search(
+                query, vector=vector, embedding_model="m" if vector else None, k=3, min_score=0.38, exclude_conv="new"
+            )
             got = {h.conv_id for h in hits}
             if expected is None:
                 fp += len(got)
@@ -80,8 +88,10 @@ async def recall(embed: str) -> None:
 def main() -> None:
     compressor()
     print()
-    print(f"## Recall: {len(PLANTED)} planted facts, {sum(q[1] is not None for q in QUERIES)} related and "
-          f"{sum(q[1] is None for q in QUERIES)} unrelated new conversations, threshold 0.38, top 3")
+    print(
+        f"## Recall: {len(PLANTED)} planted facts, {sum(q[1] is not None for q in QUERIES)} related and "
+        f"{sum(q[1] is None for q in QUERIES)} unrelated new conversations, threshold 0.38, top 3"
+    )
     print(f"{'embeddings':<22} {'TP':>3} {'FP':>3} {'FN':>3} {'unrelated':>9} {'precision':>9} {'recall':>6}")
     for embed in ("topic", "core-fake-32-bucket", "none"):
         asyncio.run(recall(embed))

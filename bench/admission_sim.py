@@ -66,14 +66,26 @@ def run_upstream(port: int, slots: int, step_s: float, tokens: int) -> None:
     async def main() -> None:
         batcher = Batcher(slots, step_s, tokens)
         asyncio.get_running_loop().create_task(batcher.loop())
-        props = json.dumps({"default_generation_settings": {"n_ctx": 4096}, "total_slots": slots,
-                            "build_info": "sim"}).encode()
+        props = json.dumps(
+            {"default_generation_settings": {"n_ctx": 4096}, "total_slots": slots, "build_info": "sim"}
+        ).encode()
         models = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]}).encode()
-        answer = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": MODEL,
-                             "choices": [{"index": 0, "finish_reason": "length",
-                                          "message": {"role": "assistant", "content": "red " * tokens}}],
-                             "usage": {"prompt_tokens": 12, "completion_tokens": tokens,
-                                       "total_tokens": 12 + tokens}}).encode()
+        answer = json.dumps(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": MODEL,
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "length",
+                        "message": {"role": "assistant", "content": "red " * tokens},
+                    }
+                ],
+                "usage": {"prompt_tokens": 12, "completion_tokens": tokens, "total_tokens": 12 + tokens},
+            }
+        ).encode()
 
         async def conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
@@ -117,8 +129,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--fixed", default="", help="comma-separated fixed limits to compare (default: the "
-                                                     "slots and twice the slots)")
+    parser.add_argument(
+        "--fixed", default="", help="comma-separated fixed limits to compare (default: the slots and twice the slots)"
+    )
     args = parser.parse_args()
     if args.upstream:
         run_upstream(args.upstream, args.slots, args.step_ms / 1000, args.tokens)
@@ -128,34 +141,63 @@ def main() -> None:
     fixed_limits = [int(n) for n in args.fixed.split(",") if n.strip()] or [args.slots, 2 * args.slots]
     arms: dict[str, str | None] = {"slot-aware": None, **{f"fixed {n}": str(n) for n in fixed_limits}}
     ports = {arm: free_port() for arm in arms}
-    procs = [subprocess.Popen([sys.executable, __file__, "--upstream", str(up), "--slots", str(args.slots),
-                               "--step-ms", str(args.step_ms), "--tokens", str(args.tokens)])]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--upstream",
+                str(up),
+                "--slots",
+                str(args.slots),
+                "--step-ms",
+                str(args.step_ms),
+                "--tokens",
+                str(args.tokens),
+            ]
+        )
+    ]
     try:
         wait_healthy(f"http://127.0.0.1:{up}/health", 10)
         for arm, fixed in arms.items():
-            env = {**os.environ, "AUTOTUNE_CONFIG": str(home / "config.toml"),
-                   "AUTOTUNE_DATA_DIR": str(home / f"data-{ports[arm]}"), "AUTOTUNE_BACKEND": "openai",
-                   "AUTOTUNE_OPENAI_URL": f"http://127.0.0.1:{up}", "AUTOTUNE_MAX_QUEUED": "64"}
+            env = {
+                **os.environ,
+                "AUTOTUNE_CONFIG": str(home / "config.toml"),
+                "AUTOTUNE_DATA_DIR": str(home / f"data-{ports[arm]}"),
+                "AUTOTUNE_BACKEND": "openai",
+                "AUTOTUNE_OPENAI_URL": f"http://127.0.0.1:{up}",
+                "AUTOTUNE_MAX_QUEUED": "64",
+            }
             env.pop("AUTOTUNE_MAX_CONCURRENT", None)
             if fixed:
                 env["AUTOTUNE_MAX_CONCURRENT"] = fixed
-            procs.append(subprocess.Popen([sys.executable, "-m", "autotune_core.server", "--port", str(ports[arm]),
-                                           "--log-level", "warning"], env=env, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "autotune_core.server", "--port", str(ports[arm]), "--log-level", "warning"],
+                    env=env,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         limits = {}
         for arm, port in ports.items():
             wait_healthy(f"http://127.0.0.1:{port}/health", 30)
             with Conn(port) as probe:
                 limits[arm] = json.loads(probe.get("/health"))["queue"]["limit"]
-        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Name a colour."}],
-                           "max_tokens": args.tokens, "temperature": 0}).encode()
+        body = json.dumps(
+            {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "Name a colour."}],
+                "max_tokens": args.tokens,
+                "temperature": 0,
+            }
+        ).encode()
         every = {"direct": up, **ports}
         rates: dict[str, list[float]] = {arm: [] for arm in every}
         for port in every.values():  # warm-up
             asyncio.run(_throughput(port, b"/v1/chat/completions", body, args.clients, 1.0))
         for _ in range(args.rounds):
             for arm, port in every.items():
-                rate, failed = asyncio.run(_throughput(port, b"/v1/chat/completions", body, args.clients,
-                                                       args.seconds))
+                rate, failed = asyncio.run(_throughput(port, b"/v1/chat/completions", body, args.clients, args.seconds))
                 rates[arm].append(rate)
                 if failed:
                     print(f"  {arm}: {failed} failed", flush=True)
@@ -164,8 +206,10 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=10)
     ideal = args.slots / (args.tokens * args.step_ms / 1000)
-    print(f"simulated batching server: {args.slots} slots, a step every {args.step_ms:g} ms, {args.tokens} tokens "
-          f"per answer (ideal {ideal:.1f} req/s); {args.clients} clients, {args.rounds} × {args.seconds:g} s per arm")
+    print(
+        f"simulated batching server: {args.slots} slots, a step every {args.step_ms:g} ms, {args.tokens} tokens "
+        f"per answer (ideal {ideal:.1f} req/s); {args.clients} clients, {args.rounds} × {args.seconds:g} s per arm"
+    )
     print(f"{'arm':<16}{'in flight':>10}{'req/s':>9}{'% direct':>10}  rounds")
     direct = statistics.mean(rates["direct"])
     for arm, values in rates.items():

@@ -25,8 +25,9 @@ async def _one(n_ctx: int, kv_type: str) -> dict[str, object]:
     from autotune_plugins.backends.llamacpp import LlamaCppBackend
 
     backend = LlamaCppBackend({"keep_alive": -1})
-    request = ChatRequest(model="gemma3:270m", messages=[Message(role="user", content="Hi")], max_tokens=1,
-                          temperature=0)
+    request = ChatRequest(
+        model="gemma3:270m", messages=[Message(role="user", content="Hi")], max_tokens=1, temperature=0
+    )
     rss_before = psutil.Process().memory_info().rss
     # first load at a small context, then the measured config: its load is a reload (what a tuner pays)
     await backend.chat(request, Plan(model="gemma3:270m", num_ctx=256, kv_type="f16"))
@@ -37,9 +38,13 @@ async def _one(n_ctx: int, kv_type: str) -> dict[str, object]:
     loaded = backend.engine.loaded
     assert loaded is not None and result.timings.reloaded
     out = {
-        "n_ctx": n_ctx, "kv_type": kv_type, "flash_attn": loaded.params.flash_attn,
-        "reload_ms": round(result.timings.load_ms or 0.0, 1), "request_wall_ms": round(wall_ms, 1),
-        "kv_formula": backend.kv_bytes(loaded.info, loaded.params), "kv_measured": loaded.kv_bytes_measured,
+        "n_ctx": n_ctx,
+        "kv_type": kv_type,
+        "flash_attn": loaded.params.flash_attn,
+        "reload_ms": round(result.timings.load_ms or 0.0, 1),
+        "request_wall_ms": round(wall_ms, 1),
+        "kv_formula": backend.kv_bytes(loaded.info, loaded.params),
+        "kv_measured": loaded.kv_bytes_measured,
         # the model lives in the worker process: its RSS, not this (server) process's
         "rss_mib": round((await backend.engine.call("stats"))["rss_bytes"] / 2**20, 1),
         "rss_before_mib": round(rss_before / 2**20, 1),
@@ -59,16 +64,29 @@ def main() -> None:
     rows = []
     for kv in KV_TYPES:
         for n_ctx in CTXS:
-            done = subprocess.run([sys.executable, __file__, "--one", str(n_ctx), kv], capture_output=True,
-                                  text=True, timeout=300, check=True)
+            done = subprocess.run(
+                [sys.executable, __file__, "--one", str(n_ctx), kv],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=True,
+            )
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     header = ("n_ctx", "kv", "FA", "reload ms", "KV formula MiB", "KV llama.cpp MiB", "RSS MiB")
     lines = []
     for r in rows:
         measured = r["kv_measured"]
-        lines.append((r["n_ctx"], r["kv_type"], "on" if r["flash_attn"] else "off", r["reload_ms"],
-                      f"{r['kv_formula'] / 2**20:.2f}",
-                      f"{measured / 2**20:.2f}" if isinstance(measured, int) else "n/a", r["rss_mib"]))
+        lines.append(
+            (
+                r["n_ctx"],
+                r["kv_type"],
+                "on" if r["flash_attn"] else "off",
+                r["reload_ms"],
+                f"{r['kv_formula'] / 2**20:.2f}",
+                f"{measured / 2**20:.2f}" if isinstance(measured, int) else "n/a",
+                r["rss_mib"],
+            )
+        )
     if args.markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))

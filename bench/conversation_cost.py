@@ -50,22 +50,29 @@ def requests(turns: int) -> list[list[Message]]:
     """Request N (1-based) = everything before user message N, plus that message."""
     full = coding_conversation(turns)[:-1]  # the corpus's closing question is not part of the growth
     users = [i for i, m in enumerate(full) if m.role == "user"]
-    return [full[:i + 1] for i in users]
+    return [full[: i + 1] for i in users]
 
 
-def host_with(*plugins: object, data: str, entrypoints: bool = False, settings: dict[str, object] | None = None
-              ) -> PluginHost:
+def host_with(
+    *plugins: object, data: str, entrypoints: bool = False, settings: dict[str, object] | None = None
+) -> PluginHost:
     config = Settings(backend="fake", plugins={"settings": settings or {}})
-    return PluginHost(config=config, plugins=[FakeBackendPlugin(), *plugins], load_entrypoints=entrypoints,
-                      hardware=make_hardware(), env={"AUTOTUNE_DATA_DIR": data,
-                                                     "AUTOTUNE_CONFIG": str(Path(data) / "none.toml")})
+    return PluginHost(
+        config=config,
+        plugins=[FakeBackendPlugin(), *plugins],
+        load_entrypoints=entrypoints,
+        hardware=make_hardware(),
+        env={"AUTOTUNE_DATA_DIR": data, "AUTOTUNE_CONFIG": str(Path(data) / "none.toml")},
+    )
 
 
-async def compressor_ms(host: PluginHost, plugin: ContextCompressorPlugin, messages: list[Message]
-                        ) -> tuple[float, list[Message]]:
+async def compressor_ms(
+    host: PluginHost, plugin: ContextCompressorPlugin, messages: list[Message]
+) -> tuple[float, list[Message]]:
     request = ChatRequest(model=LLAMA_1B.name, messages=messages)
-    prepared = await Pipeline(host).plan(ChatRequest(model=LLAMA_1B.name, messages=messages[:1]),
-                                         host.backend("fake"), LLAMA_1B)
+    prepared = await Pipeline(host).plan(
+        ChatRequest(model=LLAMA_1B.name, messages=messages[:1]), host.backend("fake"), LLAMA_1B
+    )
     plan = Plan(model=request.model, backend="fake", profile=prepared.plan.profile, messages=list(messages))
     started = time.process_time()
     plugin.pre_request(prepared.ctx, request, plan)
@@ -91,16 +98,16 @@ async def walk(turns: int, data: str) -> dict[str, dict[int, float]]:
         took, _ = await compressor_ms(c_host, compressor, messages)
         out["cached"][n] = took
         request = ChatRequest(model=LLAMA_1B.name, messages=messages, conversation_id="bench-conv")
-        prepared = await Pipeline(r_host).plan(ChatRequest(model=LLAMA_1B.name, messages=messages[:1]),
-                                               r_host.backend("fake"), LLAMA_1B)
+        prepared = await Pipeline(r_host).plan(
+            ChatRequest(model=LLAMA_1B.name, messages=messages[:1]), r_host.backend("fake"), LLAMA_1B
+        )
         plan = Plan(model=request.model, backend="fake", profile=prepared.plan.profile, messages=list(messages))
         started = time.process_time()
         await recall.pre_request(prepared.ctx, request, plan)
         out["recall"][n] = (time.process_time() - started) * 1000
         started = time.process_time()
         with contextlib.suppress(ContextOverflow):  # past ~130 turns even EMERGENCY cannot fit: refused
-            await pipeline.plan(ChatRequest(model=LLAMA_1B.name, messages=messages), full.backend("fake"),
-                                LLAMA_1B)
+            await pipeline.plan(ChatRequest(model=LLAMA_1B.name, messages=messages), full.backend("fake"), LLAMA_1B)
         out["plan"][n] = (time.process_time() - started) * 1000
     await r_host.stop()
     return out
@@ -145,20 +152,27 @@ def main() -> None:
         return statistics.median(w[column][n] for w in walks for n in range(max(1, t - 4), t + 1))
 
     messages = {t: len(requests(t)[-1]) for t in marks}
-    print(f"Per-request CPU ms by conversation length (cached, recall, plan: median of {args.walks} walks × "
-          f"the 5 turns ending at each mark; uncached: median of {args.cold_rounds} at the mark)")
-    print(f"{'turns':>5} {'messages':>8} {'compressor uncached':>20} {'compressor cached':>18} {'recall':>7} "
-          f"{'whole plan':>10}")
+    print(
+        f"Per-request CPU ms by conversation length (cached, recall, plan: median of {args.walks} walks × "
+        f"the 5 turns ending at each mark; uncached: median of {args.cold_rounds} at the mark)"
+    )
+    print(
+        f"{'turns':>5} {'messages':>8} {'compressor uncached':>20} {'compressor cached':>18} {'recall':>7} "
+        f"{'whole plan':>10}"
+    )
     for t in marks:
-        print(f"{t:>5} {messages[t]:>8} {statistics.median(cold[t]):>20.2f} {med('cached', t):>18.2f} "
-              f"{med('recall', t):>7.3f} {med('plan', t):>10.2f}")
+        print(
+            f"{t:>5} {messages[t]:>8} {statistics.median(cold[t]):>20.2f} {med('cached', t):>18.2f} "
+            f"{med('recall', t):>7.3f} {med('plan', t):>10.2f}"
+        )
     print(f"cached result identical to uncached at every measured turn: {'yes' if same else 'NO'}")
     targets = [(40, 2.0), (200, 5.0)]
     for t, limit in targets:
         if t in marks:
             value = med("cached", t) + med("recall", t)
-            print(f"target compressor + recall at {t} turns ≤ {limit} ms: {value:.2f} ms "
-                  f"{'✓' if value <= limit else '✗'}")
+            print(
+                f"target compressor + recall at {t} turns ≤ {limit} ms: {value:.2f} ms {'✓' if value <= limit else '✗'}"
+            )
 
 
 if __name__ == "__main__":

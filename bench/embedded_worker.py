@@ -65,8 +65,13 @@ class ThreadArm:
             def token(self, request_id: int, text: str) -> None:
                 loop.call_soon_threadsafe(queue.put_nowait, ("token", text, time.perf_counter()))
 
-        message = {"id": round_no, "params": asdict(self.params), "alias": MODEL, "messages": prompt(round_no),
-                   "kwargs": {"max_tokens": self.tokens, "temperature": 0.0}}
+        message = {
+            "id": round_no,
+            "params": asdict(self.params),
+            "alias": MODEL,
+            "messages": prompt(round_no),
+            "kwargs": {"max_tokens": self.tokens, "temperature": 0.0},
+        }
         started = time.perf_counter()
         thread = threading.Thread(target=self.runner.generate, args=(message, Emit(), threading.Event()))
         thread.start()
@@ -107,8 +112,9 @@ class WorkerArm:
         self.tokens = tokens
 
     async def run(self, round_no: int) -> tuple[float, list[float]]:
-        request = ChatRequest(model=MODEL, messages=[Message(**m) for m in prompt(round_no)], max_tokens=self.tokens,
-                              temperature=0)
+        request = ChatRequest(
+            model=MODEL, messages=[Message(**m) for m in prompt(round_no)], max_tokens=self.tokens, temperature=0
+        )
         self.engine.produced = []
         received: list[float] = []
         started = time.perf_counter()
@@ -136,17 +142,25 @@ async def latency(rounds: int, tokens: int, threads: int) -> None:
             results[name][0].append(ttft)
             results[name][1].extend(lags)
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"{rounds} rounds x {tokens} tokens, Gemma 3 270M, n_ctx {N_CTX}, {threads} engine thread(s), "
-          f"{os.cpu_count()} CPUs, load average {load}")
-    print(f"{'arm':<11} {'lag p50 ms':>10} {'lag p90 ms':>10} {'lag p99 ms':>10} {'TTFT p50 ms':>11} "
-          f"{'TTFT mean ms':>12} {'tokens':>7}")
+    print(
+        f"{rounds} rounds x {tokens} tokens, Gemma 3 270M, n_ctx {N_CTX}, {threads} engine thread(s), "
+        f"{os.cpu_count()} CPUs, load average {load}"
+    )
+    print(
+        f"{'arm':<11} {'lag p50 ms':>10} {'lag p90 ms':>10} {'lag p99 ms':>10} {'TTFT p50 ms':>11} "
+        f"{'TTFT mean ms':>12} {'tokens':>7}"
+    )
     for name, (ttfts, lags) in results.items():
-        print(f"{name:<11} {_ms(lags, .5):>10.3f} {_ms(lags, .9):>10.3f} {_ms(lags, .99):>10.3f} "
-              f"{_ms(ttfts, .5):>11.1f} {statistics.mean(ttfts) * 1000:>12.1f} {len(lags):>7}")
+        print(
+            f"{name:<11} {_ms(lags, 0.5):>10.3f} {_ms(lags, 0.9):>10.3f} {_ms(lags, 0.99):>10.3f} "
+            f"{_ms(ttfts, 0.5):>11.1f} {statistics.mean(ttfts) * 1000:>12.1f} {len(lags):>7}"
+        )
     (t_ttft, t_lags), (w_ttft, w_lags) = results["in-process"], results["worker"]
-    print(f"added by the process boundary: lag p50 {(_ms(w_lags, .5) - _ms(t_lags, .5)):+.3f} ms, "
-          f"TTFT p50 {(statistics.median(w_ttft) / statistics.median(t_ttft) - 1) * 100:+.1f} %, "
-          f"TTFT mean {(statistics.mean(w_ttft) / statistics.mean(t_ttft) - 1) * 100:+.1f} %")
+    print(
+        f"added by the process boundary: lag p50 {(_ms(w_lags, 0.5) - _ms(t_lags, 0.5)):+.3f} ms, "
+        f"TTFT p50 {(statistics.median(w_ttft) / statistics.median(t_ttft) - 1) * 100:+.1f} %, "
+        f"TTFT mean {(statistics.mean(w_ttft) / statistics.mean(t_ttft) - 1) * 100:+.1f} %"
+    )
     await worker_arm.backend.aclose()
     thread_arm.runner.close()
 

@@ -57,8 +57,12 @@ def wall(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 def summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
-    return {"median": statistics.median(ordered), "min": ordered[0], "max": ordered[-1],
-            "p90": ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]}
+    return {
+        "median": statistics.median(ordered),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "p90": ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))],
+    }
 
 
 def main() -> None:
@@ -70,8 +74,13 @@ def main() -> None:
 
     tmp = tempfile.mkdtemp(prefix="autotune-bench-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOTUNE_")}
-    env.update({"AUTOTUNE_CONFIG": str(Path(tmp) / "config.toml"), "AUTOTUNE_DATA_DIR": str(Path(tmp) / "data"),
-                "PYTHONDONTWRITEBYTECODE": "0"})
+    env.update(
+        {
+            "AUTOTUNE_CONFIG": str(Path(tmp) / "config.toml"),
+            "AUTOTUNE_DATA_DIR": str(Path(tmp) / "data"),
+            "PYTHONDONTWRITEBYTECODE": "0",
+        }
+    )
     os.environ.update({"AUTOTUNE_CONFIG": env["AUTOTUNE_CONFIG"], "AUTOTUNE_DATA_DIR": env["AUTOTUNE_DATA_DIR"]})
     for var in [k for k in os.environ if k.startswith("AUTOTUNE_") and k not in env]:
         del os.environ[var]
@@ -138,19 +147,28 @@ def main() -> None:
 def write_section(lines: list[str]) -> None:
     path = ROOT / "docs" / "benchmarks.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    body = "\n".join([
-        SECTION, "",
-        "How long the plugin host takes to come up: entry-point discovery, importing and registering every",
-        "installed plugin, validating their settings and running the `register_*` hooks, and the",
-        "`autotune plugins list` command end to end. Reproduce with:",
-        "", "```bash", "python bench/host_startup.py -n 15 --write", "```", "", *lines, "",
-    ])
+    body = "\n".join(
+        [
+            SECTION,
+            "",
+            "How long the plugin host takes to come up: entry-point discovery, importing and registering every",
+            "installed plugin, validating their settings and running the `register_*` hooks, and the",
+            "`autotune plugins list` command end to end. Reproduce with:",
+            "",
+            "```bash",
+            "python bench/host_startup.py -n 15 --write",
+            "```",
+            "",
+            *lines,
+            "",
+        ]
+    )
     start = text.find(SECTION)
     if start == -1:
         text = text.rstrip("\n") + "\n\n" + body
     else:
         end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[end + 1:] if end != -1 else "")
+        text = text[:start] + body + (text[end + 1 :] if end != -1 else "")
     path.write_text(text)
     print(f"\nwrote the section to {path}")
 

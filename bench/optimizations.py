@@ -35,30 +35,67 @@ from autotune_core.messages import ChatRequest, Message
 from autotune_core.pipeline import Pipeline
 from autotune_core.testing import LLAMA_1B, FakeBackendPlugin, make_hardware
 
-OPTIMIZATIONS = ["ctx-buckets", "ctx-sizing", "flash-attention", "keep-alive", "kv-precision", "live-pressure",
-                 "model-fit", "noswap-guard", "prefill-batch", "prefix-protect"]
+OPTIMIZATIONS = [
+    "ctx-buckets",
+    "ctx-sizing",
+    "flash-attention",
+    "keep-alive",
+    "kv-precision",
+    "live-pressure",
+    "model-fit",
+    "noswap-guard",
+    "prefill-batch",
+    "prefix-protect",
+]
 #: stateful plugins outside this benchmark's scope, held off in both arms so prompts stay identical
 HELD_OFF = ["recall", "context-compressor", "os-tuner", "session-advisor"]
 MODEL = "gemma3:270m"
 MAX_TOKENS = 24
 
-SYSTEM = ("You are a careful, friendly assistant for a small hardware shop. Answer in one or two short "
-          "sentences, use plain words, never invent prices, and say so when you do not know. ") * 7
-SHORT = ["What is the capital of France?", "Name a primary colour.", "How many legs does a spider have?",
-         "What is 7 times 8?", "Say hello in Spanish.", "What is the boiling point of water in Celsius?",
-         "Name a planet in our solar system.", "What colour is the sky on a clear day?",
-         "What is the opposite of cold?", "How many days are in a week?", "What do bees make?",
-         "Name a fruit that is yellow.", "What is the largest ocean?", "Which animal says moo?",
-         "What is 12 divided by 3?", "Name a musical instrument with strings.", "What season comes after winter?",
-         "What is frozen water called?", "How many hours are in a day?", "What gas do plants take in?"]
-TURNS = ["Hi! Do you sell screwdrivers?", "Which kind is best for small electronics?",
-         "Do I need a magnetic tip?", "What about a torque screwdriver?", "Can you recommend a soldering iron?",
-         "What temperature should I use for lead-free solder?", "Do I need a fume extractor?",
-         "What flux do you suggest?", "How do I clean the tip?", "Thanks, anything else I should buy?"]
-DOC_PARAGRAPH = ("The regional water board met on Tuesday to review the summer plan. Reservoir levels stand at "
-                 "seventy-two percent, below the ten-year average, and the board agreed to ask households to "
-                 "water gardens only in the evening. Two pumping stations will be serviced in July, and a new "
-                 "leak-detection contract starts in August. ")
+SYSTEM = (
+    "You are a careful, friendly assistant for a small hardware shop. Answer in one or two short "
+    "sentences, use plain words, never invent prices, and say so when you do not know. "
+) * 7
+SHORT = [
+    "What is the capital of France?",
+    "Name a primary colour.",
+    "How many legs does a spider have?",
+    "What is 7 times 8?",
+    "Say hello in Spanish.",
+    "What is the boiling point of water in Celsius?",
+    "Name a planet in our solar system.",
+    "What colour is the sky on a clear day?",
+    "What is the opposite of cold?",
+    "How many days are in a week?",
+    "What do bees make?",
+    "Name a fruit that is yellow.",
+    "What is the largest ocean?",
+    "Which animal says moo?",
+    "What is 12 divided by 3?",
+    "Name a musical instrument with strings.",
+    "What season comes after winter?",
+    "What is frozen water called?",
+    "How many hours are in a day?",
+    "What gas do plants take in?",
+]
+TURNS = [
+    "Hi! Do you sell screwdrivers?",
+    "Which kind is best for small electronics?",
+    "Do I need a magnetic tip?",
+    "What about a torque screwdriver?",
+    "Can you recommend a soldering iron?",
+    "What temperature should I use for lead-free solder?",
+    "Do I need a fume extractor?",
+    "What flux do you suggest?",
+    "How do I clean the tip?",
+    "Thanks, anything else I should buy?",
+]
+DOC_PARAGRAPH = (
+    "The regional water board met on Tuesday to review the summer plan. Reservoir levels stand at "
+    "seventy-two percent, below the ten-year average, and the board agreed to ask households to "
+    "water gardens only in the evening. Two pumping stations will be serviced in July, and a new "
+    "leak-detection contract starts in August. "
+)
 
 
 @dataclass
@@ -145,23 +182,46 @@ def planning_cost(rounds: int = 2000) -> dict[str, float]:
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         env = {"AUTOTUNE_DATA_DIR": tmp, "AUTOTUNE_CONFIG": str(Path(tmp) / "none.toml")}
-        stacks = {"default stack (all entry points)": [],
-                  "ten optimizations + core only": [n for n in ("recall", "context-compressor", "os-tuner",
-                                                               "session-advisor", "auto-tune", "archetype-profiles",
-                                                               "max-context-cap")]}
+        stacks = {
+            "default stack (all entry points)": [],
+            "ten optimizations + core only": [
+                n
+                for n in (
+                    "recall",
+                    "context-compressor",
+                    "os-tuner",
+                    "session-advisor",
+                    "auto-tune",
+                    "archetype-profiles",
+                    "max-context-cap",
+                )
+            ],
+        }
         for label, disabled in stacks.items():
-            host = PluginHost(config=Settings(backend="fake", plugins=PluginsConfig(disabled=disabled)),
-                              plugins=[FakeBackendPlugin()], env=env, hardware=make_hardware())
+            host = PluginHost(
+                config=Settings(backend="fake", plugins=PluginsConfig(disabled=disabled)),
+                plugins=[FakeBackendPlugin()],
+                env=env,
+                hardware=make_hardware(),
+            )
             pipeline = Pipeline(host)
             backend = host.backend("fake")
             # the system prompt repeats (as in any conversation); the user message is new every round
-            requests = [ChatRequest(model=LLAMA_1B.name, max_tokens=64, messages=[
-                Message(role="system", content=SYSTEM),
-                Message(role="user", content=f"How do I clean the tip of iron number {i} before storing it?")])
-                for i in range(rounds)]
+            requests = [
+                ChatRequest(
+                    model=LLAMA_1B.name,
+                    max_tokens=64,
+                    messages=[
+                        Message(role="system", content=SYSTEM),
+                        Message(role="user", content=f"How do I clean the tip of iron number {i} before storing it?"),
+                    ],
+                )
+                for i in range(rounds)
+            ]
 
-            async def loop(pipeline: Pipeline = pipeline, backend: Any = backend,
-                           requests: list[ChatRequest] = requests) -> list[float]:
+            async def loop(
+                pipeline: Pipeline = pipeline, backend: Any = backend, requests: list[ChatRequest] = requests
+            ) -> list[float]:
                 times = []
                 for request in requests:
                     started = time.perf_counter()
@@ -169,7 +229,7 @@ def planning_cost(rounds: int = 2000) -> dict[str, float]:
                     times.append((time.perf_counter() - started) * 1000)
                 return times
 
-            times = asyncio.run(loop())[rounds // 10:]
+            times = asyncio.run(loop())[rounds // 10 :]
             times.sort()
             out[f"{label} p50"] = statistics.median(times)
             out[f"{label} p90"] = times[int(len(times) * 0.9)]
@@ -182,46 +242,68 @@ def _ms(values: list[float]) -> str:
 
 
 def report(tuned: Arm, plain: Arm, plan_cost: dict[str, float]) -> str:
-    lines = ["## Optimizations", "",
-             "The default stack against the same host with the ten optimization plugins disabled "
-             "(ctx-sizing, ctx-buckets, kv-precision, live-pressure, noswap-guard, model-fit, prefix-protect, "
-             "keep-alive, flash-attention, prefill-batch), on the embedded Gemma 3 270M through the pipeline, "
-             f"streaming, temperature 0, max_tokens {MAX_TOKENS}. recall, context-compressor, os-tuner and "
-             "session-advisor are off in both arms (they change prompts or the process; measured elsewhere). "
-             "Items are interleaved and both arms get the same warm-up request. KV bytes are what llama.cpp "
-             "reported allocating for the loaded context. Reproduce with:", "",
-             "```bash", "python bench/optimizations.py --write", "```", "",
-             f"{platform.python_implementation()} {platform.python_version()} on {platform.system()} "
-             f"{platform.machine()}, {os.cpu_count()} CPUs.", "",
-             "| scenario | arm | num_ctx | KV type | KV bytes (median) | TTFT ms (median) | reloads | wall s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Optimizations",
+        "",
+        "The default stack against the same host with the ten optimization plugins disabled "
+        "(ctx-sizing, ctx-buckets, kv-precision, live-pressure, noswap-guard, model-fit, prefix-protect, "
+        "keep-alive, flash-attention, prefill-batch), on the embedded Gemma 3 270M through the pipeline, "
+        f"streaming, temperature 0, max_tokens {MAX_TOKENS}. recall, context-compressor, os-tuner and "
+        "session-advisor are off in both arms (they change prompts or the process; measured elsewhere). "
+        "Items are interleaved and both arms get the same warm-up request. KV bytes are what llama.cpp "
+        "reported allocating for the loaded context. Reproduce with:",
+        "",
+        "```bash",
+        "python bench/optimizations.py --write",
+        "```",
+        "",
+        f"{platform.python_implementation()} {platform.python_version()} on {platform.system()} "
+        f"{platform.machine()}, {os.cpu_count()} CPUs.",
+        "",
+        "| scenario | arm | num_ctx | KV type | KV bytes (median) | TTFT ms (median) | reloads | wall s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     names = {"a": "(a) 20 short chats", "b": "(b) 10-turn conversation", "c": "(c) ~1,500-token document"}
     for key, label in names.items():
         for arm in (tuned, plain):
             kv = statistics.median(arm.kv[key])
             ctxs = sorted(set(arm.num_ctx[key]))
             kv_types = "/".join(sorted(set(arm.kv_types[key])))
-            lines.append(f"| {label} | {arm.name} | {'/'.join(map(str, ctxs))} | {kv_types}"
-                         f" | {kv / 2**20:.1f} MiB | {_ms(arm.ttft[key])} | {arm.reloads[key]} | "
-                         f"{arm.wall[key]:.2f} |")
+            lines.append(
+                f"| {label} | {arm.name} | {'/'.join(map(str, ctxs))} | {kv_types}"
+                f" | {kv / 2**20:.1f} MiB | {_ms(arm.ttft[key])} | {arm.reloads[key]} | "
+                f"{arm.wall[key]:.2f} |"
+            )
     lines.append("")
     summary = []
     for key, label in names.items():
         kv_t, kv_p = statistics.median(tuned.kv[key]), statistics.median(plain.kv[key])
         same_kv = set(tuned.kv_types[key]) == set(plain.kv_types[key])
         identical = sum(a == b for a, b in zip(tuned.texts[key], plain.texts[key], strict=False))
-        summary.append(f"- {label}: KV {100 * (1 - kv_t / kv_p):.0f} % lower; TTFT {_ms(tuned.ttft[key])} vs "
-                       f"{_ms(plain.ttft[key])} ms; output identical in {identical}/{len(tuned.texts[key])} "
-                       f"({'same' if same_kv else 'different'} KV type)")
-    summary.append(f"- reloads after the first turn of (b): tuned {tuned.reloads_after_first}, "
-                   f"plain {plain.reloads_after_first} (target: 0)")
-    lines += [*summary, "", "Planning cost per request (Pipeline.plan: every hook, both folds, reconcile; "
-                        "FakeBackend, a repeated system prompt and a new user message each round, "
-                        "2,000 rounds after 10 % warm-up):", "",
-                        "| stack | plugins loaded | p50 ms | p90 ms |", "|---|---|---|---|"]
+        summary.append(
+            f"- {label}: KV {100 * (1 - kv_t / kv_p):.0f} % lower; TTFT {_ms(tuned.ttft[key])} vs "
+            f"{_ms(plain.ttft[key])} ms; output identical in {identical}/{len(tuned.texts[key])} "
+            f"({'same' if same_kv else 'different'} KV type)"
+        )
+    summary.append(
+        f"- reloads after the first turn of (b): tuned {tuned.reloads_after_first}, "
+        f"plain {plain.reloads_after_first} (target: 0)"
+    )
+    lines += [
+        *summary,
+        "",
+        "Planning cost per request (Pipeline.plan: every hook, both folds, reconcile; "
+        "FakeBackend, a repeated system prompt and a new user message each round, "
+        "2,000 rounds after 10 % warm-up):",
+        "",
+        "| stack | plugins loaded | p50 ms | p90 ms |",
+        "|---|---|---|---|",
+    ]
     for label in ("default stack (all entry points)", "ten optimizations + core only"):
-        lines.append(f"| {label} | {plan_cost[f'{label} plugins']:.0f} | {plan_cost[f'{label} p50']:.3f} | "
-                     f"{plan_cost[f'{label} p90']:.3f} |")
+        lines.append(
+            f"| {label} | {plan_cost[f'{label} plugins']:.0f} | {plan_cost[f'{label} p50']:.3f} | "
+            f"{plan_cost[f'{label} p90']:.3f} |"
+        )
     lines.append("")
     return "\n".join(lines)
 
@@ -248,9 +330,23 @@ def main() -> None:
     text = report(tuned, plain, plan_cost)
     print(text)
     if args.json:
-        print(json.dumps({arm.name: {"kv": arm.kv, "ttft": arm.ttft, "reloads": arm.reloads, "wall": arm.wall,
-                                     "num_ctx": arm.num_ctx, "texts": arm.texts} for arm in (tuned, plain)},
-                         indent=1), file=sys.stderr)
+        print(
+            json.dumps(
+                {
+                    arm.name: {
+                        "kv": arm.kv,
+                        "ttft": arm.ttft,
+                        "reloads": arm.reloads,
+                        "wall": arm.wall,
+                        "num_ctx": arm.num_ctx,
+                        "texts": arm.texts,
+                    }
+                    for arm in (tuned, plain)
+                },
+                indent=1,
+            ),
+            file=sys.stderr,
+        )
     if args.write:
         write_section(text)
 

@@ -65,14 +65,26 @@ def start_litellm(exe: Path, upstream_port: int, port: int, home: Path) -> subpr
     config = home / "litellm.yaml"
     models = "".join(
         f"  - model_name: {name}\n    litellm_params:\n      model: ollama_chat/{name}\n"
-        f"      api_base: http://127.0.0.1:{upstream_port}\n" for name in (MODEL, timed_model(10)))
+        f"      api_base: http://127.0.0.1:{upstream_port}\n"
+        for name in (MODEL, timed_model(10))
+    )
     config.write_text(f"model_list:\n{models}litellm_settings:\n  telemetry: false\n  drop_params: true\n")
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
-           "DISABLE_ADMIN_UI": "True", "NO_DOCS": "True"}
+    env = {
+        **os.environ,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+        "DISABLE_ADMIN_UI": "True",
+        "NO_DOCS": "True",
+    }
     env.pop("DATABASE_URL", None)
-    return subprocess.Popen([str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-                             "--num_workers", "1"], env=env, cwd=home, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+        env=env,
+        cwd=home,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def main() -> None:
@@ -80,28 +92,54 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     parser.add_argument("--requests", type=int, default=500, help="c=1 rounds (every arm once per round)")
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput round")
-    parser.add_argument("--venv", type=Path, default=Path.home() / ".cache" / "autotune-bench" /
-                        f"litellm-{LITELLM_VERSION}")
+    parser.add_argument(
+        "--venv", type=Path, default=Path.home() / ".cache" / "autotune-bench" / f"litellm-{LITELLM_VERSION}"
+    )
     args = parser.parse_args()
     if args.quick:
         args.requests, args.seconds = 100, 1.0
     exe = litellm_env(args.venv)
-    version = subprocess.run([str(args.venv / "bin" / "python"), "-c",
-                              "import importlib.metadata as m; print(m.version('litellm'))"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    version = subprocess.run(
+        [str(args.venv / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     home = Path(tempfile.mkdtemp(prefix="autotune-peers-"))
     ports = {"direct": free_port(), "pass-through": free_port(), "autotune": free_port(), "LiteLLM": free_port()}
-    env = {**os.environ, "AUTOTUNE_CONFIG": str(home / "config.toml"), "AUTOTUNE_DATA_DIR": str(home / "data"),
-           "AUTOTUNE_OLLAMA_URL": f"http://127.0.0.1:{ports['direct']}", "AUTOTUNE_MAX_CONCURRENT": "64",
-           "AUTOTUNE_MAX_QUEUED": "64", "AUTOTUNE_BACKEND": "ollama"}
+    env = {
+        **os.environ,
+        "AUTOTUNE_CONFIG": str(home / "config.toml"),
+        "AUTOTUNE_DATA_DIR": str(home / "data"),
+        "AUTOTUNE_OLLAMA_URL": f"http://127.0.0.1:{ports['direct']}",
+        "AUTOTUNE_MAX_CONCURRENT": "64",
+        "AUTOTUNE_MAX_QUEUED": "64",
+        "AUTOTUNE_BACKEND": "ollama",
+    }
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs.append(subprocess.Popen([sys.executable, str(OVERHEAD), "--upstream", str(ports["direct"])]))
         wait_healthy(f"http://127.0.0.1:{ports['direct']}/api/version", 10)
-        procs.append(subprocess.Popen([sys.executable, str(OVERHEAD), "--passthrough", str(ports["direct"]),
-                                       str(ports["pass-through"])]))
-        procs.append(subprocess.Popen([sys.executable, "-m", "autotune_core.server", "--port", str(ports["autotune"]),
-                                       "--log-level", "warning"], env=env, stderr=(home / "autotune.log").open("wb")))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(OVERHEAD), "--passthrough", str(ports["direct"]), str(ports["pass-through"])]
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "autotune_core.server",
+                    "--port",
+                    str(ports["autotune"]),
+                    "--log-level",
+                    "warning",
+                ],
+                env=env,
+                stderr=(home / "autotune.log").open("wb"),
+            )
+        )
         procs.append(start_litellm(exe, ports["direct"], ports["LiteLLM"], home))
         wait_healthy(f"http://127.0.0.1:{ports['pass-through']}/api/version", 10)
         wait_healthy(f"http://127.0.0.1:{ports['autotune']}/health", 30)
@@ -152,8 +190,9 @@ def measure(args: argparse.Namespace, ports: dict[str, int], pids: dict[str, int
                 pid = pids.get(arm.split(" (")[0])
                 before = cpu_seconds(pid) if pid else 0.0
                 started = time.perf_counter()
-                rate, failed = asyncio.run(_throughput(port_of(arm, ports), path.encode(), json.dumps(body).encode(),
-                                                       32, args.seconds))
+                rate, failed = asyncio.run(
+                    _throughput(port_of(arm, ports), path.encode(), json.dumps(body).encode(), 32, args.seconds)
+                )
                 if failed:
                     print(f"  {arm}: {failed} failed requests in a {label} round", flush=True)
                 rates[arm].append(rate)
@@ -169,25 +208,35 @@ def measure(args: argparse.Namespace, ports: dict[str, int], pids: dict[str, int
 
 def report(args: argparse.Namespace, version: str, r: dict[str, dict[str, float]]) -> None:
     d = r["direct"]
-    print(f"\nPeers on loopback: {args.requests} interleaved c=1 rounds, throughput 32 clients × 2 × "
-          f"{args.seconds:g} s per arm; LiteLLM {version}")
-    print(f"{'arm':<24}{'p50 ms':>8}{'p99 ms':>8}{'+p50':>7}{'+p99':>7}{'c=32 req/s':>12}{'% direct':>9}"
-          f"{'10ms req/s':>11}{'% direct':>9}{'CPU ms/req':>11}")
+    print(
+        f"\nPeers on loopback: {args.requests} interleaved c=1 rounds, throughput 32 clients × 2 × "
+        f"{args.seconds:g} s per arm; LiteLLM {version}"
+    )
+    print(
+        f"{'arm':<24}{'p50 ms':>8}{'p99 ms':>8}{'+p50':>7}{'+p99':>7}{'c=32 req/s':>12}{'% direct':>9}"
+        f"{'10ms req/s':>11}{'% direct':>9}{'CPU ms/req':>11}"
+    )
     for arm, v in r.items():
         rps = v.get("rps_instant")
         rps10 = v.get("rps_10ms")
-        print(f"{arm:<24}{v['p50']:>8.2f}{v['p99']:>8.2f}{v['p50'] - d['p50']:>7.2f}{v['p99'] - d['p99']:>7.2f}"
-              + (f"{rps:>12,.0f}{rps / d['rps_instant']:>9.0%}" if rps else f"{'':>21}")
-              + (f"{rps10:>11,.0f}{rps10 / d['rps_10ms']:>9.0%}" if rps10 else f"{'':>20}")
-              + (f"{v['cpu_ms']:>11.2f}" if "cpu_ms" in v else ""))
+        print(
+            f"{arm:<24}{v['p50']:>8.2f}{v['p99']:>8.2f}{v['p50'] - d['p50']:>7.2f}{v['p99'] - d['p99']:>7.2f}"
+            + (f"{rps:>12,.0f}{rps / d['rps_instant']:>9.0%}" if rps else f"{'':>21}")
+            + (f"{rps10:>11,.0f}{rps10 / d['rps_10ms']:>9.0%}" if rps10 else f"{'':>20}")
+            + (f"{v['cpu_ms']:>11.2f}" if "cpu_ms" in v else "")
+        )
     at, lite, bare = r["autotune (OpenAI door)"], r["LiteLLM"], r["pass-through"]
-    print("\nratios (LiteLLM ÷ autotune's OpenAI door): "
-          f"added p50 {(lite['p50'] - d['p50']) / (at['p50'] - d['p50']):.1f}×, "
-          f"added p99 {(lite['p99'] - d['p99']) / (at['p99'] - d['p99']):.1f}×, "
-          f"c=32 throughput {lite['rps_instant'] / at['rps_instant']:.2f}× (10 ms upstream "
-          f"{lite['rps_10ms'] / at['rps_10ms']:.2f}×), CPU per request {lite['cpu_ms'] / at['cpu_ms']:.1f}×")
-    print(f"autotune ÷ pass-through: added p50 {(at['p50'] - d['p50']) / (bare['p50'] - d['p50']):.1f}×, "
-          f"c=32 throughput {at['rps_instant'] / bare['rps_instant']:.2f}×")
+    print(
+        "\nratios (LiteLLM ÷ autotune's OpenAI door): "
+        f"added p50 {(lite['p50'] - d['p50']) / (at['p50'] - d['p50']):.1f}×, "
+        f"added p99 {(lite['p99'] - d['p99']) / (at['p99'] - d['p99']):.1f}×, "
+        f"c=32 throughput {lite['rps_instant'] / at['rps_instant']:.2f}× (10 ms upstream "
+        f"{lite['rps_10ms'] / at['rps_10ms']:.2f}×), CPU per request {lite['cpu_ms'] / at['cpu_ms']:.1f}×"
+    )
+    print(
+        f"autotune ÷ pass-through: added p50 {(at['p50'] - d['p50']) / (bare['p50'] - d['p50']):.1f}×, "
+        f"c=32 throughput {at['rps_instant'] / bare['rps_instant']:.2f}×"
+    )
 
 
 if __name__ == "__main__":

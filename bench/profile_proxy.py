@@ -95,31 +95,59 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
     parser.add_argument("--minimal-stack", action="store_true", help="only the core and the Ollama backend")
-    parser.add_argument("--all-time", action="store_true",
-                        help="sample waiting threads too (default: only the thread holding the GIL, i.e. Python work)")
+    parser.add_argument(
+        "--all-time",
+        action="store_true",
+        help="sample waiting threads too (default: only the thread holding the GIL, i.e. Python work)",
+    )
     args = parser.parse_args()
     up_port, proxy_port = free_port(), free_port()
     home = Path(tempfile.mkdtemp(prefix="autotune-profile-"))
-    env = {**os.environ, "AUTOTUNE_CONFIG": str(home / "config.toml"), "AUTOTUNE_DATA_DIR": str(home / "data"),
-           "AUTOTUNE_OLLAMA_URL": f"http://127.0.0.1:{up_port}", "AUTOTUNE_MAX_CONCURRENT": "64",
-           "AUTOTUNE_MAX_QUEUED": "64", "AUTOTUNE_BACKEND": "ollama"}
+    env = {
+        **os.environ,
+        "AUTOTUNE_CONFIG": str(home / "config.toml"),
+        "AUTOTUNE_DATA_DIR": str(home / "data"),
+        "AUTOTUNE_OLLAMA_URL": f"http://127.0.0.1:{up_port}",
+        "AUTOTUNE_MAX_CONCURRENT": "64",
+        "AUTOTUNE_MAX_QUEUED": "64",
+        "AUTOTUNE_BACKEND": "ollama",
+    }
     if args.minimal_stack:
         env["AUTOTUNE_LOAD_PLUGINS"] = "ollama"
     upstream = subprocess.Popen([sys.executable, str(OVERHEAD), "--upstream", str(up_port)])
     proxy = None
     try:
         wait_healthy(f"http://127.0.0.1:{up_port}/api/version", 10)
-        proxy = subprocess.Popen([sys.executable, "-m", "autotune_core.server", "--port", str(proxy_port),
-                                  "--log-level", "warning"], env=env, stderr=subprocess.DEVNULL)
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "autotune_core.server", "--port", str(proxy_port), "--log-level", "warning"],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
         wait_healthy(f"http://127.0.0.1:{proxy_port}/health", 30)
         path = b"/v1/chat/completions" if args.door == "openai" else b"/api/chat"
         body = chat_body(False, args.door)
         asyncio.run(_throughput(proxy_port, path, body, args.concurrency, 2.0))  # warm-up
         raw = home / "profile.txt"
-        spy = subprocess.Popen([args.py_spy, "record", "--pid", str(proxy.pid), "--format", "raw", "--rate",
-                                str(args.rate), "--duration", str(int(args.seconds)), "--output", str(raw),
-                                "--nonblocking", *([] if args.all_time else ["--gil"])],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        spy = subprocess.Popen(
+            [
+                args.py_spy,
+                "record",
+                "--pid",
+                str(proxy.pid),
+                "--format",
+                "raw",
+                "--rate",
+                str(args.rate),
+                "--duration",
+                str(int(args.seconds)),
+                "--output",
+                str(raw),
+                "--nonblocking",
+                *([] if args.all_time else ["--gil"]),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         time.sleep(0.5)
         rate, failed = asyncio.run(_throughput(proxy_port, path, body, args.concurrency, args.seconds))
         _, err = spy.communicate(timeout=args.seconds + 30)
@@ -131,8 +159,10 @@ def main() -> None:
             if process is not None:
                 process.terminate()
                 process.wait(timeout=10)
-    print(f"{args.door} door, {args.concurrency} client(s), {rate:,.0f} req/s ({failed} failed), {total} samples "
-          f"at {args.rate}/s over {args.seconds:g} s ({'minimal' if args.minimal_stack else 'default'} stack)")
+    print(
+        f"{args.door} door, {args.concurrency} client(s), {rate:,.0f} req/s ({failed} failed), {total} samples "
+        f"at {args.rate}/s over {args.seconds:g} s ({'minimal' if args.minimal_stack else 'default'} stack)"
+    )
     print("\nshare of samples by layer (innermost known frame)")
     for label, n in layers.most_common():
         print(f"  {100 * n / total:5.1f} %  {label}")

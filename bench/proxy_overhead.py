@@ -48,19 +48,46 @@ CHUNK_GAP_S = 0.001
 # -- the upstream ---------------------------------------------------------------------------------------------
 
 _SHOW = {
-    "modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
+    "modelfile": "",
+    "parameters": "",
+    "template": "{{ .Prompt }}",
     "details": {"format": "gguf", "family": "llama", "parameter_size": "1.2B", "quantization_level": "Q4_K_M"},
-    "model_info": {"general.architecture": "llama", "general.parameter_count": 1_240_000_000,
-                   "llama.block_count": 16, "llama.context_length": 131072, "llama.embedding_length": 2048,
-                   "llama.attention.head_count": 32, "llama.attention.head_count_kv": 8,
-                   "llama.attention.key_length": 64, "llama.attention.value_length": 64},
+    "model_info": {
+        "general.architecture": "llama",
+        "general.parameter_count": 1_240_000_000,
+        "llama.block_count": 16,
+        "llama.context_length": 131072,
+        "llama.embedding_length": 2048,
+        "llama.attention.head_count": 32,
+        "llama.attention.head_count_kv": 8,
+        "llama.attention.key_length": 64,
+        "llama.attention.value_length": 64,
+    },
     "capabilities": ["completion"],
 }
-_TAGS = {"models": [{"name": name, "model": name, "modified_at": "2026-01-01T00:00:00Z", "size": 1_300_000_000,
-                     "digest": "0" * 64, "details": _SHOW["details"]}
-                    for name in (MODEL, *map(timed_model, SERVICE_MS))]}
-_FINAL = {"done": True, "done_reason": "stop", "total_duration": 1_000_000, "load_duration": 0,
-          "prompt_eval_count": 12, "prompt_eval_duration": 100_000, "eval_count": 8, "eval_duration": 800_000}
+_TAGS = {
+    "models": [
+        {
+            "name": name,
+            "model": name,
+            "modified_at": "2026-01-01T00:00:00Z",
+            "size": 1_300_000_000,
+            "digest": "0" * 64,
+            "details": _SHOW["details"],
+        }
+        for name in (MODEL, *map(timed_model, SERVICE_MS))
+    ]
+}
+_FINAL = {
+    "done": True,
+    "done_reason": "stop",
+    "total_duration": 1_000_000,
+    "load_duration": 0,
+    "prompt_eval_count": 12,
+    "prompt_eval_duration": 100_000,
+    "eval_count": 8,
+    "eval_duration": 800_000,
+}
 
 
 _SERVICE_S = {timed_model(ms): ms / 1000 for ms in SERVICE_MS}
@@ -92,8 +119,12 @@ async def _upstream_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWri
                 delay = _SERVICE_S.get(request["model"])
                 if delay:
                     await asyncio.sleep(delay)
-                reply = {"model": request["model"], "created_at": "2026-01-01T00:00:00Z",
-                         "message": {"role": "assistant", "content": "Hello from the upstream."}, **_FINAL}
+                reply = {
+                    "model": request["model"],
+                    "created_at": "2026-01-01T00:00:00Z",
+                    "message": {"role": "assistant", "content": "Hello from the upstream."},
+                    **_FINAL,
+                }
                 writer.write(_response(200, json.dumps(reply).encode()))
             elif path == b"/api/tags":
                 writer.write(_response(200, json.dumps(_TAGS).encode()))
@@ -116,13 +147,30 @@ async def _stream(writer: asyncio.StreamWriter, request: dict[str, Any]) -> None
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n")
     for _ in range(STREAM_CHUNKS):
         await asyncio.sleep(CHUNK_GAP_S)
-        line = json.dumps({"model": request["model"], "created_at": "2026-01-01T00:00:00Z",
-                           "message": {"role": "assistant", "content": f"<{time.perf_counter_ns()}>"},
-                           "done": False}).encode() + b"\n"
+        line = (
+            json.dumps(
+                {
+                    "model": request["model"],
+                    "created_at": "2026-01-01T00:00:00Z",
+                    "message": {"role": "assistant", "content": f"<{time.perf_counter_ns()}>"},
+                    "done": False,
+                }
+            ).encode()
+            + b"\n"
+        )
         writer.write(b"%x\r\n%s\r\n" % (len(line), line))
         await writer.drain()
-    line = json.dumps({"model": request["model"], "created_at": "2026-01-01T00:00:00Z",
-                       "message": {"role": "assistant", "content": ""}, **_FINAL}).encode() + b"\n"
+    line = (
+        json.dumps(
+            {
+                "model": request["model"],
+                "created_at": "2026-01-01T00:00:00Z",
+                "message": {"role": "assistant", "content": ""},
+                **_FINAL,
+            }
+        ).encode()
+        + b"\n"
+    )
     writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(line), line))
     await writer.drain()
 
@@ -163,11 +211,17 @@ def run_passthrough(upstream_port: int, port: int) -> None:
             more = message.get("more_body", False)
         if not sessions:
             sessions.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)))
-        async with sessions[0].request(scope["method"], target + scope["path"], data=body or None,
-                                       headers={"Content-Type": "application/json"}) as answer:
+        async with sessions[0].request(
+            scope["method"], target + scope["path"], data=body or None, headers={"Content-Type": "application/json"}
+        ) as answer:
             data = await answer.read()
-        await send({"type": "http.response.start", "status": answer.status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": answer.status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))],
+            }
+        )
         await send({"type": "http.response.body", "body": data})
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, server_header=False)
@@ -203,8 +257,10 @@ class Conn:
         return headers
 
     def post(self, path: str, body: bytes) -> tuple[dict[bytes, bytes], bytes]:
-        self.sock.sendall(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+        self.sock.sendall(
+            b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+        )
         headers = self._head()
         length = int(headers.get(b"content-length", b"0"))
         while len(self.buf) < length:
@@ -214,8 +270,10 @@ class Conn:
 
     def stream(self, path: str, body: bytes, on_line: Callable[[bytes, int], None]) -> None:
         """POST and read a chunked body; ``on_line(line, arrival_ns)`` for every complete line."""
-        self.sock.sendall(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+        self.sock.sendall(
+            b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+        )
         headers = self._head()
         assert headers.get(b"transfer-encoding") == b"chunked", headers
         pending = b""
@@ -227,7 +285,7 @@ class Conn:
             while len(self.buf) < size + 2:
                 self._fill()
             arrived = time.perf_counter_ns()
-            data, self.buf = self.buf[:size], self.buf[size + 2:]
+            data, self.buf = self.buf[:size], self.buf[size + 2 :]
             if size == 0:
                 return
             pending += data
@@ -255,10 +313,11 @@ class Conn:
         self.close()
 
 
-async def _async_post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: bytes,
-                      body: bytes) -> int:
-    writer.write(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body))
+async def _async_post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: bytes, body: bytes) -> int:
+    writer.write(
+        b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body)
+    )
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     length = 0
@@ -345,8 +404,11 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput round")
     parser.add_argument("--latency-only", action="store_true", help="skip the throughput rounds (A/B checks)")
-    parser.add_argument("--minimal-stack", action="store_true",
-                        help="only the core and the Ollama backend (default: every installed plugin)")
+    parser.add_argument(
+        "--minimal-stack",
+        action="store_true",
+        help="only the core and the Ollama backend (default: every installed plugin)",
+    )
     args = parser.parse_args()
     if args.upstream:
         run_upstream(args.upstream)
@@ -359,9 +421,15 @@ def main() -> None:
 
     up_port, proxy_port, bare_port = free_port(), free_port(), free_port()
     home = Path(tempfile.mkdtemp(prefix="autotune-bench-"))
-    env = {**os.environ, "AUTOTUNE_CONFIG": str(home / "config.toml"), "AUTOTUNE_DATA_DIR": str(home / "data"),
-           "AUTOTUNE_OLLAMA_URL": f"http://127.0.0.1:{up_port}", "AUTOTUNE_MAX_CONCURRENT": "64",
-           "AUTOTUNE_MAX_QUEUED": "64", "AUTOTUNE_BACKEND": "ollama"}
+    env = {
+        **os.environ,
+        "AUTOTUNE_CONFIG": str(home / "config.toml"),
+        "AUTOTUNE_DATA_DIR": str(home / "data"),
+        "AUTOTUNE_OLLAMA_URL": f"http://127.0.0.1:{up_port}",
+        "AUTOTUNE_MAX_CONCURRENT": "64",
+        "AUTOTUNE_MAX_QUEUED": "64",
+        "AUTOTUNE_BACKEND": "ollama",
+    }
     if args.minimal_stack:
         env["AUTOTUNE_LOAD_PLUGINS"] = "ollama"
     upstream = subprocess.Popen([sys.executable, __file__, "--upstream", str(up_port)], env=env)
@@ -369,8 +437,11 @@ def main() -> None:
     bare = subprocess.Popen([sys.executable, __file__, "--passthrough", str(up_port), str(bare_port)])
     wait_healthy(f"http://127.0.0.1:{bare_port}/api/version", 10)
     spawned = time.perf_counter()
-    proxy = subprocess.Popen([sys.executable, "-m", "autotune_core.server", "--port", str(proxy_port),
-                              "--log-level", "warning"], env=env, stderr=subprocess.DEVNULL)
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "autotune_core.server", "--port", str(proxy_port), "--log-level", "warning"],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_healthy(f"http://127.0.0.1:{proxy_port}/health", 30)
         ready_s = time.perf_counter() - spawned
@@ -428,10 +499,15 @@ def measure(args: argparse.Namespace, ports: dict[str, int], proxy_pid: int) -> 
             p_times[door].append((time.perf_counter() - t3) * 1000)
             overheads[door].append(float(headers.get(b"x-autotune-overhead-ms", b"nan")))
     for door in doors:
-        out[door] = {"direct_p50": pct(d_times, 0.5), "direct_p99": pct(d_times, 0.99),
-                     "proxy_p50": pct(p_times[door], 0.5), "proxy_p99": pct(p_times[door], 0.99),
-                     "bare_p50": pct(b_times, 0.5), "bare_p99": pct(b_times, 0.99),
-                     "header_p50": pct(overheads[door], 0.5)}
+        out[door] = {
+            "direct_p50": pct(d_times, 0.5),
+            "direct_p99": pct(d_times, 0.99),
+            "proxy_p50": pct(p_times[door], 0.5),
+            "proxy_p99": pct(p_times[door], 0.99),
+            "bare_p50": pct(b_times, 0.5),
+            "bare_p99": pct(b_times, 0.99),
+            "header_p50": pct(overheads[door], 0.5),
+        }
     # streaming: per-chunk latency = arrival - upstream send stamp
     lags: dict[str, list[float]] = {"direct": [], "proxy": []}
 
@@ -439,16 +515,20 @@ def measure(args: argparse.Namespace, ports: dict[str, int], proxy_pid: int) -> 
         def on_line(line: bytes, arrived: int) -> None:
             text = line.decode()
             start = text.find("<")
-            if start >= 0 and text[start + 1:start + 2].isdigit():
-                stamp = int(text[start + 1:text.index(">", start)])
+            if start >= 0 and text[start + 1 : start + 2].isdigit():
+                stamp = int(text[start + 1 : text.index(">", start)])
                 lags[arm].append((arrived - stamp) / 1e6)
+
         return on_line
 
     for _ in range(args.streams):
         direct.stream("/api/chat", chat_body(True, "ollama"), collect("direct"))
         proxied.stream("/api/chat", chat_body(True, "ollama"), collect("proxy"))
-    out["stream"] = {"direct_lag": statistics.median(lags["direct"]), "proxy_lag": statistics.median(lags["proxy"]),
-                     "chunks": len(lags["proxy"])}
+    out["stream"] = {
+        "direct_lag": statistics.median(lags["direct"]),
+        "proxy_lag": statistics.median(lags["proxy"]),
+        "chunks": len(lags["proxy"]),
+    }
     for conn in (direct, bare, proxied):
         conn.close()
     if args.latency_only:
@@ -468,30 +548,41 @@ def measure(args: argparse.Namespace, ports: dict[str, int], proxy_pid: int) -> 
                 served += round(rate * (time.perf_counter() - started))
             rates[arm].append(rate)
             errors += failed
-    out["throughput"] = {**{arm: statistics.mean(values) for arm, values in rates.items()},
-                         "errors": errors, "cpu_ms": cpu_s * 1000 / max(1, served)}
+    out["throughput"] = {
+        **{arm: statistics.mean(values) for arm, values in rates.items()},
+        "errors": errors,
+        "cpu_ms": cpu_s * 1000 / max(1, served),
+    }
     for ms in SERVICE_MS:
         timed: dict[str, list[float]] = {"direct": [], "bare": [], "proxy": []}
         failures = 0
         for _ in range(2):
             for arm, port in ports.items():
-                rate, failed = asyncio.run(_throughput(port, b"/api/chat", chat_body(False, "ollama", timed_model(ms)),
-                                                       32, args.seconds))
+                rate, failed = asyncio.run(
+                    _throughput(port, b"/api/chat", chat_body(False, "ollama", timed_model(ms)), 32, args.seconds)
+                )
                 timed[arm].append(rate)
                 failures += failed
-        out[f"throughput_{ms}"] = {**{arm: statistics.mean(values) for arm, values in timed.items()},
-                                   "errors": failures}
+        out[f"throughput_{ms}"] = {
+            **{arm: statistics.mean(values) for arm, values in timed.items()},
+            "errors": failures,
+        }
     return out
 
 
-def report(args: argparse.Namespace, ready_s: float, idle_rss: float, rss_after: float,
-           results: dict[str, Any]) -> None:
+def report(
+    args: argparse.Namespace, ready_s: float, idle_rss: float, rss_after: float, results: dict[str, Any]
+) -> None:
     stack = "core + ollama backend" if args.minimal_stack else "default (every installed plugin)"
-    print(f"proxy overhead, loopback, plugin stack: {stack}; {args.requests} interleaved rounds (direct, "
-          f"pass-through, each door), {args.streams} streams x {STREAM_CHUNKS} chunks, "
-          f"{args.seconds:g} s x 2 throughput rounds per arm")
-    print("'pass-through' = a do-nothing proxy on the same server and client libraries (uvicorn + httptools + "
-          "uvloop, aiohttp): the stack's own cost")
+    print(
+        f"proxy overhead, loopback, plugin stack: {stack}; {args.requests} interleaved rounds (direct, "
+        f"pass-through, each door), {args.streams} streams x {STREAM_CHUNKS} chunks, "
+        f"{args.seconds:g} s x 2 throughput rounds per arm"
+    )
+    print(
+        "'pass-through' = a do-nothing proxy on the same server and client libraries (uvicorn + httptools + "
+        "uvloop, aiohttp): the stack's own cost"
+    )
     print(f"{'measure':<46}{'direct':>10}{'proxied':>10}{'added':>10}{'target':>10}")
 
     def row(label: str, direct: float, proxied: float, target: str) -> None:
@@ -515,17 +606,23 @@ def report(args: argparse.Namespace, ready_s: float, idle_rss: float, rss_after:
         def share(part: float, whole: float) -> str:
             return f"{part / whole:.0%}" if whole else "nan"
 
-        print(f"{label:<46}{t['direct']:>10.0f}{t['proxy']:>10.0f}{share(t['proxy'], t['direct']):>10}{'>= 80%':>10}"
-              + (f"  ({t['errors']} errors)" if t["errors"] else ""))
-        print(f"{'  pass-through; autotune / pass-through':<46}{t['direct']:>10.0f}{t['bare']:>10.0f}"
-              f"{share(t['bare'], t['direct']):>10}{share(t['proxy'], t['bare']):>10}")
+        print(
+            f"{label:<46}{t['direct']:>10.0f}{t['proxy']:>10.0f}{share(t['proxy'], t['direct']):>10}{'>= 80%':>10}"
+            + (f"  ({t['errors']} errors)" if t["errors"] else "")
+        )
+        print(
+            f"{'  pass-through; autotune / pass-through':<46}{t['direct']:>10.0f}{t['bare']:>10.0f}"
+            f"{share(t['bare'], t['direct']):>10}{share(t['proxy'], t['bare']):>10}"
+        )
 
     rate_rows("throughput c=32 req/s, instant upstream", results["throughput"])
     for ms in SERVICE_MS:
         rate_rows(f"throughput c=32 req/s, {ms} ms upstream", results[f"throughput_{ms}"])
     print(f"{'server CPU per proxied request ms (c=32)':<46}{'':>10}{results['throughput']['cpu_ms']:>10.3f}")
-    print(f"{'server idle RSS MB (after load)':<46}{'':>10}{idle_rss:>10.1f}{'':>10}{'<= 80':>10}"
-          f"   ({rss_after:.1f} after the run)")
+    print(
+        f"{'server idle RSS MB (after load)':<46}{'':>10}{idle_rss:>10.1f}{'':>10}{'<= 80':>10}"
+        f"   ({rss_after:.1f} after the run)"
+    )
     print(f"{'server ready s (spawn -> /health 200)':<46}{'':>10}{ready_s:>10.2f}{'':>10}{'<= 1.5':>10}")
     for door in ("ollama", "openai"):
         r = results[door]

@@ -31,8 +31,12 @@ BODIES = {
 
 
 async def traced_files() -> dict[str, set[str]]:
-    host = PluginHost(config=validate_settings({"backend_order": ["fake"]}, "<bench>"), plugins=[FakeBackendPlugin()],
-                      load_entrypoints=False, hardware=make_hardware())
+    host = PluginHost(
+        config=validate_settings({"backend_order": ["fake"]}, "<bench>"),
+        plugins=[FakeBackendPlugin()],
+        load_entrypoints=False,
+        hardware=make_hardware(),
+    )
     app = create_app(host, sampler=False)
     seen: dict[str, set[str]] = {}
     transport = httpx.ASGITransport(app=app)
@@ -76,8 +80,11 @@ def main() -> None:
         print(f"{label}: {len(files)} core files")
     print(f"all four requests: {len(every)} core files: {', '.join(sorted(every))}")
     lines = sum(len(p.read_text().splitlines()) for p in CORE.rglob("*.py"))
-    proper = sum(len(p.read_text().splitlines()) for p in CORE.rglob("*.py")
-                 if not {"cli", "server", "chat", "proof"} & set(p.relative_to(CORE).parts[:-1]))
+    proper = sum(
+        len(p.read_text().splitlines())
+        for p in CORE.rglob("*.py")
+        if not {"cli", "server", "chat", "proof"} & set(p.relative_to(CORE).parts[:-1])
+    )
     print(f"core lines: {lines} (without cli/, server/, chat/, proof/: {proper})")
     for length, name in functions()[:5]:
         print(f"  longest: {length:4d} lines  {name}")

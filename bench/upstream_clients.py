@@ -25,8 +25,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 from proxy_overhead import MODEL, free_port, wait_healthy
 
-BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}],
-                   "stream": False}).encode()
+BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "stream": False}).encode()
 HEADERS = {"content-type": "application/json"}
 
 
@@ -65,8 +64,9 @@ async def run(port: int, seconds: float, n: int) -> None:
         (await hx.post(url, content=BODY, headers=HEADERS)).json()
 
     async def with_httpcore() -> None:
-        response = await pool.request("POST", url, content=BODY, headers=[(b"host", b"127.0.0.1"),
-                                                                          (b"content-type", b"application/json")])
+        response = await pool.request(
+            "POST", url, content=BODY, headers=[(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]
+        )
         json.loads(response.content)
 
     async def with_aiohttp() -> None:
@@ -90,8 +90,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000, help="sequential requests for the p50")
     args = parser.parse_args()
     port = free_port()
-    upstream = subprocess.Popen([sys.executable, str(Path(__file__).parent / "proxy_overhead.py"),
-                                 "--upstream", str(port)])
+    upstream = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "proxy_overhead.py"), "--upstream", str(port)]
+    )
     try:
         wait_healthy(f"http://127.0.0.1:{port}/api/version", 10)
         asyncio.run(run(port, args.seconds, args.requests))

@@ -151,9 +151,7 @@ def test_ollama_unknown_options_are_ignored(fake_ollama: FakeOllama) -> None:
         ({"stop": "x"}, 'option "stop" must be of type array'),
     ],
 )
-def test_ollama_wrong_option_type_is_500(
-    fake_ollama: FakeOllama, options: dict[str, Any], message: str
-) -> None:
+def test_ollama_wrong_option_type_is_500(fake_ollama: FakeOllama, options: dict[str, Any], message: str) -> None:
     with client(fake_ollama) as c:
         r = chat(c, stream=False, options=options)
     assert r.status_code == 500
@@ -689,9 +687,7 @@ GARBAGE: list[Any] = [
 ]
 
 
-def test_garbage_never_crashes_a_fake(
-    fake_ollama: FakeOllama, fake_openai_factory: Callable[..., FakeOpenAI]
-) -> None:
+def test_garbage_never_crashes_a_fake(fake_ollama: FakeOllama, fake_openai_factory: Callable[..., FakeOpenAI]) -> None:
     fakes: list[Any] = [fake_ollama, *(fake_openai_factory(f) for f in FLAVOURS)]
     for fake in fakes:
         model = "llama3.2:1b" if isinstance(fake, FakeOllama) else fake.models[0].name

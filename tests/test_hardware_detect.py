@@ -32,8 +32,14 @@ MiB = 1024**2
 class FakeRunner:
     """Answers commands from recorded outputs; anything unknown is a missing tool (None)."""
 
-    def __init__(self, *, nvidia: str | None = None, nvidia_legacy: str | None = None, rocm: str | None = None,
-                 sysctl: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        nvidia: str | None = None,
+        nvidia_legacy: str | None = None,
+        rocm: str | None = None,
+        sysctl: dict[str, str] | None = None,
+    ) -> None:
         self.nvidia = nvidia
         self.nvidia_legacy = nvidia_legacy
         self.rocm = rocm
@@ -74,8 +80,14 @@ def fake_swap(total: int = 2 * GiB, used: int = 0) -> SimpleNamespace:
     return SimpleNamespace(total=total, used=used, percent=100 * used / total if total else 0.0)
 
 
-def detect(runner: FakeRunner, root: Path, system: str = "Linux", *,
-           vm: Callable[[], object] = fake_vm, swap: Callable[[], object] = fake_swap) -> HardwareSnapshot:
+def detect(
+    runner: FakeRunner,
+    root: Path,
+    system: str = "Linux",
+    *,
+    vm: Callable[[], object] = fake_vm,
+    swap: Callable[[], object] = fake_swap,
+) -> HardwareSnapshot:
     return detect_hardware(runner=runner, sysfs_root=root, platform_name=system, vm=vm, swap=swap)
 
 
@@ -91,8 +103,9 @@ NVIDIA_CASES = [
 
 
 @pytest.mark.parametrize(("fixture", "name", "total_mib", "used_mib", "cc", "driver", "count"), NVIDIA_CASES)
-def test_nvidia_smi(tmp_path: Path, fixture: str, name: str, total_mib: int, used_mib: int, cc: str | None,
-                    driver: str, count: int) -> None:
+def test_nvidia_smi(
+    tmp_path: Path, fixture: str, name: str, total_mib: int, used_mib: int, cc: str | None, driver: str, count: int
+) -> None:
     runner = FakeRunner(nvidia=(FIXTURES / "nvidia-smi" / fixture).read_text())
     snap = detect(runner, tmp_path)
     assert len(snap.gpus) == count
@@ -123,11 +136,18 @@ def test_nvidia_old_driver_without_compute_cap_field(tmp_path: Path) -> None:
 
 def test_nvidia_unified_memory_part_reports_no_memory(tmp_path: Path) -> None:
     # DGX Spark: the GB10 shares LPDDR5X with the CPU, nvidia-smi has no memory figures
-    snap = detect(FakeRunner(nvidia="NVIDIA GB10, [N/A], [N/A], 12.1, 580.95.05\n"), tmp_path,
-                  vm=lambda: fake_vm(total=119 * GiB, available=100 * GiB))
+    snap = detect(
+        FakeRunner(nvidia="NVIDIA GB10, [N/A], [N/A], 12.1, 580.95.05\n"),
+        tmp_path,
+        vm=lambda: fake_vm(total=119 * GiB, available=100 * GiB),
+    )
     [gpu] = snap.gpus
     assert (gpu.name, gpu.compute_capability, gpu.memory_total_bytes, gpu.memory_used_bytes) == (
-        "NVIDIA GB10", "12.1", 0, None)
+        "NVIDIA GB10",
+        "12.1",
+        0,
+        None,
+    )
     assert gpu.integrated is True
     assert snap.accelerator_memory_bytes == 119 * GiB
 
@@ -163,8 +183,10 @@ def test_rocm_smi_separate_outputs_merge() -> None:
 
 
 def test_rocm_smi_tolerates_warnings_and_garbage() -> None:
-    text = "WARNING: AMD GPU device(s) is/are in a low-power state. Check power control/runtime_status\n\n" + (
-        FIXTURES / "rocm-smi" / "rx7900xtx.json").read_text()
+    text = (
+        "WARNING: AMD GPU device(s) is/are in a low-power state. Check power control/runtime_status\n\n"
+        + (FIXTURES / "rocm-smi" / "rx7900xtx.json").read_text()
+    )
     assert parse_rocm_smi(text)[0].gfx_target == "gfx1100"
     assert parse_rocm_smi("ERROR: No AMD GPUs specified") == []
     assert parse_rocm_smi("{not json") == []
@@ -207,19 +229,37 @@ def test_ryzen_7840u_780m_from_sysfs() -> None:
 
 
 def test_apu_with_rocm_smi_is_integrated_and_named_after_the_cpu() -> None:
-    rocm = json.dumps({"card0": {
-        "Card Series": "Strix Halo [Radeon Graphics / Radeon 8050S Graphics / Radeon 8060S Graphics]",
-        "Card Model": "0x1586", "Card Vendor": "Advanced Micro Devices, Inc. [AMD/ATI]", "Card SKU": "STRXLGEN",
-        "GFX Version": "gfx1151", "Unique ID": "N/A", "VRAM Total Memory (B)": "536870912",
-        "VRAM Total Used Memory (B)": "260591616"}})
+    rocm = json.dumps(
+        {
+            "card0": {
+                "Card Series": "Strix Halo [Radeon Graphics / Radeon 8050S Graphics / Radeon 8060S Graphics]",
+                "Card Model": "0x1586",
+                "Card Vendor": "Advanced Micro Devices, Inc. [AMD/ATI]",
+                "Card SKU": "STRXLGEN",
+                "GFX Version": "gfx1151",
+                "Unique ID": "N/A",
+                "VRAM Total Memory (B)": "536870912",
+                "VRAM Total Used Memory (B)": "260591616",
+            }
+        }
+    )
     [gpu] = detect(FakeRunner(rocm=rocm), ROOTS / "strix_halo_128gb").gpus
     assert (gpu.name, gpu.gfx_target, gpu.integrated) == ("AMD Radeon 8060S", "gfx1151", True)
 
 
 def test_old_rocm_without_gfx_version_takes_it_from_kfd() -> None:
-    rocm = json.dumps({"card0": {"Card series": "Phoenix1", "Card model": "0x15bf",
-                                 "Card vendor": "Advanced Micro Devices, Inc. [AMD/ATI]", "Card SKU": "PHXGENERIC",
-                                 "VRAM Total Memory (B)": "536870912", "VRAM Total Used Memory (B)": "455094272"}})
+    rocm = json.dumps(
+        {
+            "card0": {
+                "Card series": "Phoenix1",
+                "Card model": "0x15bf",
+                "Card vendor": "Advanced Micro Devices, Inc. [AMD/ATI]",
+                "Card SKU": "PHXGENERIC",
+                "VRAM Total Memory (B)": "536870912",
+                "VRAM Total Used Memory (B)": "455094272",
+            }
+        }
+    )
     [gpu] = detect(FakeRunner(rocm=rocm), ROOTS / "ryzen_7840u_780m").gpus
     assert (gpu.gfx_target, gpu.integrated, gpu.name) == ("gfx1103", True, "AMD Radeon 780M Graphics")
 
@@ -239,8 +279,10 @@ def test_discrete_amd_from_a_temp_sysfs_tree(tmp_path: Path) -> None:
     _write(tmp_path / "sys/class/drm/card0-DP-1/status", "connected\n")
     nodes = tmp_path / "sys/class/kfd/kfd/topology/nodes"
     _write(nodes / "0/properties", "cpu_cores_count 16\ngfx_target_version 0\n")
-    _write(nodes / "1/properties", "cpu_cores_count 0\ngfx_target_version 110000\nvendor_id 4098\n"
-                                   "device_id 29772\nlocation_id 768\ndomain 0\n")
+    _write(
+        nodes / "1/properties",
+        "cpu_cores_count 0\ngfx_target_version 110000\nvendor_id 4098\ndevice_id 29772\nlocation_id 768\ndomain 0\n",
+    )
     [gpu] = detect(FakeRunner(), tmp_path).gpus
     assert (gpu.name, gpu.gfx_target, gpu.integrated) == ("AMD Radeon RX 7900 XTX", "gfx1100", False)
     assert gpu.memory_total_bytes == 25753026560
@@ -256,9 +298,20 @@ def test_broken_sysfs_files_do_not_raise(tmp_path: Path) -> None:
     assert gpu.vendor == "amd" and gpu.memory_total_bytes == 0 and gpu.gfx_target is None
 
 
-@pytest.mark.parametrize(("version", "target"), [
-    (110501, "gfx1151"), (110003, "gfx1103"), (110000, "gfx1100"), (110500, "gfx1150"), (120001, "gfx1201"),
-    (90010, "gfx90a"), (90402, "gfx942"), (90012, "gfx90c"), (0, None)])
+@pytest.mark.parametrize(
+    ("version", "target"),
+    [
+        (110501, "gfx1151"),
+        (110003, "gfx1103"),
+        (110000, "gfx1100"),
+        (110500, "gfx1150"),
+        (120001, "gfx1201"),
+        (90010, "gfx90a"),
+        (90402, "gfx942"),
+        (90012, "gfx90c"),
+        (0, None),
+    ],
+)
 def test_gfx_from_target_version(version: int, target: str | None) -> None:
     assert gfx_from_target_version(version) == target
 
@@ -304,9 +357,14 @@ def test_apple_silicon(tmp_path: Path, fixture: str, brand: str, chip: str, gib:
 
 
 def test_intel_mac_has_no_apple_gpu(tmp_path: Path) -> None:
-    sysctl = {"machdep.cpu.brand_string": "Intel(R) Core(TM) i9-9880H CPU @ 2.30GHz", "hw.memsize": str(16 * GiB),
-              "hw.machine": "x86_64", "hw.physicalcpu": "8", "hw.logicalcpu": "16",
-              "machdep.cpu.features": "FPU VME DE PSE TSC MSR PAE MCE CX8 APIC SEP MTRR SSE4.2 AVX1.0"}
+    sysctl = {
+        "machdep.cpu.brand_string": "Intel(R) Core(TM) i9-9880H CPU @ 2.30GHz",
+        "hw.memsize": str(16 * GiB),
+        "hw.machine": "x86_64",
+        "hw.physicalcpu": "8",
+        "hw.logicalcpu": "16",
+        "machdep.cpu.features": "FPU VME DE PSE TSC MSR PAE MCE CX8 APIC SEP MTRR SSE4.2 AVX1.0",
+    }
     snap = detect(FakeRunner(sysctl=sysctl), tmp_path, "Darwin")
     assert snap.gpus == [] and snap.unified_memory is False
     assert (snap.cpu.vendor, snap.cpu.arch, snap.cpu.cores_logical) == ("intel", "x86_64", 16)
@@ -343,9 +401,11 @@ def test_big_little_arm_cpuinfo() -> None:
     blocks = []
     for i in range(8):
         part = "0xd05" if i < 4 else "0xd0b"
-        blocks.append(f"processor\t: {i}\nBogoMIPS\t: 48.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32\n"
-                      f"CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x2\nCPU part\t: {part}\n"
-                      "CPU revision\t: 0\n")
+        blocks.append(
+            f"processor\t: {i}\nBogoMIPS\t: 48.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32\n"
+            f"CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x2\nCPU part\t: {part}\n"
+            "CPU revision\t: 0\n"
+        )
     cpu = parse_proc_cpuinfo("\n".join(blocks))
     assert cpu.brand == "ARM Cortex-A55 + Cortex-A76"
     assert (cpu.arch, cpu.cores_logical) == ("aarch64", 8)
@@ -409,8 +469,9 @@ def test_snapshot_to_table(tmp_path: Path) -> None:
     assert rows["RAM"] == "16.0 GiB total, 10.0 GiB available"
     assert rows["Accelerator memory"] == "24.0 GiB"
 
-    h100 = dict(snapshot_to_table(detect(FakeRunner(nvidia=(FIXTURES / "nvidia-smi" / "h100_x2.csv").read_text()),
-                                         tmp_path)))
+    h100 = dict(
+        snapshot_to_table(detect(FakeRunner(nvidia=(FIXTURES / "nvidia-smi" / "h100_x2.csv").read_text()), tmp_path))
+    )
     assert "GPU 0" in h100 and "GPU 1 memory" in h100
 
     cpu_only = dict(snapshot_to_table(detect(FakeRunner(), ROOTS / "x86_cpu_only")))

@@ -36,30 +36,33 @@ PER_MIN = MB / 60
 # -- classification --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("ram", "swap", "growth", "tier"), [
-    (0.0, 0.0, 0.0, "normal"),
-    (79.9, 0.0, 0.0, "normal"),
-    (80.0, 0.0, 0.0, "moderate"),
-    (87.9, 0.0, 0.0, "moderate"),
-    (88.0, 0.0, 0.0, "high"),
-    (92.9, 0.0, 0.0, "high"),
-    (93.0, 0.0, 0.0, "critical"),
-    (100.0, 0.0, 0.0, "critical"),
-    # active swapping raises the tier
-    (50.0, 5.0, 9.9 * PER_MIN, "normal"),
-    (50.0, 5.0, 10 * PER_MIN, "moderate"),
-    (50.0, 5.0, 49 * PER_MIN, "moderate"),
-    (50.0, 5.0, 50 * PER_MIN, "high"),
-    (85.0, 5.0, 50 * PER_MIN, "high"),
-    (90.0, 5.0, 10 * PER_MIN, "high"),  # never lowers what RAM says
-    (95.0, 5.0, 10 * PER_MIN, "critical"),
-    # swap shrinking (pages coming back in) is not pressure
-    (50.0, 5.0, -100 * PER_MIN, "normal"),
-    # a lot of swap in use is critical whatever the RAM
-    (10.0, 19.9, 0.0, "normal"),
-    (10.0, 20.0, 0.0, "critical"),
-    (85.0, 35.0, 0.0, "critical"),
-])
+@pytest.mark.parametrize(
+    ("ram", "swap", "growth", "tier"),
+    [
+        (0.0, 0.0, 0.0, "normal"),
+        (79.9, 0.0, 0.0, "normal"),
+        (80.0, 0.0, 0.0, "moderate"),
+        (87.9, 0.0, 0.0, "moderate"),
+        (88.0, 0.0, 0.0, "high"),
+        (92.9, 0.0, 0.0, "high"),
+        (93.0, 0.0, 0.0, "critical"),
+        (100.0, 0.0, 0.0, "critical"),
+        # active swapping raises the tier
+        (50.0, 5.0, 9.9 * PER_MIN, "normal"),
+        (50.0, 5.0, 10 * PER_MIN, "moderate"),
+        (50.0, 5.0, 49 * PER_MIN, "moderate"),
+        (50.0, 5.0, 50 * PER_MIN, "high"),
+        (85.0, 5.0, 50 * PER_MIN, "high"),
+        (90.0, 5.0, 10 * PER_MIN, "high"),  # never lowers what RAM says
+        (95.0, 5.0, 10 * PER_MIN, "critical"),
+        # swap shrinking (pages coming back in) is not pressure
+        (50.0, 5.0, -100 * PER_MIN, "normal"),
+        # a lot of swap in use is critical whatever the RAM
+        (10.0, 19.9, 0.0, "normal"),
+        (10.0, 20.0, 0.0, "critical"),
+        (85.0, 35.0, 0.0, "critical"),
+    ],
+)
 def test_classify_pressure(ram: float, swap: float, growth: float, tier: PressureTier) -> None:
     assert classify_pressure(ram, swap, growth) == tier
 
@@ -88,8 +91,7 @@ def test_read_pressure_first_sample_and_growth() -> None:
     assert (first.tier, first.ram_percent, first.available_bytes) == ("normal", 50.0, 8 * MB)
     assert (first.swap_used_bytes, first.swap_growth_bytes_per_s, first.timestamp) == (10 * MB, 0.0, 100.0)
     # 60 MB more swap in 60 s = 60 MB/min: actively swapping, so "high" although RAM is at 50 %
-    second = read_pressure(first, vm=lambda: _vm(50.0), swap=lambda: _swap(70 * MB), clock=lambda: 160.0,
-                           smoothing_s=0)
+    second = read_pressure(first, vm=lambda: _vm(50.0), swap=lambda: _swap(70 * MB), clock=lambda: 160.0, smoothing_s=0)
     assert second.swap_growth_bytes_per_s == pytest.approx(60 * PER_MIN)
     assert second.tier == "high"
     assert second.swap_percent == pytest.approx(100 * 70 / 1024)
@@ -98,16 +100,19 @@ def test_read_pressure_first_sample_and_growth() -> None:
 def test_read_pressure_smooths_bursts_but_follows_steady_swapping() -> None:
     # one 128 KiB burst of kswapd in a 250 ms sample is not "active swapping"
     base = read_pressure(vm=lambda: _vm(50.0), swap=lambda: _swap(100 * MB), clock=lambda: 10.0)
-    burst = read_pressure(base, vm=lambda: _vm(50.0), swap=lambda: _swap(100 * MB + 128 * 1024),
-                          clock=lambda: 10.25)
+    burst = read_pressure(base, vm=lambda: _vm(50.0), swap=lambda: _swap(100 * MB + 128 * 1024), clock=lambda: 10.25)
     assert burst.tier == "normal"
     # a steady 30 MB/min is, once it has lasted a couple of seconds
     pressure, used, now = base, 100 * MB, 10.0
     for _ in range(16):
         used += int(30 * PER_MIN * 0.25)
         now += 0.25
-        pressure = read_pressure(pressure, vm=lambda: _vm(50.0), swap=lambda u=used: _swap(u),  # type: ignore[misc]
-                                 clock=lambda n=now: n)  # type: ignore[misc]
+        pressure = read_pressure(
+            pressure,
+            vm=lambda: _vm(50.0),
+            swap=lambda u=used: _swap(u),  # type: ignore[misc]
+            clock=lambda n=now: n,
+        )  # type: ignore[misc]
     assert pressure.swap_growth_bytes_per_s == pytest.approx(30 * PER_MIN, rel=0.05)
     assert pressure.tier == "moderate"
 
@@ -177,8 +182,11 @@ class ScriptedReader:
         self.previous.append(previous)
         tier = self.tiers[min(self.calls, len(self.tiers) - 1)]
         self.calls += 1
-        return Pressure(tier=tier, ram_percent={"normal": 40.0, "moderate": 82.0, "high": 90.0,
-                                                "critical": 95.0}[tier], timestamp=float(self.calls))
+        return Pressure(
+            tier=tier,
+            ram_percent={"normal": 40.0, "moderate": 82.0, "high": 90.0, "critical": 95.0}[tier],
+            timestamp=float(self.calls),
+        )
 
 
 class FakeClock:
@@ -203,11 +211,10 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 1.5) -> Non
 
 async def test_callback_only_on_tier_change_with_default_hysteresis() -> None:
     # a fake clock of 0.25 s per sample makes the real 2 s hysteresis run in a few milliseconds
-    script = (["normal"] * 3 + ["high"] * 3 + ["moderate"] * 4 + ["high"] + ["normal"] * 12)
+    script = ["normal"] * 3 + ["high"] * 3 + ["moderate"] * 4 + ["high"] + ["normal"] * 12
     reader = ScriptedReader(script)
     seen: list[PressureTier] = []
-    sampler = PressureSampler(lambda p: seen.append(p.tier), interval=0.001, reader=reader,
-                              clock=FakeClock(0.25))
+    sampler = PressureSampler(lambda p: seen.append(p.tier), interval=0.001, reader=reader, clock=FakeClock(0.25))
     sampler.start()
     try:
         await wait_until(lambda: reader.calls >= len(script) + 2)
@@ -222,8 +229,9 @@ async def test_callback_only_on_tier_change_with_default_hysteresis() -> None:
 async def test_hysteresis_with_a_fast_interval_in_real_time() -> None:
     reader = ScriptedReader(["critical"] + ["normal"] * 1000)
     seen: list[tuple[PressureTier, float]] = []
-    sampler = PressureSampler(lambda p: seen.append((p.tier, time.monotonic())), interval=0.01, reader=reader,
-                              downgrade_after_s=0.3)
+    sampler = PressureSampler(
+        lambda p: seen.append((p.tier, time.monotonic())), interval=0.01, reader=reader, downgrade_after_s=0.3
+    )
     started = time.monotonic()
     sampler.start()
     try:

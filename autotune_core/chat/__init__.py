@@ -3,5 +3,13 @@
 from .engine import LocalEngine, RemoteEngine, TurnStats, is_base_model, pick_default
 from .history import ChatStore, Conversation, Turn
 
-__all__ = ["ChatStore", "Conversation", "LocalEngine", "RemoteEngine", "Turn", "TurnStats", "is_base_model",
-           "pick_default"]
+__all__ = [
+    "ChatStore",
+    "Conversation",
+    "LocalEngine",
+    "RemoteEngine",
+    "Turn",
+    "TurnStats",
+    "is_base_model",
+    "pick_default",
+]

@@ -98,8 +98,9 @@ async def cmd_history(app: ChatApp, arg: str) -> None:
         app.say("no saved conversations")
     for conv in convs:
         mark = "*" if conv.id == app.conv.id else " "
-        app.say(f"{mark} {conv.id}  {_when(conv.updated_at)}  {len(conv.turns):>3} msgs  {conv.model:<20} "
-                f"{conv.title}", "")
+        app.say(
+            f"{mark} {conv.id}  {_when(conv.updated_at)}  {len(conv.turns):>3} msgs  {conv.model:<20} {conv.title}", ""
+        )
 
 
 def _valid(conv_id: str) -> bool:
@@ -171,7 +172,18 @@ async def cmd_quit(app: ChatApp, arg: str) -> None:
 
 
 COMMANDS: dict[str, Command] = {
-    "help": cmd_help, "?": cmd_help, "new": cmd_new, "model": cmd_model, "profile": cmd_profile,
-    "system": cmd_system, "history": cmd_history, "export": cmd_export, "plan": cmd_plan, "metrics": cmd_metrics,
-    "recall": cmd_recall, "quit": cmd_quit, "exit": cmd_quit, "bye": cmd_quit,
+    "help": cmd_help,
+    "?": cmd_help,
+    "new": cmd_new,
+    "model": cmd_model,
+    "profile": cmd_profile,
+    "system": cmd_system,
+    "history": cmd_history,
+    "export": cmd_export,
+    "plan": cmd_plan,
+    "metrics": cmd_metrics,
+    "recall": cmd_recall,
+    "quit": cmd_quit,
+    "exit": cmd_quit,
+    "bye": cmd_quit,
 }

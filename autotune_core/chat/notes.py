@@ -26,8 +26,12 @@ def plan_notes(plan: Plan, *, reloaded: bool = False, load_ms: float | None = No
     for warning in getattr(plan, "warnings", None) or []:  # issue 12: a guard lowered a client value
         notes.append(_short(f"warning: {warning}"))
     for entry in plan.trace:
-        if entry.plugin in GUARDS and entry.knob in ("num_ctx", "kv_type") and entry.old is not None \
-                and entry.new != entry.old:
+        if (
+            entry.plugin in GUARDS
+            and entry.knob in ("num_ctx", "kv_type")
+            and entry.old is not None
+            and entry.new != entry.old
+        ):
             notes.append(_short(f"{entry.plugin}: {entry.knob} {entry.old} → {entry.new} ({entry.reason})"))
         elif entry.knob == "messages" and entry.old != entry.new:
             notes.append(_short(f"{entry.plugin}: {entry.reason}"))
@@ -40,8 +44,11 @@ def plan_notes(plan: Plan, *, reloaded: bool = False, load_ms: float | None = No
         notes.append(f"context resized {plan.flags['ctx_resize']}")
     truncated = plan.flags.get("truncated")
     if truncated:
-        detail = truncated if not isinstance(truncated, dict) else \
-            f"backend saw {truncated.get('reported')} of ~{truncated.get('expected')} prompt tokens"
+        detail = (
+            truncated
+            if not isinstance(truncated, dict)
+            else f"backend saw {truncated.get('reported')} of ~{truncated.get('expected')} prompt tokens"
+        )
         notes.append(f"truncated: {detail}")
     capped = plan.flags.get("output_capped")
     if isinstance(capped, dict):
@@ -53,8 +60,9 @@ def plan_notes(plan: Plan, *, reloaded: bool = False, load_ms: float | None = No
 
 def header_notes(headers: dict[str, str]) -> list[str]:
     """Notes from a server's response headers (``--url``)."""
-    notes = [_short(f"warning: {value}") for name, value in headers.items()
-             if name.lower() == "x-autotune-warning" and value]
+    notes = [
+        _short(f"warning: {value}") for name, value in headers.items() if name.lower() == "x-autotune-warning" and value
+    ]
     trace = parse_compact(headers.get("x-autotune-plan", ""))
     messages = trace.get("messages")
     if messages:

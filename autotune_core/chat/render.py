@@ -44,8 +44,9 @@ class AnswerWriter:
 
     def __enter__(self) -> AnswerWriter:
         if self.markdown:
-            self._live = Live(Text(""), console=self.console, refresh_per_second=12, transient=True,
-                              vertical_overflow="visible")
+            self._live = Live(
+                Text(""), console=self.console, refresh_per_second=12, transient=True, vertical_overflow="visible"
+            )
             self._live.start()
         return self
 
@@ -62,8 +63,9 @@ class AnswerWriter:
             self._live.console.print(Markdown(done))
         self._live.update(Markdown(self.pending) if self.pending.strip() else Text(""))
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._live is not None:
             self._live.update(Text(""))
             self._live.stop()

@@ -27,9 +27,11 @@ from .engine import ChatEngine, is_base_model
 from .history import ChatStore, Conversation, Turn
 from .render import AnswerWriter
 
-BASE_MODEL_NOTE = ("note: {model} is a base model (it continues text; it does not follow chat turns), so its "
-                   "answers will look odd. It is here to try autotune offline; for real chat use a chat model "
-                   "from Ollama or another server (--model NAME).")
+BASE_MODEL_NOTE = (
+    "note: {model} is a base model (it continues text; it does not follow chat turns), so its "
+    "answers will look odd. It is here to try autotune offline; for real chat use a chat model "
+    "from Ollama or another server (--model NAME)."
+)
 
 
 @dataclass
@@ -55,8 +57,11 @@ class ChatApp:
 
     async def banner(self) -> None:
         self.backend = await self.engine.backend_of(self.model)
-        self.say(f"autotune chat · {self.model} on {self.backend} ({self.engine.label}) · profile "
-                 f"{self.profile or 'default'} · conversation {self.conv.id}", "bold")
+        self.say(
+            f"autotune chat · {self.model} on {self.backend} ({self.engine.label}) · profile "
+            f"{self.profile or 'default'} · conversation {self.conv.id}",
+            "bold",
+        )
         if self.conv.turns:
             self.say(f"resumed: {len(self.conv.turns)} messages so far ({self.conv.title})")
         if is_base_model(self.backend, self.model):
@@ -85,8 +90,14 @@ class ChatApp:
         """One user turn: stream the answer; Ctrl-C cancels only this task."""
         self.conv.model, self.conv.profile, self.conv.system = self.model, self.profile, self.system
         self.conv.turns.append(Turn(role="user", content=text))
-        request = ChatRequest(model=self.model, messages=self.conv.messages(), stream=True,
-                              max_tokens=self.max_tokens, profile=self.profile, conversation_id=self.conv.id)
+        request = ChatRequest(
+            model=self.model,
+            messages=self.conv.messages(),
+            stream=True,
+            max_tokens=self.max_tokens,
+            profile=self.profile,
+            conversation_id=self.conv.id,
+        )
         writer = AnswerWriter(self.console, self.markdown)
         task = asyncio.ensure_future(self._answer(request, writer))
         loop = asyncio.get_running_loop()
@@ -110,8 +121,14 @@ class ChatApp:
         stats = self.engine.last
         interrupted = task.cancelled()
         if writer.text or interrupted:
-            self.conv.turns.append(Turn(role="assistant", content=writer.text, interrupted=interrupted,
-                                        stats=stats.as_dict() if stats is not None else None))
+            self.conv.turns.append(
+                Turn(
+                    role="assistant",
+                    content=writer.text,
+                    interrupted=interrupted,
+                    stats=stats.as_dict() if stats is not None else None,
+                )
+            )
         if interrupted:
             self.say("[stopped]", "yellow")
         if error is not None:
@@ -176,6 +193,7 @@ def _reader(app: ChatApp) -> Callable[[], Awaitable[str]]:
 
         async def read_tty() -> str:
             return str(await session.prompt_async(">>> "))
+
         return read_tty
 
     async def read_pipe() -> str:
@@ -183,6 +201,7 @@ def _reader(app: ChatApp) -> Callable[[], Awaitable[str]]:
         if not line:
             raise EOFError
         return line.rstrip("\n")
+
     return read_pipe
 
 

@@ -13,8 +13,17 @@ from .. import __version__
 from ..errors import AutotuneError
 
 #: core command modules, each exposing ``register(cli)``
-CORE_COMMANDS = ("plugins_cmd", "config_cmd", "hardware_cmd", "backends_cmd", "plan_cmd", "serve_cmd",
-                 "pull_cmd", "chat_cmd", "proof_cmd")
+CORE_COMMANDS = (
+    "plugins_cmd",
+    "config_cmd",
+    "hardware_cmd",
+    "backends_cmd",
+    "plan_cmd",
+    "serve_cmd",
+    "pull_cmd",
+    "chat_cmd",
+    "proof_cmd",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

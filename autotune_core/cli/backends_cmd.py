@@ -22,11 +22,24 @@ async def _describe(backend: Backend) -> dict[str, Any]:
         ok, reason, version = False, f"{type(exc).__name__}: {exc}", None
     caps = backend.capabilities()
     return {
-        "name": backend.name, "label": backend.label, "reachable": ok, "reason": reason, "version": version,
-        "dialect": caps.dialect, "flavour": getattr(backend, "flavour", None),
-        "url": getattr(backend, "url", None), "can_tokenize": caps.can_tokenize, "can_embed": caps.can_embed,
-        "knobs": {knob: {"scope": caps.scope(knob).value, "reloads": caps.knobs[knob].reloads if knob in caps.knobs
-                         else False, "how": caps.knobs[knob].how if knob in caps.knobs else ""} for knob in KNOBS},
+        "name": backend.name,
+        "label": backend.label,
+        "reachable": ok,
+        "reason": reason,
+        "version": version,
+        "dialect": caps.dialect,
+        "flavour": getattr(backend, "flavour", None),
+        "url": getattr(backend, "url", None),
+        "can_tokenize": caps.can_tokenize,
+        "can_embed": caps.can_embed,
+        "knobs": {
+            knob: {
+                "scope": caps.scope(knob).value,
+                "reloads": caps.knobs[knob].reloads if knob in caps.knobs else False,
+                "how": caps.knobs[knob].how if knob in caps.knobs else "",
+            }
+            for knob in KNOBS
+        },
     }
 
 
@@ -81,8 +94,16 @@ def register(cli: click.Group) -> None:
         if as_json:
             echo_json(described)
             return
-        rows = [[d["name"], "yes" if d["reachable"] else "no", d["version"] or "", d["flavour"] or "",
-                 *[_scope_cell(d["knobs"][k]) for k in KNOBS]] for d in described]
+        rows = [
+            [
+                d["name"],
+                "yes" if d["reachable"] else "no",
+                d["version"] or "",
+                d["flavour"] or "",
+                *[_scope_cell(d["knobs"][k]) for k in KNOBS],
+            ]
+            for d in described
+        ]
         click.echo(table(["backend", "up", "version", "flavour", *KNOBS], rows))
         click.echo("\nrequest = per request, load = at load (* reloads), server = server flags/env only, - = no")
         for d in described:
@@ -97,8 +118,17 @@ def register(cli: click.Group) -> None:
         if as_json:
             echo_json(models)
             return
-        rows = [[m["name"], m["backend"], _size(m["size_bytes"]), m["quantization"] or "", m["context_length"] or "",
-                 ", ".join(m["aliases"])] for m in models]
+        rows = [
+            [
+                m["name"],
+                m["backend"],
+                _size(m["size_bytes"]),
+                m["quantization"] or "",
+                m["context_length"] or "",
+                ", ".join(m["aliases"]),
+            ]
+            for m in models
+        ]
         click.echo(table(["model", "backend", "size", "quant", "context", "aliases"], rows))
         for m in models:
             if m.get("note"):
@@ -112,6 +142,15 @@ def register(cli: click.Group) -> None:
         if as_json:
             echo_json(loaded)
             return
-        rows = [[m["name"], m["backend"], _size(m["size_bytes"]), m["context_length"] or "", m["kv_type"] or "",
-                 m["expires_at"] or ""] for m in loaded]
+        rows = [
+            [
+                m["name"],
+                m["backend"],
+                _size(m["size_bytes"]),
+                m["context_length"] or "",
+                m["kv_type"] or "",
+                m["expires_at"] or "",
+            ]
+            for m in loaded
+        ]
         click.echo(table(["model", "backend", "size", "context", "kv", "expires"], rows))

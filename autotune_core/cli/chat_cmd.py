@@ -16,9 +16,18 @@ from .common import get_host, run
 WORRYING = ("MARGINAL", "SWAP_RISK", "OOM")
 
 
-def _start_chat(model: str | None, profile: str | None, system: str | None, no_swap: bool, url: str | None,
-                resume: str | None, max_tokens: int | None, plain: bool, api_key: str | None,
-                prompt: str | None = None) -> None:
+def _start_chat(
+    model: str | None,
+    profile: str | None,
+    system: str | None,
+    no_swap: bool,
+    url: str | None,
+    resume: str | None,
+    max_tokens: int | None,
+    plain: bool,
+    api_key: str | None,
+    prompt: str | None = None,
+) -> None:
     from ..chat.engine import ChatEngine, LocalEngine, RemoteEngine
     from ..chat.history import ChatStore
     from ..chat.render import make_console
@@ -41,8 +50,16 @@ def _start_chat(model: str | None, profile: str | None, system: str | None, no_s
         if no_swap:
             _require_noswap(host)
         engine = LocalEngine(host)
-    app = ChatApp(engine=engine, console=make_console(), model=model or "", profile=profile, system=system,
-                  max_tokens=max_tokens, markdown=not plain, store=store)
+    app = ChatApp(
+        engine=engine,
+        console=make_console(),
+        model=model or "",
+        profile=profile,
+        system=system,
+        max_tokens=max_tokens,
+        markdown=not plain,
+        store=store,
+    )
     if prompt is not None:  # one answer: only the answer on stdout, the rest on stderr
         from rich.console import Console
 
@@ -69,7 +86,9 @@ def _chat_options(func: Any) -> Any:
         click.option("--profile", type=click.Choice(list(PROFILES)), default=None, help="Profile for this chat."),
         click.option("--system", default=None, help="System prompt."),
         click.option("--no-swap", is_flag=True, help="Refuse to start unless the no-swap guard is on."),
-        click.option("--url", default=None, help="Chat through a running autotune server (e.g. http://127.0.0.1:8765)."),
+        click.option(
+            "--url", default=None, help="Chat through a running autotune server (e.g. http://127.0.0.1:8765)."
+        ),
         click.option("--api-key", default=None, help="The server's API key with --url (or AUTOTUNE_API_KEY)."),
         click.option("--resume", default=None, metavar="ID", help="Continue a saved conversation."),
         click.option("--max-tokens", type=click.IntRange(1), default=None, help="Cap each answer's length."),
@@ -88,8 +107,9 @@ async def _fit(model: str, profile: str | None) -> tuple[str, dict[str, Any] | N
     host = get_host()
     pipeline = Pipeline(host)
     try:
-        prepared = await pipeline.prepare(ChatRequest(model=model, profile=profile,
-                                                      messages=[Message(role="user", content="hello")]))
+        prepared = await pipeline.prepare(
+            ChatRequest(model=model, profile=profile, messages=[Message(role="user", content="hello")])
+        )
     finally:
         await host.stop()
     plan = prepared.plan
@@ -105,8 +125,17 @@ def register(cli: click.Group) -> None:
     @cli.command("chat")
     @click.option("--model", "-m", default=None, help="Model (default: a running backend's best, else embedded).")
     @_chat_options
-    def chat_command(model: str | None, profile: str | None, system: str | None, no_swap: bool, url: str | None,
-                     api_key: str | None, resume: str | None, max_tokens: int | None, plain: bool) -> None:
+    def chat_command(
+        model: str | None,
+        profile: str | None,
+        system: str | None,
+        no_swap: bool,
+        url: str | None,
+        api_key: str | None,
+        resume: str | None,
+        max_tokens: int | None,
+        plain: bool,
+    ) -> None:
         """Chat in the terminal through autotune's pipeline (in-process, or a server with --url)."""
         _start_chat(model, profile, system, no_swap, url, resume, max_tokens, plain, api_key)
 
@@ -115,9 +144,19 @@ def register(cli: click.Group) -> None:
     @click.argument("prompt", required=False)
     @click.option("--yes", "-y", is_flag=True, help="Start even when the fit check warns.")
     @_chat_options
-    def run_command(model: str, prompt: str | None, yes: bool, profile: str | None, system: str | None,
-                    no_swap: bool, url: str | None, api_key: str | None, resume: str | None, max_tokens: int | None,
-                    plain: bool) -> None:
+    def run_command(
+        model: str,
+        prompt: str | None,
+        yes: bool,
+        profile: str | None,
+        system: str | None,
+        no_swap: bool,
+        url: str | None,
+        api_key: str | None,
+        resume: str | None,
+        max_tokens: int | None,
+        plain: bool,
+    ) -> None:
         """Check that MODEL fits this machine, warn with a lighter option if it is tight, then chat.
 
         With PROMPT, answer it once and exit (the answer on stdout, the rest on stderr), as `ollama run` does."""
@@ -130,8 +169,10 @@ def register(cli: click.Group) -> None:
 
             reset_host()  # the chat gets a fresh host (the probe's backends are closed)
             if fit is None:
-                click.echo(f"fit: not assessed for {model} on {backend} (model-fit plugin off, or already loaded)",
-                           err=prompt is not None)
+                click.echo(
+                    f"fit: not assessed for {model} on {backend} (model-fit plugin off, or already loaded)",
+                    err=prompt is not None,
+                )
             else:
                 click.echo(f"fit: {fit['summary']}", err=prompt is not None)
                 if fit["verdict"] in WORRYING:
@@ -139,8 +180,9 @@ def register(cli: click.Group) -> None:
                     for line in advice:
                         click.secho(f"  {line}", fg="yellow", err=True)
                     ask = not yes and prompt is None  # a one-shot prompt warns and goes on
-                    if ask and not click.confirm("start the chat anyway?", default=fit["verdict"] == "MARGINAL",
-                                                 err=True):
+                    if ask and not click.confirm(
+                        "start the chat anyway?", default=fit["verdict"] == "MARGINAL", err=True
+                    ):
                         raise click.exceptions.Exit(1)
         _start_chat(model, profile, system, no_swap, url, resume, max_tokens, plain, api_key, prompt)
 

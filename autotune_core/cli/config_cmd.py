@@ -25,8 +25,10 @@ REDACTED = "***"
 def redact(data: Any) -> Any:
     """A copy with secret-looking values replaced (api_key, token, secret, password)."""
     if isinstance(data, dict):
-        return {key: (REDACTED if SECRET_KEY.search(str(key)) and value not in (None, "") else redact(value))
-                for key, value in data.items()}
+        return {
+            key: (REDACTED if SECRET_KEY.search(str(key)) and value not in (None, "") else redact(value))
+            for key, value in data.items()
+        }
     if isinstance(data, list):
         return [redact(item) for item in data]
     return data

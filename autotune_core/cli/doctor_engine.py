@@ -43,7 +43,10 @@ def running_server(report: Report, settings: Any) -> None:
     if data is None:
         return
     down = [b for b in data.get("backends", []) if isinstance(b, dict) and not b.get("available")]
-    report.add("ok" if not down else "warn", "running server", f"{base} answers ({data.get('status')})"
-               + ("" if not down else f"; {len(down)} backend(s) down there"))
+    report.add(
+        "ok" if not down else "warn",
+        "running server",
+        f"{base} answers ({data.get('status')})" + ("" if not down else f"; {len(down)} backend(s) down there"),
+    )
     for entry in down:
         report.add("warn", f"server backend {entry.get('name')}", str(entry.get("reason") or "not available"))

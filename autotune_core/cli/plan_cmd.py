@@ -24,23 +24,43 @@ from . import doctor_engine
 from .common import echo_json, get_host, run, table
 
 #: fields copied verbatim from an OpenAI or Ollama body into a ChatRequest
-_COPY = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty", "stop",
-         "tools", "tool_choice", "response_format", "think", "keep_alive", "stream")
+_COPY = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "stop",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "think",
+    "keep_alive",
+    "stream",
+)
 
 
 def _text(content: Any) -> str:
     """OpenAI content may be a list of parts; keep the text parts."""
     if isinstance(content, list):
-        return "\n".join(str(part.get("text", "")) for part in content if isinstance(part, dict)
-                         and part.get("type") in ("text", "input_text"))
+        return "\n".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") in ("text", "input_text")
+        )
     return "" if content is None else str(content)
 
 
 def request_from_body(body: dict[str, Any], model: str) -> ChatRequest:
     """An OpenAI ``/v1/chat/completions`` or Ollama ``/api/chat`` / ``/api/generate`` body as a ChatRequest."""
     options = dict(body.get("options") or {})
-    messages = [Message(role=m.get("role", "user"), content=_text(m.get("content")))
-                for m in body.get("messages") or [] if isinstance(m, dict)]
+    messages = [
+        Message(role=m.get("role", "user"), content=_text(m.get("content")))
+        for m in body.get("messages") or []
+        if isinstance(m, dict)
+    ]
     if not messages and body.get("prompt"):
         if body.get("system"):
             messages.append(Message(role="system", content=str(body["system"])))
@@ -50,9 +70,14 @@ def request_from_body(body: dict[str, Any], model: str) -> ChatRequest:
     if isinstance(fields.get("stop"), str):
         fields["stop"] = [fields["stop"]]
     dialect = "ollama" if "options" in body or "prompt" in body else "openai"
-    return ChatRequest(model=body.get("model") or model, messages=messages, options=options, dialect=dialect,
-                       max_tokens=int(max_tokens) if max_tokens is not None and int(max_tokens) >= 0 else None,
-                       **fields)
+    return ChatRequest(
+        model=body.get("model") or model,
+        messages=messages,
+        options=options,
+        dialect=dialect,
+        max_tokens=int(max_tokens) if max_tokens is not None and int(max_tokens) >= 0 else None,
+        **fields,
+    )
 
 
 async def _plan(model: str, request: ChatRequest, backend_name: str | None) -> dict[str, Any]:
@@ -62,13 +87,16 @@ async def _plan(model: str, request: ChatRequest, backend_name: str | None) -> d
     pipeline = Pipeline(host)
     target = f"{backend_name}/{model}" if backend_name else model
     if backend_name and backend_name not in host.backend_classes:
-        raise click.ClickException(f"no backend named {backend_name!r}; registered: "
-                                   f"{', '.join(sorted(host.backend_classes)) or 'none'}")
+        raise click.ClickException(
+            f"no backend named {backend_name!r}; registered: {', '.join(sorted(host.backend_classes)) or 'none'}"
+        )
     try:
         request, backend = await pipeline.resolve(request.model_copy(update={"model": target}))
     except ModelNotFound as exc:
-        raise click.ClickException(f"{exc.message}. `autotune plan` needs a reachable backend serving the model: "
-                                   "start one, or name it with --backend") from None
+        raise click.ClickException(
+            f"{exc.message}. `autotune plan` needs a reachable backend serving the model: "
+            "start one, or name it with --backend"
+        ) from None
     if backend_name:
         availability = await backend.available()
         if not availability.ok:
@@ -79,8 +107,13 @@ async def _plan(model: str, request: ChatRequest, backend_name: str | None) -> d
         wire = backend.wire_options(prepared.plan, prepared.request)
     except Exception as exc:  # a backend bug must not hide the plan
         wire = {"error": f"{type(exc).__name__}: {exc}"}
-    return {"plan": prepared.plan, "wire": wire, "planning_ms": prepared.planning_ms, "backend": backend.name,
-            "model_info": info}
+    return {
+        "plan": prepared.plan,
+        "wire": wire,
+        "planning_ms": prepared.planning_ms,
+        "backend": backend.name,
+        "model_info": info,
+    }
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -99,17 +132,30 @@ def _show(value: Any) -> str:
 
 def _print_plan(data: dict[str, Any]) -> None:
     plan = data["plan"]
-    click.echo(f"model {plan.model} on {data['backend']}, profile {plan.profile}, prompt {plan.prompt_tokens} "
-               f"tokens ({'counted' if plan.prompt_tokens_exact else 'estimated'}), planned in "
-               f"{data['planning_ms']:.2f} ms")
-    knobs = ("num_ctx", "kv_type", "flash_attn", "num_batch", "num_keep", "num_thread", "keep_alive", "max_tokens",
-             "parallel")
+    click.echo(
+        f"model {plan.model} on {data['backend']}, profile {plan.profile}, prompt {plan.prompt_tokens} "
+        f"tokens ({'counted' if plan.prompt_tokens_exact else 'estimated'}), planned in "
+        f"{data['planning_ms']:.2f} ms"
+    )
+    knobs = (
+        "num_ctx",
+        "kv_type",
+        "flash_attn",
+        "num_batch",
+        "num_keep",
+        "num_thread",
+        "keep_alive",
+        "max_tokens",
+        "parallel",
+    )
     rows = [(knob, _show(getattr(plan, knob)), plan.applied.get(knob, "")) for knob in knobs]
     click.echo("\n" + table(("knob", "value", "applied"), rows))
     if plan.pins:
         click.echo("\nyour values (sent unchanged unless a safety guard had to lower them):")
-        pinned = [(v["knob"], _show(v["asked"]), v["origin"], _show(v["sent"]), "kept" if v["kept"] else "LOWERED")
-                  for v in plan.client_values()]
+        pinned = [
+            (v["knob"], _show(v["asked"]), v["origin"], _show(v["sent"]), "kept" if v["kept"] else "LOWERED")
+            for v in plan.client_values()
+        ]
         click.echo(table(("knob", "asked", "from", "sent", ""), pinned))
     if plan.warnings:
         click.echo("\nwarnings:")
@@ -117,8 +163,11 @@ def _print_plan(data: dict[str, Any]) -> None:
             click.echo(f"  ! {line}")
     click.echo("\ntrace (in order):")
     for entry in plan.trace:
-        change = f"{_show(entry.proposed)} proposed, kept {_show(entry.new)}" if entry.kept else \
-            f"{_show(entry.old)} → {_show(entry.new)}"
+        change = (
+            f"{_show(entry.proposed)} proposed, kept {_show(entry.new)}"
+            if entry.kept
+            else f"{_show(entry.old)} → {_show(entry.new)}"
+        )
         click.echo(f"  {entry.plugin:<16} {entry.knob:<11} {change}  {entry.reason}")
     if plan.advice:
         click.echo("\nadvice:")
@@ -133,18 +182,37 @@ def _print_plan(data: dict[str, Any]) -> None:
 @click.argument("model")
 @click.option("-m", "--message", "messages", multiple=True, help="A user message (repeatable).")
 @click.option("--system", default=None, help="A system prompt.")
-@click.option("--file", "body_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A request body (OpenAI or Ollama JSON).")
+@click.option(
+    "--file",
+    "body_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A request body (OpenAI or Ollama JSON).",
+)
 @click.option("--profile", type=click.Choice(["fast", "balanced", "quality"]), default=None)
 @click.option("--max-tokens", type=click.IntRange(min=0), default=None)
-@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="A client option as an Ollama client would send it (num_ctx=8192); repeatable.")
-@click.option("--keep-alive", default=None, help="The client's keep_alive (\"5m\", 0, -1).")
+@click.option(
+    "-o",
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A client option as an Ollama client would send it (num_ctx=8192); repeatable.",
+)
+@click.option("--keep-alive", default=None, help='The client\'s keep_alive ("5m", 0, -1).')
 @click.option("--backend", "backend_name", default=None, help="Plan against this backend only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan_command(model: str, messages: tuple[str, ...], system: str | None, body_file: Path | None,
-                 profile: str | None, max_tokens: int | None, options: tuple[str, ...], keep_alive: str | None,
-                 backend_name: str | None, as_json: bool) -> None:
+def plan_command(
+    model: str,
+    messages: tuple[str, ...],
+    system: str | None,
+    body_file: Path | None,
+    profile: str | None,
+    max_tokens: int | None,
+    options: tuple[str, ...],
+    keep_alive: str | None,
+    backend_name: str | None,
+    as_json: bool,
+) -> None:
     """Dry run: how MODEL's request would be tuned, with every plugin's step, advice and wire options."""
     if body_file is not None:
         try:
@@ -171,10 +239,16 @@ def plan_command(model: str, messages: tuple[str, ...], system: str | None, body
     data = run(_plan(model, request, backend_name))
     if as_json:
         plan = data["plan"]
-        echo_json({"backend": data["backend"], "planning_ms": round(data["planning_ms"], 3),
-                   "plan": plan.model_dump(exclude={"messages"}), "wire_options": data["wire"],
-                   "client_values": plan.client_values(),
-                   "trace_compact": plan.compact_trace()})
+        echo_json(
+            {
+                "backend": data["backend"],
+                "planning_ms": round(data["planning_ms"], 3),
+                "plan": plan.model_dump(exclude={"messages"}),
+                "wire_options": data["wire"],
+                "client_values": plan.client_values(),
+                "trace_compact": plan.compact_trace(),
+            }
+        )
     else:
         _print_plan(data)
 
@@ -227,13 +301,20 @@ async def _check_backends(report: _Report, model: str | None, timeout: float) ->
         names = [entry.name for entry in models]
         target = model if model in names else (names[0] if names and model is None else None)
         if target is None:
-            report.add("warn", f"backend {name}", f"serves {len(names)} model(s)"
-                       + (f"; {model!r} is not one of them" if model else ""))
+            report.add(
+                "warn",
+                f"backend {name}",
+                f"serves {len(names)} model(s)" + (f"; {model!r} is not one of them" if model else ""),
+            )
             continue
         await _server_env_advice(report, pipeline, backend, target)
     if reachable == 0:
-        report.add("fail", "backends", "no backend is reachable: start Ollama / a llama-server, or configure "
-                                       "the embedded llamacpp backend (backends.llamacpp.model_path)")
+        report.add(
+            "fail",
+            "backends",
+            "no backend is reachable: start Ollama / a llama-server, or configure "
+            "the embedded llamacpp backend (backends.llamacpp.model_path)",
+        )
 
 
 async def _server_env_advice(report: _Report, pipeline: Any, backend: Any, model: str) -> None:
@@ -246,8 +327,12 @@ async def _server_env_advice(report: _Report, pipeline: Any, backend: Any, model
         report.add("warn", f"plan {backend.name}/{model}", exc.message)
         return
     plan = prepared.plan
-    report.add("ok", f"plan {backend.name}/{model}", f"planned in {prepared.planning_ms:.2f} ms: "
-               f"num_ctx={plan.num_ctx} kv={plan.kv_type or plan.applied.get('kv_type', '—')}")
+    report.add(
+        "ok",
+        f"plan {backend.name}/{model}",
+        f"planned in {prepared.planning_ms:.2f} ms: "
+        f"num_ctx={plan.num_ctx} kv={plan.kv_type or plan.applied.get('kv_type', '—')}",
+    )
     caps = backend.capabilities()
     for knob in ("kv_type", "flash_attn"):
         support = caps.knobs.get(knob)
@@ -263,12 +348,18 @@ async def _server_env_advice(report: _Report, pipeline: Any, backend: Any, model
         current = os.environ.get(env.group(1)) if env else None
         if env and current is not None:
             same = str(current).lower() in (str(wanted).lower(), "1" if wanted is True else "")
-            report.add("ok" if same else "advice", f"{backend.name} {knob}",
-                       f"this shell has {env.group(1)}={current}; autotune would choose {wanted}"
-                       + ("" if same else f": set {support.how}"))
+            report.add(
+                "ok" if same else "advice",
+                f"{backend.name} {knob}",
+                f"this shell has {env.group(1)}={current}; autotune would choose {wanted}"
+                + ("" if same else f": set {support.how}"),
+            )
         else:
-            report.add("advice", f"{backend.name} {knob}",
-                       f"autotune would choose {wanted} but {backend.name} sets it server-wide: {support.how}")
+            report.add(
+                "advice",
+                f"{backend.name} {knob}",
+                f"autotune would choose {wanted} but {backend.name} sets it server-wide: {support.how}",
+            )
     for line in plan.advice:
         if not any(line.startswith(prefix) for prefix in ("kv_type=", "flash_attn=")):
             report.add("advice", f"{backend.name}/{model}", line)
@@ -283,10 +374,14 @@ def _check_memory(report: _Report) -> None:
         return
     gib = 1024**3
     budget = hardware.memory_budget_bytes()
-    report.add("ok" if budget > gib else "warn", "memory budget",
-               f"{budget / gib:.1f} GiB for models + KV after a 1.5 GiB margin "
-               f"(RAM {hardware.ram_total_bytes / gib:.1f} GiB, {hardware.ram_available_bytes / gib:.1f} available"
-               + (f", GPU {hardware.primary_gpu.name}" if hardware.primary_gpu else "") + ")")
+    report.add(
+        "ok" if budget > gib else "warn",
+        "memory budget",
+        f"{budget / gib:.1f} GiB for models + KV after a 1.5 GiB margin "
+        f"(RAM {hardware.ram_total_bytes / gib:.1f} GiB, {hardware.ram_available_bytes / gib:.1f} available"
+        + (f", GPU {hardware.primary_gpu.name}" if hardware.primary_gpu else "")
+        + ")",
+    )
     try:
         import psutil
 
@@ -297,9 +392,13 @@ def _check_memory(report: _Report) -> None:
         return
     tier = host.pressure.tier if host.pressure is not None else None
     status = "fail" if ram >= 93 else "warn" if ram >= 80 else "ok"
-    report.add(status, "pressure", f"RAM {ram:.0f}% used, swap {swap.percent:.0f}% used"
-               + (f", sampler tier {tier}" if tier else "")
-               + ("" if status == "ok" else ": contexts will be reduced; close other programs"))
+    report.add(
+        status,
+        "pressure",
+        f"RAM {ram:.0f}% used, swap {swap.percent:.0f}% used"
+        + (f", sampler tier {tier}" if tier else "")
+        + ("" if status == "ok" else ": contexts will be reduced; close other programs"),
+    )
 
 
 def _check_config_and_plugins(report: _Report) -> bool:

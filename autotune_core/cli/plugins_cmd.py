@@ -98,8 +98,15 @@ def settings_schema(model: type[BaseModel]) -> list[dict[str, Any]]:
     for key, field in model.model_fields.items():
         type_name = _type_name(field.annotation)
         default = None if field.is_required() else field.get_default(call_default_factory=True)
-        rows.append({"key": key, "type": type_name, "required": field.is_required(), "default": default,
-                     "description": field.description or ""})
+        rows.append(
+            {
+                "key": key,
+                "type": type_name,
+                "required": field.is_required(),
+                "default": default,
+                "description": field.description or "",
+            }
+        )
     return rows
 
 
@@ -129,15 +136,24 @@ def orphan_sections(host: PluginHost) -> list[str]:
         return f"; did you mean {close[0]!r}?" if close else ""
 
     plugins = host.config.plugins
-    out = [f"[plugins.{name}] in {host.config.source} matches no installed plugin{hint(name)}"
-           for name in sorted(plugins.settings) if name not in host.records]
-    lists = {"[plugins] disabled": plugins.disabled, "[plugins] enabled": plugins.enabled,
-             "[server] plugins": host.config.server.plugins or []}
+    out = [
+        f"[plugins.{name}] in {host.config.source} matches no installed plugin{hint(name)}"
+        for name in sorted(plugins.settings)
+        if name not in host.records
+    ]
+    lists = {
+        "[plugins] disabled": plugins.disabled,
+        "[plugins] enabled": plugins.enabled,
+        "[server] plugins": host.config.server.plugins or [],
+    }
     for var in ("AUTOTUNE_LOAD_PLUGINS", "AUTOTUNE_DISABLE_PLUGINS"):
         lists[var] = [n.strip() for n in host.env.get(var, "").split(",") if n.strip()]
     for where, names in lists.items():
-        out += [f"{where} names {name!r}, which is not an installed plugin{hint(name)}"
-                for name in names if name not in host.records]
+        out += [
+            f"{where} names {name!r}, which is not an installed plugin{hint(name)}"
+            for name in names
+            if name not in host.records
+        ]
     return out
 
 
@@ -164,9 +180,19 @@ def list_plugins(as_json: bool, order: bool, only_hook: str | None) -> None:
     rows = []
     for r in records:
         note = r.reason or (f"{r.failures} failure(s): {r.last_failure}" if r.failures else "")
-        rows.append([r.name, r.version or "-", r.source, r.status, r.tier, _short(r.hooks),
-                     " ".join(f"{h.removeprefix('choose_')}:{p}" for h, p in r.fold_positions.items()) or "-",
-                     _short(r.registered, 30) or "-", note[:70]])
+        rows.append(
+            [
+                r.name,
+                r.version or "-",
+                r.source,
+                r.status,
+                r.tier,
+                _short(r.hooks),
+                " ".join(f"{h.removeprefix('choose_')}:{p}" for h, p in r.fold_positions.items()) or "-",
+                _short(r.registered, 30) or "-",
+                note[:70],
+            ]
+        )
     click.echo(table(["NAME", "VERSION", "SOURCE", "STATUS", "TIER", "HOOKS", "FOLD", "REGISTERED", "NOTE"], rows))
     counts: dict[str, int] = {}
     for r in records:
@@ -196,8 +222,11 @@ def info(name: str, as_json: bool) -> None:
     data["settings_schema"] = settings_schema(model) if model is not None else []
     data["settings"] = _current_settings(host, name)
     data["config_section"] = f"[plugins.{name}]"
-    data["calls"] = {hook: [row["position"] for row in rows if row["plugin"] == name]
-                     for hook, rows in hook_order(host).items() if any(row["plugin"] == name for row in rows)}
+    data["calls"] = {
+        hook: [row["position"] for row in rows if row["plugin"] == name]
+        for hook, rows in hook_order(host).items()
+        if any(row["plugin"] == name for row in rows)
+    }
     if as_json:
         echo_json(data)
         return
@@ -210,15 +239,25 @@ def info(name: str, as_json: bool) -> None:
         click.echo(f"{'reason:':<12}{record.reason}")
     if record.failures:
         click.echo(f"{'failures:':<12}{record.failures} (last: {record.last_failure})")
-    calls = ", ".join(f"{hook} #{'/#'.join(map(str, pos))}"
-                      + (f" [{record.fold_positions[hook]}]" if hook in record.fold_positions else "")
-                      for hook, pos in data["calls"].items())
+    calls = ", ".join(
+        f"{hook} #{'/#'.join(map(str, pos))}"
+        + (f" [{record.fold_positions[hook]}]" if hook in record.fold_positions else "")
+        for hook, pos in data["calls"].items()
+    )
     click.echo(f"{'hooks:':<12}{calls or ', '.join(record.hooks) or '-'}")
     click.echo(f"{'registered:':<12}{', '.join(record.registered) or '-'}")
     if data["settings_schema"]:
         click.echo(f"\nsettings ({data['config_section']} in the config file):")
-        rows = [[s["key"], s["type"], "required" if s["required"] else repr(s["default"]),
-                 repr(data["settings"].get(s["key"])), s["description"]] for s in data["settings_schema"]]
+        rows = [
+            [
+                s["key"],
+                s["type"],
+                "required" if s["required"] else repr(s["default"]),
+                repr(data["settings"].get(s["key"])),
+                s["description"],
+            ]
+            for s in data["settings_schema"]
+        ]
         click.echo(table(["KEY", "TYPE", "DEFAULT", "CURRENT", "DESCRIPTION"], rows))
     else:
         click.echo("\nsettings: none")
@@ -242,8 +281,7 @@ def _toggle(name: str, enable: bool) -> None:
     host = get_host()
     record = find_record(host, name)
     if name in ESSENTIAL or record.tier == "essential":
-        raise click.UsageError(f"plugin {name!r} is essential and cannot be "
-                               f"{'enabled or ' if enable else ''}disabled.")
+        raise click.UsageError(f"plugin {name!r} is essential and cannot be {'enabled or ' if enable else ''}disabled.")
     path = config_path()
     table_ = read_toml(path).get("plugins", {})
     disabled = [n for n in table_.get("disabled", []) if n != name]

@@ -23,8 +23,14 @@ class _Bar:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         console = Console(stderr=True)
-        self.progress = Progress(TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console, transient=True)
+        self.progress = Progress(
+            TextColumn("{task.description:<44}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
         self.task = self.progress.add_task("starting", total=None)
         #: not a terminal (a CI log): one line per phase instead of a bar
         self.lines = not console.is_terminal
@@ -36,8 +42,9 @@ class _Bar:
         self.progress.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.progress.stop()
 
     def total(self, steps: int) -> None:
@@ -60,20 +67,52 @@ def register(cli: click.Group) -> None:
     @click.option("--model", "-m", default=None, help="Model (default: a running backend's best, else embedded).")
     @click.option("--backend", "-b", default=None, help="Use this backend only (ollama, openai, llamacpp, ...).")
     @click.option("--quick", is_flag=True, help="A small run (about a minute on the embedded model).")
-    @click.option("--runs", type=click.IntRange(1, 100), default=None,
-                  help="Pairs per scenario (default 6; quick: 1–3). Short chats use at least 12 in a full run.")
-    @click.option("--scenario", "scenarios", multiple=True, type=click.Choice(SCENARIOS),
-                  help="Only these scenarios (repeatable).")
+    @click.option(
+        "--runs",
+        type=click.IntRange(1, 100),
+        default=None,
+        help="Pairs per scenario (default 6; quick: 1–3). Short chats use at least 12 in a full run.",
+    )
+    @click.option(
+        "--scenario",
+        "scenarios",
+        multiple=True,
+        type=click.Choice(SCENARIOS),
+        help="Only these scenarios (repeatable).",
+    )
     @click.option("--no-direct", is_flag=True, help="Skip the backend-direct arm.")
-    @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                  help="Write every sample and the findings as JSON.")
-    @click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                  help="Write the tables as Markdown.")
-    @click.option("--chart", "chart_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                  help="Write a PNG chart (needs matplotlib: pip install 'autotune[proof]').")
-    def proof_command(model: str | None, backend: str | None, quick: bool, runs: int | None,
-                      scenarios: tuple[str, ...], no_direct: bool, json_path: Path | None, md_path: Path | None,
-                      chart_path: Path | None) -> None:
+    @click.option(
+        "--json",
+        "json_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Write every sample and the findings as JSON.",
+    )
+    @click.option(
+        "--markdown",
+        "md_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Write the tables as Markdown.",
+    )
+    @click.option(
+        "--chart",
+        "chart_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Write a PNG chart (needs matplotlib: pip install 'autotune[proof]').",
+    )
+    def proof_command(
+        model: str | None,
+        backend: str | None,
+        quick: bool,
+        runs: int | None,
+        scenarios: tuple[str, ...],
+        no_direct: bool,
+        json_path: Path | None,
+        md_path: Path | None,
+        chart_path: Path | None,
+    ) -> None:
         """Default stack vs autotune with every optimization off (and vs the server direct): paired, interleaved,
         warmed alike, with 95 % confidence intervals. A difference inside the noise is reported as none."""
         import os
@@ -84,8 +123,15 @@ def register(cli: click.Group) -> None:
         from ..proof.report import print_tables, to_json, to_markdown, write_chart, write_json
         from ..proof.runner import ProofConfig, run_proof
 
-        config = ProofConfig(model=model, backend=backend, quick=quick, runs=runs, direct=not no_direct,
-                             env=dict(os.environ), only=list(scenarios) or None)
+        config = ProofConfig(
+            model=model,
+            backend=backend,
+            quick=quick,
+            runs=runs,
+            direct=not no_direct,
+            env=dict(os.environ),
+            only=list(scenarios) or None,
+        )
         console = Console()
         if not console.is_terminal:
             console = Console(width=160)  # a file or a pipe: do not squeeze the tables to 80 columns
@@ -100,8 +146,10 @@ def register(cli: click.Group) -> None:
         console.print()
         for line in headline(findings):
             console.print(f"[bold]•[/] {line}")
-        console.print(f"[dim]{result.model} on {result.backend}: {result.wall_s:.1f} s wall, {result.cpu_s:.1f} s CPU, "
-                      f"load average {result.load_average[0]:.1f} → {result.load_average[1]:.1f}[/]")
+        console.print(
+            f"[dim]{result.model} on {result.backend}: {result.wall_s:.1f} s wall, {result.cpu_s:.1f} s CPU, "
+            f"load average {result.load_average[0]:.1f} → {result.load_average[1]:.1f}[/]"
+        )
         if json_path is not None:
             write_json(json_path, to_json(result, findings, command))
             console.print(f"JSON: {json_path}")

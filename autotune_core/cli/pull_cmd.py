@@ -36,9 +36,15 @@ class ProgressView:
         )
 
         self.console = Console(stderr=True, quiet=quiet)
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                 TransferSpeedColumn(), TimeRemainingColumn(), console=self.console,
-                                 transient=False)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
         self.tasks: dict[str, Any] = {}
         self.last_status: str | None = None
 
@@ -94,14 +100,32 @@ def register(cli: click.Group) -> None:
     @click.option("--file", "file", metavar="NAME.gguf", help="the GGUF file of the repository to fetch")
     @click.option("--quant", metavar="QUANT", help="pick the repository's file of this quant (e.g. Q4_K_M)")
     @click.option("--revision", metavar="REV", help="branch, tag or commit on the Hub (default: main)")
-    @click.option("--backend", "target", type=click.Choice(BACKENDS), default="auto", show_default=True,
-                  help="llamacpp: download the GGUF for the embedded engine; ollama: Ollama's /api/pull")
-    @click.option("--endpoint", metavar="URL", default=None,
-                  help="the Hub's address (default: $HF_ENDPOINT, else https://huggingface.co)")
+    @click.option(
+        "--backend",
+        "target",
+        type=click.Choice(BACKENDS),
+        default="auto",
+        show_default=True,
+        help="llamacpp: download the GGUF for the embedded engine; ollama: Ollama's /api/pull",
+    )
+    @click.option(
+        "--endpoint",
+        metavar="URL",
+        default=None,
+        help="the Hub's address (default: $HF_ENDPOINT, else https://huggingface.co)",
+    )
     @click.option("--json", "as_json", is_flag=True, help="print the result as JSON (progress stays on stderr)")
     @click.option("--quiet", "-q", is_flag=True, help="no progress output")
-    def pull_command(model: str, file: str | None, quant: str | None, revision: str | None, target: str,
-                     endpoint: str | None, as_json: bool, quiet: bool) -> None:
+    def pull_command(
+        model: str,
+        file: str | None,
+        quant: str | None,
+        revision: str | None,
+        target: str,
+        endpoint: str | None,
+        as_json: bool,
+        quiet: bool,
+    ) -> None:
         """Fetch MODEL so a backend can serve it: a GGUF from Hugging Face (resumable, checksum-verified) or,
         for Ollama, through its /api/pull.
 
@@ -140,8 +164,16 @@ def register(cli: click.Group) -> None:
         _hub_pull(model, file=file, quant=quant, revision=revision, endpoint=endpoint, as_json=as_json, quiet=quiet)
 
 
-def _hub_pull(model: str, *, file: str | None, quant: str | None, revision: str | None, endpoint: str | None,
-              as_json: bool, quiet: bool) -> None:
+def _hub_pull(
+    model: str,
+    *,
+    file: str | None,
+    quant: str | None,
+    revision: str | None,
+    endpoint: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     from ..hub import pull_dir, pull_gguf
     from ..model_refs import parse_ref
 

@@ -11,8 +11,13 @@ import click
 @click.command("serve")
 @click.option("--host", default=None, help="Address to bind (default: [server] host, 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default: [server] port, 8765).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Config file (default: the platform config path or $AUTOTUNE_CONFIG).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Config file (default: the platform config path or $AUTOTUNE_CONFIG).",
+)
 @click.option("--profile", default=None, help="Tuning profile: fast, balanced or quality.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(host: str | None, port: int | None, config_path: str | None, profile: str | None, log_level: str) -> None:
@@ -49,8 +54,10 @@ def status(host: str | None, port: int | None, config_path: str | None, as_json:
     queue = data.get("queue")
     if queue:
         slots = f" (server slots: {queue['backend_slots']})" if queue.get("backend_slots") else ""
-        click.echo(f"  queue: {queue['active']}/{queue.get('limit', queue['max_concurrent'])} active{slots}, "
-                   f"{queue['queued']}/{queue['max_queued']} waiting")
+        click.echo(
+            f"  queue: {queue['active']}/{queue.get('limit', queue['max_concurrent'])} active{slots}, "
+            f"{queue['queued']}/{queue['max_queued']} waiting"
+        )
     pressure = data.get("pressure")
     if pressure:
         click.echo(f"  memory pressure: {pressure['tier']}")
@@ -63,8 +70,11 @@ def _echo_plugin_status(name: str, report: Any) -> None:
     if not isinstance(report, dict):
         click.echo(f"  {name}: {report}")
         return
-    scalars = ", ".join(f"{key}={value}" for key, value in report.items()
-                        if isinstance(value, str | int | float | bool) and value not in ("", None))
+    scalars = ", ".join(
+        f"{key}={value}"
+        for key, value in report.items()
+        if isinstance(value, str | int | float | bool) and value not in ("", None)
+    )
     click.echo(f"  {name}: {scalars}")
     for key, value in report.items():
         if isinstance(value, list) and value:

@@ -32,6 +32,17 @@ from typing import Any, Protocol
 
 import psutil
 
+from .part_tables import (
+    _X86_VENDORS,
+    AMD_APU_DEVICES,
+    AMD_APU_GFX,
+    AMD_DEVICE_BY_VRAM,
+    AMD_DEVICE_NAMES,
+    ARM_IMPLEMENTERS,
+    ARM_PARTS,
+    INTEL_DISCRETE,
+    INTEL_INTEGRATED_NAMES,
+)
 from .snapshot import CpuInfo, GiB, GpuInfo, HardwareSnapshot
 
 log = logging.getLogger(__name__)
@@ -43,73 +54,12 @@ MiB = 1024**2
 NVIDIA_FIELDS: tuple[str, ...] = ("name", "memory.total", "memory.used", "compute_cap", "driver_version")
 #: drivers older than 510 do not know ``compute_cap``; the query is retried without it
 NVIDIA_LEGACY_FIELDS: tuple[str, ...] = ("name", "memory.total", "memory.used", "driver_version")
-ROCM_SMI_ARGV: tuple[str, ...] = (
-    "rocm-smi", "--showproductname", "--showmeminfo", "vram", "--showuniqueid", "--json")
+ROCM_SMI_ARGV: tuple[str, ...] = ("rocm-smi", "--showproductname", "--showmeminfo", "vram", "--showuniqueid", "--json")
 
 AMD_PCI_VENDOR = 0x1002
 INTEL_PCI_VENDOR = 0x8086
 NVIDIA_PCI_VENDOR = 0x10DE
 
-#: gfx targets of AMD APUs (integrated GPUs sharing system RAM)
-AMD_APU_GFX: frozenset[str] = frozenset({
-    "gfx801", "gfx902", "gfx909", "gfx90c", "gfx1013", "gfx1033", "gfx1035", "gfx1036", "gfx1037",
-    "gfx1103", "gfx1150", "gfx1151", "gfx1152", "gfx1153",
-})
-#: PCI device ids of AMD APU GPUs, for when the gfx target is unknown
-AMD_APU_DEVICES: frozenset[int] = frozenset({
-    0x15DD, 0x15D8, 0x1636, 0x1638, 0x164C, 0x1681, 0x164E, 0x1506, 0x163F,
-    0x15BF, 0x15C8, 0x1900, 0x1901, 0x150E, 0x1586, 0x1114,
-})
-#: names for AMD PCI device ids that sysfs alone cannot name (no rocm-smi, no product_name)
-AMD_DEVICE_NAMES: dict[int, str] = {
-    0x1586: "AMD Radeon 8060S Graphics", 0x150E: "AMD Radeon 890M Graphics",
-    0x15BF: "AMD Radeon 780M Graphics", 0x1900: "AMD Radeon 780M Graphics", 0x15C8: "AMD Radeon 740M Graphics",
-    0x1681: "AMD Radeon 680M", 0x164E: "AMD Radeon Graphics (Raphael)",
-    0x744C: "AMD Radeon RX 7900 XT/7900 XTX", 0x7448: "AMD Radeon PRO W7900", 0x747E: "AMD Radeon RX 7800 XT",
-    0x7480: "AMD Radeon RX 7600", 0x73BF: "AMD Radeon RX 6800/6900 XT", 0x7550: "AMD Radeon RX 9070/9070 XT",
-    0x740C: "AMD Instinct MI250X/MI250", 0x740F: "AMD Instinct MI210", 0x74A1: "AMD Instinct MI300X",
-}
-#: parts sharing a PCI device id, told apart by VRAM size (GiB, rounded)
-AMD_DEVICE_BY_VRAM: dict[int, dict[int, str]] = {
-    0x744C: {24: "AMD Radeon RX 7900 XTX", 20: "AMD Radeon RX 7900 XT", 16: "AMD Radeon RX 7900 GRE"},
-}
-#: Intel discrete (Arc) PCI device ids -> name; any other Intel GPU is integrated
-INTEL_DISCRETE: dict[int, str] = {
-    0x56A0: "Intel Arc A770", 0x56A1: "Intel Arc A750", 0x56A2: "Intel Arc A580", 0x56A5: "Intel Arc A380",
-    0x56A6: "Intel Arc A310", 0xE20B: "Intel Arc B580", 0xE20C: "Intel Arc B570",
-}
-#: a few common Intel integrated GPUs
-INTEL_INTEGRATED_NAMES: dict[int, str] = {
-    0x9A49: "Intel Iris Xe Graphics", 0x9A40: "Intel Iris Xe Graphics", 0x46A6: "Intel Iris Xe Graphics",
-    0x46A8: "Intel Iris Xe Graphics", 0xA7A0: "Intel Iris Xe Graphics", 0xA7A1: "Intel Iris Xe Graphics",
-    0x7D55: "Intel Arc Graphics", 0x7DD5: "Intel Arc Graphics", 0x64A0: "Intel Arc 140V GPU",
-    0x4680: "Intel UHD Graphics 770", 0xA780: "Intel UHD Graphics 770", 0x3E92: "Intel UHD Graphics 630",
-    0x3E9B: "Intel UHD Graphics 630", 0x9BC5: "Intel UHD Graphics 630",
-}
-#: ARM CPU implementer codes (/proc/cpuinfo "CPU implementer") -> vendor
-ARM_IMPLEMENTERS: dict[int, str] = {
-    0x41: "arm", 0x42: "broadcom", 0x43: "cavium", 0x46: "fujitsu", 0x48: "hisilicon", 0x4E: "nvidia",
-    0x51: "qualcomm", 0x53: "samsung", 0x61: "apple", 0x6D: "microsoft", 0xC0: "ampere",
-}
-#: (implementer, part) -> core name
-ARM_PARTS: dict[tuple[int, int], str] = {
-    (0x41, 0xD03): "Cortex-A53", (0x41, 0xD04): "Cortex-A35", (0x41, 0xD05): "Cortex-A55",
-    (0x41, 0xD07): "Cortex-A57", (0x41, 0xD08): "Cortex-A72", (0x41, 0xD09): "Cortex-A73",
-    (0x41, 0xD0A): "Cortex-A75", (0x41, 0xD0B): "Cortex-A76", (0x41, 0xD0C): "Neoverse-N1",
-    (0x41, 0xD0D): "Cortex-A77", (0x41, 0xD40): "Neoverse-V1", (0x41, 0xD41): "Cortex-A78",
-    (0x41, 0xD44): "Cortex-X1", (0x41, 0xD46): "Cortex-A510", (0x41, 0xD47): "Cortex-A710",
-    (0x41, 0xD48): "Cortex-X2", (0x41, 0xD49): "Neoverse-N2", (0x41, 0xD4B): "Cortex-A78C",
-    (0x41, 0xD4D): "Cortex-A715", (0x41, 0xD4E): "Cortex-X3", (0x41, 0xD4F): "Neoverse-V2",
-    (0x41, 0xD80): "Cortex-A520", (0x41, 0xD81): "Cortex-A720", (0x41, 0xD82): "Cortex-X4",
-    (0x41, 0xD84): "Neoverse-V3", (0x41, 0xD85): "Cortex-X925", (0x41, 0xD87): "Cortex-A725",
-    (0x41, 0xD8E): "Neoverse-N3",
-    (0xC0, 0xAC3): "Ampere-1", (0xC0, 0xAC4): "Ampere-1a",
-    (0x51, 0x001): "Oryon",
-}
-_X86_VENDORS: dict[str, str] = {
-    "GenuineIntel": "intel", "AuthenticAMD": "amd", "HygonGenuine": "hygon", "CentaurHauls": "centaur",
-    "Shanghai": "zhaoxin",
-}
 _NA_VALUES = frozenset({"", "n/a", "[n/a]", "[not supported]", "not supported", "[unknown error]", "none"})
 
 
@@ -123,8 +73,15 @@ def run_command(argv: list[str], timeout: float = COMMAND_TIMEOUT_S) -> str | No
     """The real :class:`CommandRunner`: stdout of a successful run, else None. Never raises."""
     try:
         proc = subprocess.run(
-            argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout, check=False,
-            encoding="utf-8", errors="replace", creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+            argv,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+            encoding="utf-8",
+            errors="replace",
+            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+        )
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         log.debug("%s: %s", argv[0] if argv else "?", exc)
         return None
@@ -236,8 +193,14 @@ def parse_proc_cpuinfo(text: str, machine: str = "") -> CpuInfo:
         arch = "x86_64" if "lm" in flags else "x86"
     cores = {(c.get("physical id", "0"), c["core id"]) for c in cpus if "core id" in c}
     physical = len(cores) or logical
-    return CpuInfo(brand=brand or "unknown", arch=arch or "unknown", vendor=vendor or "unknown",
-                   cores_physical=physical, cores_logical=logical, flags=flags)
+    return CpuInfo(
+        brand=brand or "unknown",
+        arch=arch or "unknown",
+        vendor=vendor or "unknown",
+        cores_physical=physical,
+        cores_logical=logical,
+        flags=flags,
+    )
 
 
 def _sysctl(runner: CommandRunner, key: str) -> str | None:
@@ -253,8 +216,14 @@ def _cpu_from_sysctl(runner: CommandRunner) -> CpuInfo:
     vendor = "apple" if brand.startswith("Apple") else "intel" if "intel" in brand.lower() else "unknown"
     flags = (_sysctl(runner, "machdep.cpu.features") or "").lower().split() if vendor == "intel" else []
     logical = logical or physical or 1
-    return CpuInfo(brand=brand or "unknown", arch=machine or "unknown", vendor=vendor,
-                   cores_physical=physical or logical, cores_logical=logical, flags=flags)
+    return CpuInfo(
+        brand=brand or "unknown",
+        arch=machine or "unknown",
+        vendor=vendor,
+        cores_physical=physical or logical,
+        cores_logical=logical,
+        flags=flags,
+    )
 
 
 def _cpu_from_py_cpuinfo(base: CpuInfo) -> CpuInfo:
@@ -268,12 +237,16 @@ def _cpu_from_py_cpuinfo(base: CpuInfo) -> CpuInfo:
         return base
     vendor = str(info.get("vendor_id_raw") or "")
     flags = [str(f) for f in info.get("flags") or []]
-    return base.model_copy(update={
-        "brand": _clean(str(info.get("brand_raw") or "")) or base.brand,
-        "arch": base.arch if base.arch != "unknown" else str(info.get("arch_string_raw") or "unknown"),
-        "vendor": base.vendor if base.vendor != "unknown" else _X86_VENDORS.get(vendor, vendor.lower() or "unknown"),
-        "flags": base.flags or flags,
-    })
+    return base.model_copy(
+        update={
+            "brand": _clean(str(info.get("brand_raw") or "")) or base.brand,
+            "arch": base.arch if base.arch != "unknown" else str(info.get("arch_string_raw") or "unknown"),
+            "vendor": base.vendor
+            if base.vendor != "unknown"
+            else _X86_VENDORS.get(vendor, vendor.lower() or "unknown"),
+            "flags": base.flags or flags,
+        }
+    )
 
 
 def _detect_cpu(system: str, root: Path, runner: CommandRunner, *, local: bool) -> CpuInfo:
@@ -343,10 +316,17 @@ def parse_nvidia_smi(text: str, fields: tuple[str, ...] = NVIDIA_FIELDS) -> list
             continue
         total = _mib(row.get("memory.total"))
         # GB10 (DGX Spark) and Jetson share system RAM and report no memory of their own
-        gpus.append(GpuInfo(vendor="nvidia", name=name, memory_total_bytes=total or 0,
-                            memory_used_bytes=_mib(row.get("memory.used")) if total is not None else None,
-                            compute_capability=_na(row.get("compute_cap")), integrated=total is None,
-                            driver=_na(row.get("driver_version"))))
+        gpus.append(
+            GpuInfo(
+                vendor="nvidia",
+                name=name,
+                memory_total_bytes=total or 0,
+                memory_used_bytes=_mib(row.get("memory.used")) if total is not None else None,
+                compute_capability=_na(row.get("compute_cap")),
+                integrated=total is None,
+                driver=_na(row.get("driver_version")),
+            )
+        )
     return gpus
 
 
@@ -377,7 +357,7 @@ def _json_object(text: str) -> dict[str, Any]:
     if start < 0 or end <= start:
         return {}
     try:
-        data = json.loads(text[start:end + 1])
+        data = json.loads(text[start : end + 1])
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
@@ -432,13 +412,21 @@ def parse_rocm_smi(*outputs: str) -> list[GpuInfo]:
         used = _parse_int(fields.get("vram total used memory (b)", ""))
         gfx = _na(fields.get("gfx version"))
         device = _parse_int(fields.get("device id", "") or fields.get("card model", ""))
-        name = _amd_name(fields.get("card series") or fields.get("device name"), fields.get("card model"),
-                         device, total or 0)
+        name = _amd_name(
+            fields.get("card series") or fields.get("device name"), fields.get("card model"), device, total or 0
+        )
         if name is None and total is None:
             continue
-        gpus.append(GpuInfo(vendor="amd", name=name or (f"AMD GPU ({gfx})" if gfx else "AMD GPU"),
-                            memory_total_bytes=total or 0, memory_used_bytes=used,
-                            gfx_target=gfx.lower() if gfx else None, integrated=_amd_integrated(gfx, device)))
+        gpus.append(
+            GpuInfo(
+                vendor="amd",
+                name=name or (f"AMD GPU ({gfx})" if gfx else "AMD GPU"),
+                memory_total_bytes=total or 0,
+                memory_used_bytes=used,
+                gfx_target=gfx.lower() if gfx else None,
+                integrated=_amd_integrated(gfx, device),
+            )
+        )
     return gpus
 
 
@@ -475,7 +463,7 @@ def _kfd_gpu_nodes(root: Path) -> list[dict[str, int]]:
 
 
 def _pci_location(slot: str) -> tuple[int, int] | None:
-    """"0000:c5:00.0" -> (domain, KFD location_id = bus << 8 | device << 3 | function)."""
+    """ "0000:c5:00.0" -> (domain, KFD location_id = bus << 8 | device << 3 | function)."""
     match = re.fullmatch(r"([0-9a-fA-F]+):([0-9a-fA-F]+):([0-9a-fA-F]+)\.([0-7])", slot.strip())
     if match is None:
         return None
@@ -529,7 +517,7 @@ def _match_kfd(card: _DrmCard, nodes: list[dict[str, int]], used: set[int]) -> d
 
 
 def _apu_name_from_cpu(cpu_brand: str) -> str | None:
-    """"AMD RYZEN AI MAX+ 395 w/ Radeon 8060S" -> "AMD Radeon 8060S"."""
+    """ "AMD RYZEN AI MAX+ 395 w/ Radeon 8060S" -> "AMD Radeon 8060S"."""
     match = re.search(r"\bw/\s*(Radeon.*)$", cpu_brand, re.IGNORECASE)
     return f"AMD {_clean(match.group(1))}" if match else None
 
@@ -550,9 +538,17 @@ def _amd_from_sysfs(cards: list[_DrmCard], nodes: list[dict[str, int]], cpu_bran
         name = name or _amd_name(None, None, card.device, total)
         if not name:
             name = f"AMD Radeon ({gfx})" if gfx else f"AMD GPU 0x{card.device or 0:04x}"
-        gpus.append(GpuInfo(vendor="amd", name=name, memory_total_bytes=total,
-                            memory_used_bytes=card.read_int("mem_info_vram_used"), gfx_target=gfx,
-                            integrated=integrated, driver=card.uevent.get("DRIVER")))
+        gpus.append(
+            GpuInfo(
+                vendor="amd",
+                name=name,
+                memory_total_bytes=total,
+                memory_used_bytes=card.read_int("mem_info_vram_used"),
+                gfx_target=gfx,
+                integrated=integrated,
+                driver=card.uevent.get("DRIVER"),
+            )
+        )
     return gpus
 
 
@@ -568,8 +564,15 @@ def _intel_from_sysfs(cards: list[_DrmCard]) -> list[GpuInfo]:
         else:
             name = INTEL_INTEGRATED_NAMES.get(device, f"Intel Graphics 0x{device:04x}")
         total = card.read_int("mem_info_vram_total") or 0
-        gpus.append(GpuInfo(vendor="intel", name=name, memory_total_bytes=total, integrated=not discrete,
-                            driver=card.uevent.get("DRIVER")))
+        gpus.append(
+            GpuInfo(
+                vendor="intel",
+                name=name,
+                memory_total_bytes=total,
+                integrated=not discrete,
+                driver=card.uevent.get("DRIVER"),
+            )
+        )
     return gpus
 
 
@@ -597,8 +600,7 @@ def _detect_amd(runner: CommandRunner, root: Path, cards: list[_DrmCard] | None,
             amd_nodes = [n for n in nodes if n.get("vendor_id", AMD_PCI_VENDOR) == AMD_PCI_VENDOR]
             if len(amd_nodes) != len(gpus):
                 amd_nodes = []
-            return [_complete_rocm_gpu(g, amd_nodes[i] if amd_nodes else None, cpu_brand)
-                    for i, g in enumerate(gpus)]
+            return [_complete_rocm_gpu(g, amd_nodes[i] if amd_nodes else None, cpu_brand) for i, g in enumerate(gpus)]
     return _amd_from_sysfs(cards or [], nodes, cpu_brand)
 
 
@@ -612,8 +614,9 @@ def _detect_apple(runner: CommandRunner, cpu: CpuInfo) -> tuple[list[GpuInfo], i
     if not brand.startswith("Apple"):
         return [], memsize
     chip = brand.removeprefix("Apple").strip() or None
-    return [GpuInfo(vendor="apple", name=brand, memory_total_bytes=memsize or 0, apple_chip=chip,
-                    integrated=True)], memsize
+    return [
+        GpuInfo(vendor="apple", name=brand, memory_total_bytes=memsize or 0, apple_chip=chip, integrated=True)
+    ], memsize
 
 
 # -- entry point -----------------------------------------------------------------------------------
@@ -667,9 +670,16 @@ def detect_hardware(
             ram_total = memsize
             ram_available = min(ram_available, ram_total)
 
-    return HardwareSnapshot(os=system.lower(), cpu=cpu, ram_total_bytes=ram_total,
-                            ram_available_bytes=ram_available, swap_total_bytes=swap_total,
-                            swap_used_bytes=swap_used, gpus=gpus, unified_memory=unified)
+    return HardwareSnapshot(
+        os=system.lower(),
+        cpu=cpu,
+        ram_total_bytes=ram_total,
+        ram_available_bytes=ram_available,
+        swap_total_bytes=swap_total,
+        swap_used_bytes=swap_used,
+        gpus=gpus,
+        unified_memory=unified,
+    )
 
 
 def _psutil_memory(vm: Callable[[], Any], swap: Callable[[], Any]) -> tuple[int, int, int, int]:
@@ -706,8 +716,12 @@ def snapshot_to_table(snapshot: HardwareSnapshot) -> list[tuple[str, str]]:
         ("CPU arch", f"{cpu.arch} ({cpu.vendor})" if cpu.vendor != "unknown" else cpu.arch),
         ("CPU cores", f"{cpu.cores_physical} physical, {cpu.cores_logical} logical"),
         ("RAM", f"{human_gib(snapshot.ram_total_bytes)} total, {human_gib(snapshot.ram_available_bytes)} available"),
-        ("Swap", f"{human_gib(snapshot.swap_total_bytes)} total, {human_gib(snapshot.swap_used_bytes)} used"
-         if snapshot.swap_total_bytes else "none"),
+        (
+            "Swap",
+            f"{human_gib(snapshot.swap_total_bytes)} total, {human_gib(snapshot.swap_used_bytes)} used"
+            if snapshot.swap_total_bytes
+            else "none",
+        ),
     ]
     if not snapshot.gpus:
         rows.append(("GPU", "none (CPU only)"))
@@ -722,10 +736,16 @@ def snapshot_to_table(snapshot: HardwareSnapshot) -> list[tuple[str, str]]:
             if free is not None:
                 memory += f", {human_gib(free)} free"
             rows.append((f"{label} memory", memory))
-        details = [text for text in (
-            f"compute capability {gpu.compute_capability}" if gpu.compute_capability else "",
-            gpu.gfx_target or "", f"chip {gpu.apple_chip}" if gpu.apple_chip else "",
-            f"driver {gpu.driver}" if gpu.driver else "") if text]
+        details = [
+            text
+            for text in (
+                f"compute capability {gpu.compute_capability}" if gpu.compute_capability else "",
+                gpu.gfx_target or "",
+                f"chip {gpu.apple_chip}" if gpu.apple_chip else "",
+                f"driver {gpu.driver}" if gpu.driver else "",
+            )
+            if text
+        ]
         if details:
             rows.append((f"{label} details", ", ".join(details)))
     rows.append(("Unified memory", "yes" if snapshot.unified_memory else "no"))

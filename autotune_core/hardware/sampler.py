@@ -304,4 +304,3 @@ class PressureSampler:
                     await result
             except Exception:
                 log.exception("pressure callback failed for tier %s", pressure.tier)
-

@@ -96,8 +96,9 @@ def analyse(result: ProofResult) -> list[ScenarioFindings]:
             for key, record in records.items():
                 if record.sample.error is None:
                     expected[key] = max(expected.get(key, 0), record.sample.prompt_tokens)
-        summaries = {name: _summary(name, records, expected, info, by_arm.get("plain", {}))
-                     for name, records in by_arm.items()}
+        summaries = {
+            name: _summary(name, records, expected, info, by_arm.get("plain", {})) for name, records in by_arm.items()
+        }
         for name, summary in summaries.items():
             summary.wall_s = result.arms[name].wall_s.get(scenario.name)
         ratios: dict[str, list[Ratio]] = {}
@@ -113,12 +114,18 @@ def analyse(result: ProofResult) -> list[ScenarioFindings]:
     return out
 
 
-def _summary(name: str, records: dict[tuple[str, int], Record], expected: dict[tuple[str, int], int],
-             info: ModelInfo | None, plain: dict[tuple[str, int], Record]) -> ArmSummary:
+def _summary(
+    name: str,
+    records: dict[tuple[str, int], Record],
+    expected: dict[tuple[str, int], int],
+    info: ModelInfo | None,
+    plain: dict[tuple[str, int], Record],
+) -> ArmSummary:
     ok = [r for r in records.values() if r.sample.error is None]
     errors = [r for r in records.values() if r.sample.error is not None]
-    summary = ArmSummary(arm=name, requests=len(records), errors=len(errors),
-                         first_error=errors[0].sample.error if errors else None)
+    summary = ArmSummary(
+        arm=name, requests=len(records), errors=len(errors), first_error=errors[0].sample.error if errors else None
+    )
     summary.ttft_ms = median([r.sample.ttft_ms for r in ok if r.sample.ttft_ms is not None])
     summary.total_ms = median([r.sample.total_ms for r in ok])
     summary.tokens_per_s = median([r.sample.tokens_per_s for r in ok if r.sample.tokens_per_s])
@@ -139,8 +146,11 @@ def _summary(name: str, records: dict[tuple[str, int], Record], expected: dict[t
         if sample.error is None and (sample.flagged_truncated or short):
             summary.truncated += 1
     if name != "plain" and plain:
-        pairs = [(records[k].sample.text, plain[k].sample.text) for k in records if k in plain
-                 and records[k].sample.error is None and plain[k].sample.error is None]
+        pairs = [
+            (records[k].sample.text, plain[k].sample.text)
+            for k in records
+            if k in plain and records[k].sample.error is None and plain[k].sample.error is None
+        ]
         summary.compared = len(pairs)
         summary.identical_to_plain = sum(1 for a, b in pairs if a == b)
     cached = [float(r.sample.cached_tokens) for r in ok if r.sample.cached_tokens is not None]
@@ -162,8 +172,9 @@ def _int_median(values: list[int | None]) -> int | None:
     return int(m) if m is not None else None
 
 
-def _ratios(arm: dict[tuple[str, int], Record], base: dict[tuple[str, int], Record],
-            info: ModelInfo | None) -> list[Ratio]:
+def _ratios(
+    arm: dict[tuple[str, int], Record], base: dict[tuple[str, int], Record], info: ModelInfo | None
+) -> list[Ratio]:
     keys = [k for k in arm if k in base and arm[k].sample.error is None and base[k].sample.error is None]
 
     def pairs(get: Any) -> list[tuple[float | None, float | None]]:
@@ -182,19 +193,24 @@ def _busy_note(loads: list[float]) -> str | None:
     cpus = os.cpu_count() or 1
     if not loads or max(loads) <= cpus:
         return None
-    return (f"the machine was busy: load average {min(loads):.1f}–{max(loads):.1f} on {cpus} CPUs during this "
-            "scenario; timing ratios may reflect other processes, not autotune (memory figures are unaffected)")
+    return (
+        f"the machine was busy: load average {min(loads):.1f}–{max(loads):.1f} on {cpus} CPUs during this "
+        "scenario; timing ratios may reflect other processes, not autotune (memory figures are unaffected)"
+    )
 
 
 def _scenario_notes(name: str, arms: dict[str, ArmSummary]) -> list[str]:
     notes = []
     for summary in arms.values():
         if summary.errors:
-            notes.append(f"{summary.arm}: {summary.errors} of {summary.requests} requests failed "
-                         f"({summary.first_error})")
+            notes.append(
+                f"{summary.arm}: {summary.errors} of {summary.requests} requests failed ({summary.first_error})"
+            )
         if summary.truncated:
-            notes.append(f"{summary.arm}: {summary.truncated} prompt(s) truncated (the backend counted fewer prompt "
-                         "tokens than the full prompt has)")
+            notes.append(
+                f"{summary.arm}: {summary.truncated} prompt(s) truncated (the backend counted fewer prompt "
+                "tokens than the full prompt has)"
+            )
         if not summary.reloads_known and summary.requests:
             notes.append(f"{summary.arm}: reloads not reported by this backend")
     if name == "document":
@@ -202,14 +218,19 @@ def _scenario_notes(name: str, arms: dict[str, ArmSummary]) -> list[str]:
         if counts:
             notes.append(f"prompt tokens the backend itself counted (median): {counts}")
     if name in ("conversation", "agent"):
-        reuse = ", ".join(f"{s.arm} {s.cached_tokens:.0f} of {s.prompt_tokens}" for s in arms.values()
-                          if s.cached_tokens is not None and s.prompt_tokens)
+        reuse = ", ".join(
+            f"{s.arm} {s.cached_tokens:.0f} of {s.prompt_tokens}"
+            for s in arms.values()
+            if s.cached_tokens is not None and s.prompt_tokens
+        )
         if reuse:
             notes.append(f"prefix reuse, median prompt tokens served from the backend's cache: {reuse}")
         for summary in arms.values():
             if summary.ttft_slope_ms is not None:
-                notes.append(f"{summary.arm}: TTFT grows {summary.ttft_slope_ms:+.1f} ms per "
-                             f"{'turn' if name == 'conversation' else 'step'}")
+                notes.append(
+                    f"{summary.arm}: TTFT grows {summary.ttft_slope_ms:+.1f} ms per "
+                    f"{'turn' if name == 'conversation' else 'step'}"
+                )
     return notes
 
 

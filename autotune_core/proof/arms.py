@@ -104,8 +104,15 @@ class PipelineArm:
         return (await self.loaded())[0]
 
     async def send(self, step: Step, max_tokens: int) -> Sample:
-        request = ChatRequest(model=self.model, messages=list(step.messages), tools=list(step.tools), stream=True,
-                              max_tokens=max_tokens, temperature=TEMPERATURE, seed=SEED)
+        request = ChatRequest(
+            model=self.model,
+            messages=list(step.messages),
+            tools=list(step.tools),
+            stream=True,
+            max_tokens=max_tokens,
+            temperature=TEMPERATURE,
+            seed=SEED,
+        )
         sample = Sample()
         started = time.perf_counter()
         first: float | None = None
@@ -166,12 +173,14 @@ class DirectArm:
             item: dict[str, Any] = {"role": m.role, "content": m.content}
             if m.tool_calls:
                 if self.backend_name == "ollama":
-                    item["tool_calls"] = [{"function": {"name": c.name, "arguments": c.arguments_dict()}}
-                                          for c in m.tool_calls]
+                    item["tool_calls"] = [
+                        {"function": {"name": c.name, "arguments": c.arguments_dict()}} for c in m.tool_calls
+                    ]
                 else:
-                    item["tool_calls"] = [{"id": c.id, "type": "function",
-                                           "function": {"name": c.name, "arguments": c.arguments}}
-                                          for c in m.tool_calls]
+                    item["tool_calls"] = [
+                        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                        for c in m.tool_calls
+                    ]
             if m.tool_call_id and self.backend_name != "ollama":
                 item["tool_call_id"] = m.tool_call_id
             out.append(item)
@@ -183,8 +192,12 @@ class DirectArm:
         return await self._openai(step, max_tokens)
 
     async def _ollama(self, step: Step, max_tokens: int) -> Sample:
-        body: dict[str, Any] = {"model": self.model, "messages": self._messages(step), "stream": True,
-                                "options": {"temperature": TEMPERATURE, "seed": SEED, "num_predict": max_tokens}}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": self._messages(step),
+            "stream": True,
+            "options": {"temperature": TEMPERATURE, "seed": SEED, "num_predict": max_tokens},
+        }
         if step.tools:
             body["tools"] = step.tools
         sample = Sample()
@@ -219,9 +232,15 @@ class DirectArm:
         return await self._loaded(self._finish(sample, started, first, text))
 
     async def _openai(self, step: Step, max_tokens: int) -> Sample:
-        body: dict[str, Any] = {"model": self.model, "messages": self._messages(step), "stream": True,
-                                "stream_options": {"include_usage": True}, "temperature": TEMPERATURE,
-                                "seed": SEED, "max_tokens": max_tokens}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": self._messages(step),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": TEMPERATURE,
+            "seed": SEED,
+            "max_tokens": max_tokens,
+        }
         if step.tools:
             body["tools"] = step.tools
         sample = Sample()
@@ -313,12 +332,14 @@ async def build_arms(model: str | None, backend: str | None, env: dict[str, str]
     arms: list[Arm] = [tuned, plain]
     url = getattr(tuned.backend, "url", None)
     shared = isinstance(url, str) and bool(url)
-    notes = [f"plain arm plugins: core + {', '.join(backend_plugins(tuned_host))}",
-             "recall uses an empty memory store for the run (your memories are neither read nor added)"]
+    notes = [
+        f"plain arm plugins: core + {', '.join(backend_plugins(tuned_host))}",
+        "recall uses an empty memory store for the run (your memories are neither read nor added)",
+    ]
     if direct and shared and tuned.backend_name in ("ollama", "openai"):
         arms.append(DirectArm(tuned.backend_name, str(url), tuned.model, loaded_from=plain))
     elif not shared:
         notes.append(f"no direct arm: {tuned.backend_name} runs inside autotune (there is no server to call)")
-    return ArmSet(arms=arms, model=tuned.model, backend=tuned.backend_name, info=tuned.info, shared_server=shared,
-                  notes=notes)
-
+    return ArmSet(
+        arms=arms, model=tuned.model, backend=tuned.backend_name, info=tuned.info, shared_server=shared, notes=notes
+    )

@@ -50,20 +50,46 @@ def arm_rows(result: ProofResult, finding: ScenarioFindings) -> list[list[str]]:
             continue
         totals = result.arms[name]
         rss = _mib(totals.peak_rss) + ("*" if totals.rss_shared and totals.peak_rss else "")
-        rows.append([name, _ms(summary.ttft_ms), _ms(summary.total_ms), _rate(summary.tokens_per_s),
-                     f"{summary.num_ctx or '–'} {summary.kv_type or ''}".strip(), _mib(summary.kv_allocated),
-                     _mib(summary.kv_needed), rss, _reloads(summary), str(summary.truncated),
-                     str(summary.errors), _identical(summary)])
+        rows.append(
+            [
+                name,
+                _ms(summary.ttft_ms),
+                _ms(summary.total_ms),
+                _rate(summary.tokens_per_s),
+                f"{summary.num_ctx or '–'} {summary.kv_type or ''}".strip(),
+                _mib(summary.kv_allocated),
+                _mib(summary.kv_needed),
+                rss,
+                _reloads(summary),
+                str(summary.truncated),
+                str(summary.errors),
+                _identical(summary),
+            ]
+        )
     return rows
 
 
-HEADERS = ["arm", "TTFT ms", "total ms", "tok/s", "ctx, KV", "KV alloc MiB", "KV used MiB", "peak RSS MiB",
-           "reloads", "cut", "errors", "same text"]
+HEADERS = [
+    "arm",
+    "TTFT ms",
+    "total ms",
+    "tok/s",
+    "ctx, KV",
+    "KV alloc MiB",
+    "KV used MiB",
+    "peak RSS MiB",
+    "reloads",
+    "cut",
+    "errors",
+    "same text",
+]
 #: what the columns mean (printed under the tables)
-LEGEND = ("medians per request; ctx = context the backend loaded; KV alloc = KV cache bytes at that context "
-          "(model architecture formula), KV used = at the tokens really used; peak RSS of the model-server "
-          "process (* = the arms share that process, so their peaks are not separable); cut = prompts the "
-          "backend truncated; same text = identical output to the plain arm at temperature 0")
+LEGEND = (
+    "medians per request; ctx = context the backend loaded; KV alloc = KV cache bytes at that context "
+    "(model architecture formula), KV used = at the tokens really used; peak RSS of the model-server "
+    "process (* = the arms share that process, so their peaks are not separable); cut = prompts the "
+    "backend truncated; same text = identical output to the plain arm at temperature 0"
+)
 
 
 def print_tables(console: Console, result: ProofResult, findings: list[ScenarioFindings]) -> None:
@@ -90,17 +116,31 @@ def print_tables(console: Console, result: ProofResult, findings: list[ScenarioF
 
 def to_json(result: ProofResult, findings: list[ScenarioFindings], command: str) -> dict[str, Any]:
     return {
-        "command": command, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(result.started_at)),
-        "wall_s": round(result.wall_s, 2), "cpu_s": round(result.cpu_s, 2),
-        "load_average_start_end": list(result.load_average), "machine": machine(), "model": result.model,
+        "command": command,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(result.started_at)),
+        "wall_s": round(result.wall_s, 2),
+        "cpu_s": round(result.cpu_s, 2),
+        "load_average_start_end": list(result.load_average),
+        "machine": machine(),
+        "model": result.model,
         "backend": result.backend,
-        "quick": result.quick, "runs": result.runs, "default_ctx": result.default_ctx,
-        "shared_server": result.shared_server, "notes": result.notes,
+        "quick": result.quick,
+        "runs": result.runs,
+        "default_ctx": result.default_ctx,
+        "shared_server": result.shared_server,
+        "notes": result.notes,
         "arms": {name: vars(t) for name, t in result.arms.items()},
-        "scenarios": [{"name": f.name, "title": f.title, "skipped": f.skipped, "notes": f.notes,
-                       "arms": {name: vars(s) for name, s in f.arms.items()},
-                       "ratios": {base: [r.as_dict() for r in rs] for base, rs in f.ratios.items()}}
-                      for f in findings],
+        "scenarios": [
+            {
+                "name": f.name,
+                "title": f.title,
+                "skipped": f.skipped,
+                "notes": f.notes,
+                "arms": {name: vars(s) for name, s in f.arms.items()},
+                "ratios": {base: [r.as_dict() for r in rs] for base, rs in f.ratios.items()},
+            }
+            for f in findings
+        ],
         "samples": [r.as_dict() for r in result.records],
     }
 
@@ -111,19 +151,24 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def to_markdown(result: ProofResult, findings: list[ScenarioFindings], command: str) -> str:
     m = machine()
-    lines = [f"### `autotune proof` on {result.model} ({result.backend})", "",
-             f"Command: `{command}`. {m['system']}, {m['cpus']} CPUs, {m['ram_gib']} GiB RAM, Python {m['python']}; "
-             f"{'quick run' if result.quick else 'full run'}, {result.wall_s:.0f} s wall, {result.cpu_s:.0f} s CPU, "
-             "load average "
-             f"{result.load_average[0]:.1f} → {result.load_average[1]:.1f}. Default context of the plain arm: "
-             f"{result.default_ctx}. "
-             "Temperature 0 and a fixed seed in every arm; arms interleaved per item, rotating who goes first; "
-             "ratios are autotune / baseline (geometric mean of pairs) with a 95 % bootstrap interval.", ""]
+    lines = [
+        f"### `autotune proof` on {result.model} ({result.backend})",
+        "",
+        f"Command: `{command}`. {m['system']}, {m['cpus']} CPUs, {m['ram_gib']} GiB RAM, Python {m['python']}; "
+        f"{'quick run' if result.quick else 'full run'}, {result.wall_s:.0f} s wall, {result.cpu_s:.0f} s CPU, "
+        "load average "
+        f"{result.load_average[0]:.1f} → {result.load_average[1]:.1f}. Default context of the plain arm: "
+        f"{result.default_ctx}. "
+        "Temperature 0 and a fixed seed in every arm; arms interleaved per item, rotating who goes first; "
+        "ratios are autotune / baseline (geometric mean of pairs) with a 95 % bootstrap interval.",
+        "",
+    ]
     lines += [f"- {note}" for note in result.notes] + [""]
     for finding in findings:
         items = len({r.item for r in result.records if r.scenario == finding.name})
-        lines.append(f"**{finding.title}**" + (f": {finding.skipped}" if finding.skipped else
-                                                f" ({items} items per arm)"))
+        lines.append(
+            f"**{finding.title}**" + (f": {finding.skipped}" if finding.skipped else f" ({items} items per arm)")
+        )
         lines.append("")
         if finding.skipped:
             continue
@@ -140,8 +185,11 @@ def to_markdown(result: ProofResult, findings: list[ScenarioFindings], command: 
     swaps = ", ".join(f"{a.name} {a.swap_in}/{a.swap_out}" for a in result.arms.values())
     lines.append(LEGEND[0].upper() + LEGEND[1:] + ".")
     lines.append("")
-    lines.append(f"Swap in/out during the arms' blocks (pages, system-wide): {swaps}. Peak RSS of "
-                 + "; ".join(f"{a.name}: {a.pids_how}" for a in result.arms.values()) + ".")
+    lines.append(
+        f"Swap in/out during the arms' blocks (pages, system-wide): {swaps}. Peak RSS of "
+        + "; ".join(f"{a.name}: {a.pids_how}" for a in result.arms.values())
+        + "."
+    )
     lines.append("")
     lines.append("Summary: " + " · ".join(headline(findings)))
     return "\n".join(lines) + "\n"
@@ -171,8 +219,12 @@ def write_chart(path: Path, result: ProofResult, findings: list[ScenarioFindings
     ax = axes[-1]
     names = [n for n in ARM_ORDER if n in result.arms]
     rss = [(result.arms[n].peak_rss or 0) / 2**20 for n in names]
-    kv = [max((f.arms[n].kv_allocated or 0) for f in findings if n in f.arms) / 2**20 if any(
-        n in f.arms for f in findings) else 0 for n in names]
+    kv = [
+        max((f.arms[n].kv_allocated or 0) for f in findings if n in f.arms) / 2**20
+        if any(n in f.arms for f in findings)
+        else 0
+        for n in names
+    ]
     xs = range(len(names))
     ax.bar([x - 0.2 for x in xs], rss, width=0.4, label="peak RSS of the model server")
     ax.bar([x + 0.2 for x in xs], kv, width=0.4, label="largest KV allocated")

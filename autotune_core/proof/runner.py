@@ -113,15 +113,22 @@ def plan_scenarios(cfg: ProofConfig, default_ctx: int, embedded: bool) -> list[S
     reps = 1 if cfg.quick and cfg.runs is None else n
     # the document goes last: autotune keeps a model's context sticky (growing it never shrinks it, so no
     # reload), and a large document first would size every later scenario's context
-    out = [short_chats(max(n, 3) if cfg.quick else max(n, 12), tokens),
-           conversation(reps, 4 if cfg.quick else 10, tokens),
-           agent(reps, 3 if cfg.quick else 4, tokens),
-           document(reps, default_ctx, tokens)]
+    out = [
+        short_chats(max(n, 3) if cfg.quick else max(n, 12), tokens),
+        conversation(reps, 4 if cfg.quick else 10, tokens),
+        agent(reps, 3 if cfg.quick else 4, tokens),
+        document(reps, default_ctx, tokens),
+    ]
     if cfg.quick and embedded:
         doc = out[3]
-        doc.items, doc.skipped = [], (f"skipped in --quick on the embedded engine: a prompt over its {default_ctx}-"
-                                      "token default context takes longer to prefill on a CPU than the quick "
-                                      "run's budget; the full run measures it")
+        doc.items, doc.skipped = (
+            [],
+            (
+                f"skipped in --quick on the embedded engine: a prompt over its {default_ctx}-"
+                "token default context takes longer to prefill on a CPU than the quick "
+                "run's budget; the full run measures it"
+            ),
+        )
     if cfg.only is not None:
         for scenario in out:
             if scenario.name not in cfg.only:
@@ -205,19 +212,41 @@ async def run_proof(cfg: ProofConfig, progress: Progress | None = None) -> Proof
     runs = cfg.runs or (2 if cfg.quick else 6)
     notes = list(armset.notes)
     if armset.shared_server:
-        notes.append("arms share one model server: each item is preceded by that arm's warm-up (same shape, "
-                     "other text), so the arm switch's reload is never timed")
-    result = ProofResult(model=armset.model, backend=armset.backend, quick=cfg.quick, runs=runs,
-                         default_ctx=default_ctx, shared_server=armset.shared_server, scenarios=scenarios,
-                         records=records, arms=totals, info=info, notes=notes, started_at=started, texts=texts)
+        notes.append(
+            "arms share one model server: each item is preceded by that arm's warm-up (same shape, "
+            "other text), so the arm switch's reload is never timed"
+        )
+    result = ProofResult(
+        model=armset.model,
+        backend=armset.backend,
+        quick=cfg.quick,
+        runs=runs,
+        default_ctx=default_ctx,
+        shared_server=armset.shared_server,
+        scenarios=scenarios,
+        records=records,
+        arms=totals,
+        info=info,
+        notes=notes,
+        started_at=started,
+        texts=texts,
+    )
     result.wall_s = time.perf_counter() - t0
     result.cpu_s = _cpu_seconds() - cpu0
     result.load_average = (load0, _load())
     return result
 
 
-async def _time_item(arm: Arm, position: int, scenario: Scenario, item: Item, report: Progress, records: list[Record],
-                     texts: dict[tuple[str, str, int, str], str], totals: ArmTotals) -> None:
+async def _time_item(
+    arm: Arm,
+    position: int,
+    scenario: Scenario,
+    item: Item,
+    report: Progress,
+    records: list[Record],
+    texts: dict[tuple[str, str, int, str], str],
+    totals: ArmTotals,
+) -> None:
     """One item (all its steps) on one arm: each answer recorded, and the arm's wall time and swap counted."""
     swap_in, swap_out = swap_counters()
     began = time.perf_counter()
@@ -265,5 +294,9 @@ def _pids(arms: list[Arm], totals: dict[str, ArmTotals]) -> dict[str, list[int]]
 def machine() -> dict[str, Any]:
     import psutil
 
-    return {"python": platform.python_version(), "system": f"{platform.system()} {platform.machine()}",
-            "cpus": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1)}
+    return {
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.machine()}",
+        "cpus": os.cpu_count(),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+    }

@@ -58,8 +58,13 @@ def bootstrap_ci(ratios: list[float], *, resamples: int = RESAMPLES, seed: int =
     return math.exp(low), math.exp(high)
 
 
-def paired_ratio(metric: str, pairs: list[tuple[float | None, float | None]], *, lower_is_better: bool = True,
-                 resamples: int = RESAMPLES) -> Ratio:
+def paired_ratio(
+    metric: str,
+    pairs: list[tuple[float | None, float | None]],
+    *,
+    lower_is_better: bool = True,
+    resamples: int = RESAMPLES,
+) -> Ratio:
     """``pairs`` are (arm, baseline) values of the same prompt; pairs with a missing or zero side are dropped."""
     ratios = [a / b for a, b in pairs if a is not None and b is not None and a > 0 and b > 0]
     n = len(ratios)

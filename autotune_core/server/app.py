@@ -35,10 +35,16 @@ def _error_handler(state: ServerState) -> Callable[[Request, Exception], Any]:
     async def handler(request: Request, exc: Exception) -> Response:
         door = door_for_path(request.url.path)
         if isinstance(exc, HTTPException):
-            error: AutotuneError = NotFoundRoute(f"no route for {request.method} {request.url.path}") \
-                if exc.status_code == 404 else AutotuneError(str(exc.detail), type="invalid_request_error",
-                                                             status=exc.status_code, code="method_not_allowed"
-                                                             if exc.status_code == 405 else None)
+            error: AutotuneError = (
+                NotFoundRoute(f"no route for {request.method} {request.url.path}")
+                if exc.status_code == 404
+                else AutotuneError(
+                    str(exc.detail),
+                    type="invalid_request_error",
+                    status=exc.status_code,
+                    code="method_not_allowed" if exc.status_code == 405 else None,
+                )
+            )
         else:
             error = classify(exc)
         state.metrics.errors.inc({"type": error.type})
@@ -63,20 +69,34 @@ def _observability_routes(state: ServerState) -> list[BaseRoute]:
         if not getattr(request.state, "autotune_authorized", True):
             return json_response({"status": status})
         pressure = state.host.pressure
-        return json_response({
-            "status": status, "version": __version__, "profile": state.host.config.profile,
-            "backends": [{"name": s.name, "available": s.ok, "reason": s.reason, "version": s.version}
-                         for s in statuses],
-            "queue": {"active": state.queue.active, "queued": state.queue.depth,
-                      "max_concurrent": state.queue.max_concurrent, "limit": state.queue.limit,
-                      "backend_slots": state.queue.slots,
-                      "max_queued": state.queue.max_queued,
-                      "timeout_s": state.queue.timeout},
-            "pressure": {"tier": state.pressure_tier(),
-                         **({"ram_percent": pressure.ram_percent, "swap_percent": pressure.swap_percent}
-                            if pressure is not None else {})},
-            "plugins": plugin_statuses(state.host),
-        })
+        return json_response(
+            {
+                "status": status,
+                "version": __version__,
+                "profile": state.host.config.profile,
+                "backends": [
+                    {"name": s.name, "available": s.ok, "reason": s.reason, "version": s.version} for s in statuses
+                ],
+                "queue": {
+                    "active": state.queue.active,
+                    "queued": state.queue.depth,
+                    "max_concurrent": state.queue.max_concurrent,
+                    "limit": state.queue.limit,
+                    "backend_slots": state.queue.slots,
+                    "max_queued": state.queue.max_queued,
+                    "timeout_s": state.queue.timeout,
+                },
+                "pressure": {
+                    "tier": state.pressure_tier(),
+                    **(
+                        {"ram_percent": pressure.ram_percent, "swap_percent": pressure.swap_percent}
+                        if pressure is not None
+                        else {}
+                    ),
+                },
+                "plugins": plugin_statuses(state.host),
+            }
+        )
 
     async def metrics(request: Request) -> Response:
         m = state.metrics
@@ -101,25 +121,35 @@ def _observability_routes(state: ServerState) -> list[BaseRoute]:
     async def root(request: Request) -> Response:
         return PlainTextResponse("autotune is running (OpenAI /v1 and Ollama /api)")
 
-    return [Route("/health", health, methods=["GET"]), Route("/metrics", metrics, methods=["GET"]),
-            Route("/-/plugins", plugins, methods=["GET"]), Route("/", root, methods=["GET", "HEAD"])]
+    return [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/-/plugins", plugins, methods=["GET"]),
+        Route("/", root, methods=["GET", "HEAD"]),
+    ]
 
 
 def _plugin_routes(host: PluginHost) -> list[BaseRoute]:
     """Routes plugins add through ``register_routes(register)``; core routes win on a clash."""
     added: list[BaseRoute] = []
 
-    def register(path: str, endpoint: Callable[..., Any], methods: list[str] | None = None,
-                 name: str | None = None) -> None:
+    def register(
+        path: str, endpoint: Callable[..., Any], methods: list[str] | None = None, name: str | None = None
+    ) -> None:
         added.append(Route(path, endpoint, methods=methods, name=name))
 
     host.hooks.register_routes(register=register)
     return added
 
 
-def create_app(host: PluginHost | None = None, settings: Settings | None = None, *, sampler: bool = True,
-               keepalive_interval: float = 5.0,
-               on_ready: Callable[[list[tuple[str, bool, str]]], None] | None = None) -> Starlette:
+def create_app(
+    host: PluginHost | None = None,
+    settings: Settings | None = None,
+    *,
+    sampler: bool = True,
+    keepalive_interval: float = 5.0,
+    on_ready: Callable[[list[tuple[str, bool, str]]], None] | None = None,
+) -> Starlette:
     """Build the proxy for ``host`` (a fresh one from ``settings``/the config file when None).
 
     ``settings.server`` (else ``host.config.server``) gives the queue, limits and API key.
@@ -147,7 +177,11 @@ def create_app(host: PluginHost | None = None, settings: Settings | None = None,
     # outermost: Host/Origin refusals before any work; CORS headers on every answer, 401s included
     methods = {method for route in routes for method in (getattr(route, "methods", None) or ())}
     middleware.insert(0, guard_middleware(config, methods))
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
-                    exception_handlers={HTTPException: handler, Exception: handler})
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=middleware,
+        exception_handlers={HTTPException: handler, Exception: handler},
+    )
     app.state.autotune = state
     return app

@@ -45,8 +45,11 @@ class ApiKeyMiddleware:
         if ok or path in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        error = Unauthorized("missing or invalid API key; send 'Authorization: Bearer <key>'"
-                             if header else "missing API key; send 'Authorization: Bearer <key>'")
+        error = Unauthorized(
+            "missing or invalid API key; send 'Authorization: Bearer <key>'"
+            if header
+            else "missing API key; send 'Authorization: Bearer <key>'"
+        )
         body = dumps(error_body(door_for_path(path), error))
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(error).items()]

@@ -74,8 +74,9 @@ def schema_error(exc: ValidationError) -> SchemaError:
         first = first or loc
         parts.append(f"{loc}: {item['msg']}")
     more = len(exc.errors()) - 3
-    return SchemaError("invalid request: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else ""),
-                       param=first)
+    return SchemaError(
+        "invalid request: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else ""), param=first
+    )
 
 
 def classify(exc: BaseException) -> AutotuneError:

@@ -33,8 +33,9 @@ class JSONBytes(Response):
     media_type = JSON_MEDIA
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None,
-                  background: BackgroundTask | None = None) -> Response:
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None, background: BackgroundTask | None = None
+) -> Response:
     return JSONBytes(dumps(data), status_code=status, headers=headers, background=background)
 
 
@@ -79,8 +80,9 @@ def apply_headers(chat: ChatRequest, request: Request) -> ChatRequest:
     if profile is not None:
         key = profile.strip().lower()
         if key not in PROFILES:
-            raise InvalidRequest(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}",
-                                 code="invalid_profile")
+            raise InvalidRequest(
+                f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}", code="invalid_profile"
+            )
         chat.profile = key
     conversation = request.headers.get("x-conversation-id")
     if conversation:
@@ -89,8 +91,12 @@ def apply_headers(chat: ChatRequest, request: Request) -> ChatRequest:
 
 
 def plan_headers(prepared: Prepared, overhead_ms: float) -> dict[str, str]:
-    headers = {"X-Autotune-Overhead-Ms": f"{overhead_ms:.3f}", "X-Autotune-Backend": prepared.backend.name,
-               "X-Autotune-Profile": prepared.plan.profile, "Cache-Control": "no-store"}
+    headers = {
+        "X-Autotune-Overhead-Ms": f"{overhead_ms:.3f}",
+        "X-Autotune-Backend": prepared.backend.name,
+        "X-Autotune-Profile": prepared.plan.profile,
+        "Cache-Control": "no-store",
+    }
     headers["X-Autotune-Plan"] = prepared.plan.compact_trace()
     if prepared.plan.warnings:  # a client value a safety guard lowered, or a request that will not run as asked
         headers["X-Autotune-Warning"] = prepared.plan.warning_header()
@@ -99,8 +105,12 @@ def plan_headers(prepared: Prepared, overhead_ms: float) -> dict[str, str]:
 
 def plan_comments(headers: dict[str, str]) -> bytes:
     """The plan headers as SSE comment lines, for a stream whose headers were sent before it was planned."""
-    return "".join(f": {name.lower()}: {value}\n" for name, value in headers.items()
-                   if name.startswith("X-Autotune-")).encode() + b"\n"
+    return (
+        "".join(
+            f": {name.lower()}: {value}\n" for name, value in headers.items() if name.startswith("X-Autotune-")
+        ).encode()
+        + b"\n"
+    )
 
 
 def count_error(state: ServerState, error: AutotuneError) -> None:
@@ -110,8 +120,9 @@ def count_error(state: ServerState, error: AutotuneError) -> None:
         state.metrics.queue_rejected.inc({"reason": error.code or "queue_full"})
 
 
-def error_response(state: ServerState, door: Door, endpoint: str, exc: BaseException,
-                   prepared: Prepared | None = None) -> Response:
+def error_response(
+    state: ServerState, door: Door, endpoint: str, exc: BaseException, prepared: Prepared | None = None
+) -> Response:
     """The door's error shape; a request that failed after planning also carries its plan headers (what was
     asked of the model server is often why it failed)."""
     error = classify(exc)
@@ -198,9 +209,14 @@ def record_result(state: ServerState, prepared: Prepared, result: ChatResult) ->
     if plan.num_ctx is not None:
         metrics.num_ctx.set(plan.num_ctx, {"model": model})
     if plan.kv_type is not None:
-        metrics.kv_type.replace([(dict(labels), value) for labels, value in metrics.kv_type.values.items()
-                                 if dict(labels).get("model") != model]
-                                + [({"model": model, "kv_type": plan.kv_type}, 1)])
+        metrics.kv_type.replace(
+            [
+                (dict(labels), value)
+                for labels, value in metrics.kv_type.values.items()
+                if dict(labels).get("model") != model
+            ]
+            + [({"model": model, "kv_type": plan.kv_type}, 1)]
+        )
     if plan.flags.get("truncated"):
         metrics.truncations.inc({"model": model})
 

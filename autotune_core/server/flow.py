@@ -105,8 +105,9 @@ async def _wait(state: ServerState, dialect: Dialect, resolved: Resolved, slot: 
     return None
 
 
-async def _complete(state: ServerState, dialect: Dialect, resolved: Resolved, slot: Slot,
-                    prepared: Prepared) -> Response:
+async def _complete(
+    state: ServerState, dialect: Dialect, resolved: Resolved, slot: Slot, prepared: Prepared
+) -> Response:
     """A whole answer: Pipeline.run under the upstream timeout; post_response runs after the answer went out."""
     sent = time.perf_counter()
     try:
@@ -124,8 +125,11 @@ async def _complete(state: ServerState, dialect: Dialect, resolved: Resolved, sl
     state.metrics.overhead.observe(overhead)
     state.metrics.requests.inc({"door": dialect.door, "endpoint": dialect.endpoint, "status": "200"})
     log_request(state, prepared.request, dialect.door, 200, (time.perf_counter() - resolved.started) * 1000)
-    return JSONBytes(body, headers=plan_headers(prepared, overhead * 1000),
-                     background=BackgroundTask(finish, state, prepared, result))
+    return JSONBytes(
+        body,
+        headers=plan_headers(prepared, overhead * 1000),
+        background=BackgroundTask(finish, state, prepared, result),
+    )
 
 
 async def in_slot(state: ServerState, request: Request, factory: Callable[[], Awaitable[Any]]) -> Any:

@@ -34,19 +34,37 @@ log = logging.getLogger("autotune.server")
 
 #: Ollama's default origins (envconfig.AllowedOrigins), plus [::1]; extensions only by configuration
 DEFAULT_ORIGINS: tuple[str, ...] = (
-    *(f"{scheme}://{name}{port}" for name in ("localhost", "127.0.0.1", "[::1]", "0.0.0.0")
-      for scheme in ("http", "https") for port in ("", ":*")),
-    "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*",
+    *(
+        f"{scheme}://{name}{port}"
+        for name in ("localhost", "127.0.0.1", "[::1]", "0.0.0.0")
+        for scheme in ("http", "https")
+        for port in ("", ":*")
+    ),
+    "app://*",
+    "file://*",
+    "tauri://*",
+    "vscode-webview://*",
+    "vscode-file://*",
 )
 
 #: request headers a browser client may send (Ollama's list, the OpenAI SDK's, autotune's own)
 ALLOWED_HEADERS: tuple[str, ...] = (
-    "authorization", "content-type", "accept", "user-agent", "x-requested-with", "openai-beta",
-    "openai-organization", "openai-project", "x-autotune-profile", "x-conversation-id",
+    "authorization",
+    "content-type",
+    "accept",
+    "user-agent",
+    "x-requested-with",
+    "openai-beta",
+    "openai-organization",
+    "openai-project",
+    "x-autotune-profile",
+    "x-conversation-id",
 )
 #: response headers a browser client may read
-EXPOSED_HEADERS = ("X-Autotune-Plan, X-Autotune-Overhead-Ms, X-Autotune-Profile, X-Autotune-Backend, "
-                   "X-Autotune-Queued, X-Autotune-Warning, Retry-After")
+EXPOSED_HEADERS = (
+    "X-Autotune-Plan, X-Autotune-Overhead-Ms, X-Autotune-Profile, X-Autotune-Backend, "
+    "X-Autotune-Queued, X-Autotune-Warning, Retry-After"
+)
 PREFLIGHT_MAX_AGE = "600"
 
 _CACHE_LIMIT = 256
@@ -62,7 +80,7 @@ def _bare_host(value: str) -> str:
     """``name``, ``name:port``, ``[v6]:port`` or a raw IPv6 address, as a lower-case name without port."""
     value = value.strip().lower()
     if value.startswith("["):
-        return value[1:value.find("]")] if "]" in value else value[1:]
+        return value[1 : value.find("]")] if "]" in value else value[1:]
     if value.count(":") == 1:
         value = value.partition(":")[0]
     return value.rstrip(".")
@@ -130,8 +148,9 @@ class OriginRules:
             elif entry == "null":
                 exact.add(entry)
             elif "://" not in entry:
-                raise ConfigError(f"server.allowed_origins: {raw!r} is not an origin (scheme://host[:port], "
-                                  "'*' wildcards allowed)")
+                raise ConfigError(
+                    f"server.allowed_origins: {raw!r} is not an origin (scheme://host[:port], '*' wildcards allowed)"
+                )
             elif "*" in entry:
                 wildcards.append(_wildcard(entry))
             else:
@@ -154,8 +173,12 @@ def _wildcard(entry: str) -> str:
 
 def guard_middleware(config: ServerConfig, methods: Iterable[str]) -> Middleware:
     """The guard for ``config``, its rules compiled now: a bad entry fails at start-up, not on a request."""
-    return Middleware(BrowserGuardMiddleware, hosts=HostRules.build(config.allowed_hosts, config.host),
-                      origins=OriginRules.build(config.allowed_origins), methods=methods)
+    return Middleware(
+        BrowserGuardMiddleware,
+        hosts=HostRules.build(config.allowed_hosts, config.host),
+        origins=OriginRules.build(config.allowed_origins),
+        methods=methods,
+    )
 
 
 def _header_list(value: bytes) -> list[str]:
@@ -165,8 +188,14 @@ def _header_list(value: bytes) -> list[str]:
 class BrowserGuardMiddleware:
     """The Host check, then the Origin check; CORS headers on what an allowed origin gets."""
 
-    def __init__(self, app: ASGIApp, *, hosts: HostRules, origins: OriginRules,
-                 methods: Iterable[str] = ("GET", "HEAD", "POST", "DELETE")) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        hosts: HostRules,
+        origins: OriginRules,
+        methods: Iterable[str] = ("GET", "HEAD", "POST", "DELETE"),
+    ) -> None:
         self.app = app
         self.hosts = hosts
         self.origins = origins
@@ -190,9 +219,14 @@ class BrowserGuardMiddleware:
                 origin = value
         if host is not None and host not in self._hosts_ok and not self.hosts.any and not self._check_host(host, scope):
             name = host.decode("latin-1")[:100]
-            await self._refuse(scope, send, "host_not_allowed", f"Host {name!r} is not allowed (DNS-rebinding "
-                               "protection); if you reach autotune by this name, add it to [server] allowed_hosts "
-                               f"or AUTOTUNE_ALLOWED_HOSTS (e.g. AUTOTUNE_ALLOWED_HOSTS={_bare_host(name)})")
+            await self._refuse(
+                scope,
+                send,
+                "host_not_allowed",
+                f"Host {name!r} is not allowed (DNS-rebinding "
+                "protection); if you reach autotune by this name, add it to [server] allowed_hosts "
+                f"or AUTOTUNE_ALLOWED_HOSTS (e.g. AUTOTUNE_ALLOWED_HOSTS={_bare_host(name)})",
+            )
             return
         if origin is None:
             await self.app(scope, receive, send)
@@ -229,13 +263,19 @@ class BrowserGuardMiddleware:
             return text.lower() in (f"http://{bare}", f"https://{bare}")
         return False
 
-    async def _cross_origin(self, scope: Scope, receive: Receive, send: Send, host: bytes | None,
-                            origin: bytes) -> None:
+    async def _cross_origin(
+        self, scope: Scope, receive: Receive, send: Send, host: bytes | None, origin: bytes
+    ) -> None:
         if not self._origin_allowed(origin, host):
             text = origin.decode("latin-1")[:200]
-            await self._refuse(scope, send, "origin_not_allowed", f"Origin {text!r} is not allowed to use this "
-                               "server; to let this web page in, add it to [server] allowed_origins or "
-                               f"AUTOTUNE_ORIGINS (e.g. AUTOTUNE_ORIGINS={text})")
+            await self._refuse(
+                scope,
+                send,
+                "origin_not_allowed",
+                f"Origin {text!r} is not allowed to use this "
+                "server; to let this web page in, add it to [server] allowed_origins or "
+                f"AUTOTUNE_ORIGINS (e.g. AUTOTUNE_ORIGINS={text})",
+            )
             return
         cors = [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
         if scope["method"] == "OPTIONS":
@@ -259,17 +299,22 @@ class BrowserGuardMiddleware:
 
         await self.app(scope, receive, send_with_cors)
 
-    async def _preflight(self, send: Send, cors: list[tuple[bytes, bytes]], request_headers: bytes | None,
-                         private_network: bytes | None) -> None:
+    async def _preflight(
+        self, send: Send, cors: list[tuple[bytes, bytes]], request_headers: bytes | None, private_network: bytes | None
+    ) -> None:
         """204 with what may follow; requested headers outside the list are left out, so the browser refuses."""
         allowed = [*ALLOWED_HEADERS]
         for name in _header_list(request_headers or b""):
             if name.startswith("x-stainless-") and name not in allowed:  # the OpenAI SDK adds new ones over time
                 allowed.append(name)
-        headers = [*cors[:1], (b"vary", b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"),
-                   (b"access-control-allow-methods", self._methods),
-                   (b"access-control-allow-headers", ", ".join(allowed).encode()),
-                   (b"access-control-max-age", PREFLIGHT_MAX_AGE.encode()), (b"content-length", b"0")]
+        headers = [
+            *cors[:1],
+            (b"vary", b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"),
+            (b"access-control-allow-methods", self._methods),
+            (b"access-control-allow-headers", ", ".join(allowed).encode()),
+            (b"access-control-max-age", PREFLIGHT_MAX_AGE.encode()),
+            (b"content-length", b"0"),
+        ]
         if private_network is not None and private_network.lower() == b"true":
             headers.append((b"access-control-allow-private-network", b"true"))  # Chrome's Private Network Access
         await send({"type": "http.response.start", "status": 204, "headers": headers})

@@ -70,8 +70,14 @@ def health(base: str, api_key: str | None = None, timeout: float = 0.5) -> dict[
     return None
 
 
-def start(*, config: str | Path | None = None, host: str | None = None, port: int | None = None,
-          profile: str | None = None, timeout: float = 60.0) -> str:
+def start(
+    *,
+    config: str | Path | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    profile: str | None = None,
+    timeout: float = 60.0,
+) -> str:
     """Make sure an autotune server answers and return its base URL (idempotent).
 
     If one already answers on the configured address it is reused; otherwise ``autotune serve``
@@ -97,8 +103,14 @@ def start(*, config: str | Path | None = None, host: str | None = None, port: in
         if profile:
             argv += ["--profile", profile]
         with open(log_path, "ab") as log_file:
-            child = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, env=dict(os.environ))
+            child = subprocess.Popen(
+                argv,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=dict(os.environ),
+            )
         _children[base] = child
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -106,11 +118,15 @@ def start(*, config: str | Path | None = None, host: str | None = None, port: in
             return base
         if child.poll() is not None:
             tail = _tail(data_dir() / f"server-{bind_port}.log")
-            raise AutotuneError(f"the autotune server exited with code {child.returncode}:\n{tail}",
-                                type="server_start_failed", status=500)
+            raise AutotuneError(
+                f"the autotune server exited with code {child.returncode}:\n{tail}",
+                type="server_start_failed",
+                status=500,
+            )
         time.sleep(0.05)
-    raise AutotuneError(f"the autotune server did not answer on {base} within {timeout:g} s",
-                        type="server_start_failed", status=500)
+    raise AutotuneError(
+        f"the autotune server did not answer on {base} within {timeout:g} s", type="server_start_failed", status=500
+    )
 
 
 def stop_started() -> None:
@@ -143,14 +159,19 @@ def client_kwargs(*, config: str | Path | None = None) -> dict[str, str]:
     return {"base_url": base + "/v1", "api_key": key or "autotune"}
 
 
-def startup_summary(host: PluginHost, settings: Settings, bind: str, port: int, backends: list[tuple[str, bool,
-                    str]]) -> str:
+def startup_summary(
+    host: PluginHost, settings: Settings, bind: str, port: int, backends: list[tuple[str, bool, str]]
+) -> str:
     """What ``autotune serve`` prints: plugins in hook order, the backend chosen, the profile."""
-    lines = [f"autotune serving on http://{connect_host(bind)}:{port}  (OpenAI: /v1, Ollama: /api)",
-             f"  profile: {settings.profile}"]
+    lines = [
+        f"autotune serving on http://{connect_host(bind)}:{port}  (OpenAI: /v1, Ollama: /api)",
+        f"  profile: {settings.profile}",
+    ]
     chosen = next((name for name, ok, _ in backends if ok), None)
-    lines.append(f"  backend: {chosen or 'none available yet'}"
-                 + (" (forced by config)" if settings.backend else "  (first available in backend_order)"))
+    lines.append(
+        f"  backend: {chosen or 'none available yet'}"
+        + (" (forced by config)" if settings.backend else "  (first available in backend_order)")
+    )
     for name, ok, reason in backends:
         lines.append(f"    {'✓' if ok else '✗'} {name}" + ("" if ok else f"  ({reason})"))
     for hook in ("pre_request", "choose_num_ctx", "choose_kv_type", "post_response"):
@@ -158,16 +179,26 @@ def startup_summary(host: PluginHost, settings: Settings, bind: str, port: int, 
         lines.append(f"  {hook}: {' → '.join(names) or '-'}")
     if settings.server.models:
         for model, override in settings.server.models.items():
-            lines.append(f"  model {model}: profile={override.profile or '-'} plugins={override.plugins} "
-                         f"disabled={override.disabled}")
+            lines.append(
+                f"  model {model}: profile={override.profile or '-'} plugins={override.plugins} "
+                f"disabled={override.disabled}"
+            )
     queue = settings.server
-    lines.append(f"  queue: {queue.max_concurrent} concurrent, {queue.max_queued} queued, "
-                 f"{queue.queue_timeout:g} s wait; api key {'on' if queue.api_key else 'off'}")
+    lines.append(
+        f"  queue: {queue.max_concurrent} concurrent, {queue.max_queued} queued, "
+        f"{queue.queue_timeout:g} s wait; api key {'on' if queue.api_key else 'off'}"
+    )
     return "\n".join(lines)
 
 
-def serve(settings: Settings, *, host: str | None = None, port: int | None = None, log_level: str = "info",
-          announce: bool = True) -> None:
+def serve(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    log_level: str = "info",
+    announce: bool = True,
+) -> None:
     """Run the server in the foreground until interrupted."""
     import uvicorn
 
@@ -177,8 +208,11 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     bind = host or settings.server.host
     bind_port = port or settings.server.port
     if not is_loopback(bind) and not settings.server.api_key:
-        print(f"warning: binding {bind} (not loopback) without an api_key: anyone who can reach this port can "
-              "use your models; set [server] api_key or AUTOTUNE_API_KEY", file=sys.stderr)
+        print(
+            f"warning: binding {bind} (not loopback) without an api_key: anyone who can reach this port can "
+            "use your models; set [server] api_key or AUTOTUNE_API_KEY",
+            file=sys.stderr,
+        )
     plugin_host = PluginHost(config=settings)
 
     def ready(backends: list[tuple[str, bool, str]]) -> None:
@@ -188,9 +222,17 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     app = create_app(plugin_host, on_ready=ready)
     # proxy_headers off: nothing here uses the client address, and X-Forwarded-For from any local process
     # should not be able to change it (one ASGI layer less per request, too)
-    config = uvicorn.Config(app, host=bind, port=bind_port, log_level=log_level, lifespan="on",
-                            server_header=False, access_log=False, timeout_graceful_shutdown=5,
-                            proxy_headers=False)
+    config = uvicorn.Config(
+        app,
+        host=bind,
+        port=bind_port,
+        log_level=log_level,
+        lifespan="on",
+        server_header=False,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        proxy_headers=False,
+    )
     uvicorn.Server(config).run()
 
 

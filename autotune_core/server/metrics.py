@@ -137,17 +137,21 @@ class ServerMetrics:
         self.errors = Counter("autotune_errors_total", "Failed requests, by error type (including in-stream errors).")
         self.queue_depth = Gauge("autotune_queue_depth", "Requests waiting for a slot.")
         self.queue_active = Gauge("autotune_queue_active", "Requests holding a slot.")
-        self.queue_capacity = Gauge("autotune_queue_max_concurrent",
-                                    "Slots usable now (max concurrent, lowered by a plugin's cap).")
+        self.queue_capacity = Gauge(
+            "autotune_queue_max_concurrent", "Slots usable now (max concurrent, lowered by a plugin's cap)."
+        )
         self.queue_wait = Histogram("autotune_queue_wait_seconds", "Time spent waiting for a slot.", LATENCY_BUCKETS)
         self.queue_rejected = Counter("autotune_queue_rejected_total", "429 answers, by reason.")
         self.ttft = Histogram("autotune_ttft_seconds", "Time to first token as seen by the proxy.", LATENCY_BUCKETS)
-        self.tokens_per_s = Histogram("autotune_decode_tokens_per_second",
-                                      "Decode speed reported by the backend.", RATE_BUCKETS)
+        self.tokens_per_s = Histogram(
+            "autotune_decode_tokens_per_second", "Decode speed reported by the backend.", RATE_BUCKETS
+        )
         self.tokens = Counter("autotune_tokens_total", "Tokens processed, by kind (prompt, completion).")
-        self.overhead = Histogram("autotune_overhead_seconds",
-                                  "Proxy time excluding upstream and queue time (planning + translation).",
-                                  OVERHEAD_BUCKETS)
+        self.overhead = Histogram(
+            "autotune_overhead_seconds",
+            "Proxy time excluding upstream and queue time (planning + translation).",
+            OVERHEAD_BUCKETS,
+        )
         self.reloads = Gauge("autotune_backend_reloads", "Model reloads each backend caused or observed.")
         self.num_ctx = Gauge("autotune_effective_num_ctx", "Last effective num_ctx per model.")
         self.kv_type = Gauge("autotune_kv_type_info", "Last KV cache type per model (value is always 1).")

@@ -63,9 +63,17 @@ def routes(state: ServerState) -> list[Route]:
             started = time.perf_counter_ns()
             result = await in_slot(state, request, lambda: backend.embed(upstream, inputs))
             vectors = [v[: body.dimensions] if body.dimensions else v for v in result.vectors]
-            return ok(state, "ollama", endpoint, {"model": body.model, "embeddings": vectors,
-                                                  "total_duration": time.perf_counter_ns() - started,
-                                                  "prompt_eval_count": result.prompt_tokens})
+            return ok(
+                state,
+                "ollama",
+                endpoint,
+                {
+                    "model": body.model,
+                    "embeddings": vectors,
+                    "total_duration": time.perf_counter_ns() - started,
+                    "prompt_eval_count": result.prompt_tokens,
+                },
+            )
         except Exception as exc:
             return error_response(state, "ollama", endpoint, exc)
 

@@ -34,12 +34,20 @@ def _param_size(count: int | None) -> str:
 
 
 def _details(entry: ModelEntry | None, info: ModelInfo | None = None) -> dict[str, Any]:
-    family = (entry.family if entry else None) or (info.family if info else None) or \
-        (info.architecture if info and info.architecture != "unknown" else "")
-    return {"parent_model": "", "format": "gguf", "family": family or "", "families": [family] if family else None,
-            "parameter_size": (entry.parameter_size if entry else None) or _param_size(
-                info.parameter_count if info else None),
-            "quantization_level": (entry.quantization if entry else None) or (info.quantization if info else "") or ""}
+    family = (
+        (entry.family if entry else None)
+        or (info.family if info else None)
+        or (info.architecture if info and info.architecture != "unknown" else "")
+    )
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": family or "",
+        "families": [family] if family else None,
+        "parameter_size": (entry.parameter_size if entry else None)
+        or _param_size(info.parameter_count if info else None),
+        "quantization_level": (entry.quantization if entry else None) or (info.quantization if info else "") or "",
+    }
 
 
 def _digest(entry: ModelEntry) -> str:
@@ -56,13 +64,19 @@ def _model_info(info: ModelInfo | None) -> tuple[dict[str, Any], list[str]]:
     if info is None:
         return {}, ["completion"]
     arch = info.architecture
-    known = {"general.parameter_count": info.parameter_count, f"{arch}.block_count": info.block_count,
-             f"{arch}.context_length": info.context_length, f"{arch}.embedding_length": info.embedding_length,
-             f"{arch}.attention.head_count": info.head_count,
-             f"{arch}.attention.head_count_kv": info.head_count_kv,
-             f"{arch}.attention.sliding_window": info.sliding_window}
-    return ({"general.architecture": arch, **{key: value for key, value in known.items() if value}},
-            list(info.capabilities) or ["completion"])
+    known = {
+        "general.parameter_count": info.parameter_count,
+        f"{arch}.block_count": info.block_count,
+        f"{arch}.context_length": info.context_length,
+        f"{arch}.embedding_length": info.embedding_length,
+        f"{arch}.attention.head_count": info.head_count,
+        f"{arch}.attention.head_count_kv": info.head_count_kv,
+        f"{arch}.attention.sliding_window": info.sliding_window,
+    }
+    return (
+        {"general.architecture": arch, **{key: value for key, value in known.items() if value}},
+        list(info.capabilities) or ["completion"],
+    )
 
 
 async def tags(state: ServerState, started_iso: str, request: Request) -> Response:
@@ -76,9 +90,17 @@ async def tags(state: ServerState, started_iso: str, request: Request) -> Respon
         if entry.upstream is not None:  # an Ollama's own entry: every field, verbatim
             models.append({**entry.upstream, "autotune": {"backend": entry.backend}})
             continue
-        models.append({"name": entry.name, "model": entry.name, "modified_at": entry.modified_at or started_iso,
-                       "size": entry.size_bytes or 0, "digest": _digest(entry), "details": _details(entry),
-                       "autotune": {"backend": entry.backend}})
+        models.append(
+            {
+                "name": entry.name,
+                "model": entry.name,
+                "modified_at": entry.modified_at or started_iso,
+                "size": entry.size_bytes or 0,
+                "digest": _digest(entry),
+                "details": _details(entry),
+                "autotune": {"backend": entry.backend},
+            }
+        )
     return ok(state, "ollama", "/api/tags", {"models": models})
 
 
@@ -89,18 +111,29 @@ async def show(state: ServerState, started_iso: str, request: Request) -> Respon
         backend, upstream = await state.resolve(name)
         native = await backend.native_show(upstream, verbose=bool((body.model_extra or {}).get("verbose")))
         if native is not None:  # an Ollama behind us: its own answer, every field, plus ours under "autotune"
-            return ok(state, "ollama", "/api/show", {**native, "autotune": {"backend": backend.name,
-                                                                            "model": upstream}})
+            return ok(
+                state, "ollama", "/api/show", {**native, "autotune": {"backend": backend.name, "model": upstream}}
+            )
         info = await state.pipeline.model_info(backend, upstream)
     except Exception as exc:
         return error_response(state, "ollama", "/api/show", exc)
     entry = next((e for e in await state.pipeline.resolver.models_of(backend.name) if e.name == upstream), None)
     model_info, capabilities = _model_info(info)
-    return ok(state, "ollama", "/api/show", {
-        "modelfile": f"# served by autotune via the {backend.name} backend\n{_note_line(entry)}FROM {upstream}\n",
-        "parameters": "", "template": "", "details": _details(entry, info), "model_info": model_info,
-        "capabilities": capabilities, "modified_at": (entry.modified_at if entry else None) or started_iso,
-        "autotune": {"backend": backend.name, "model": upstream}})
+    return ok(
+        state,
+        "ollama",
+        "/api/show",
+        {
+            "modelfile": f"# served by autotune via the {backend.name} backend\n{_note_line(entry)}FROM {upstream}\n",
+            "parameters": "",
+            "template": "",
+            "details": _details(entry, info),
+            "model_info": model_info,
+            "capabilities": capabilities,
+            "modified_at": (entry.modified_at if entry else None) or started_iso,
+            "autotune": {"backend": backend.name, "model": upstream},
+        },
+    )
 
 
 async def ps(state: ServerState, started_iso: str, request: Request) -> Response:
@@ -116,11 +149,19 @@ async def ps(state: ServerState, started_iso: str, request: Request) -> Response
                     models.append({**loaded.upstream, "autotune": {"backend": name}})
                     continue
                 entry = listed.get(loaded.name)
-                models.append({"name": loaded.name, "model": loaded.name, "size": loaded.size_bytes or 0,
-                               "size_vram": loaded.size_vram_bytes or 0,
-                               "digest": _digest(entry or ModelEntry(name=loaded.name, backend=name)),
-                               "details": _details(entry), "expires_at": loaded.expires_at or started_iso,
-                               "context_length": loaded.context_length, "autotune": {"backend": name}})
+                models.append(
+                    {
+                        "name": loaded.name,
+                        "model": loaded.name,
+                        "size": loaded.size_bytes or 0,
+                        "size_vram": loaded.size_vram_bytes or 0,
+                        "digest": _digest(entry or ModelEntry(name=loaded.name, backend=name)),
+                        "details": _details(entry),
+                        "expires_at": loaded.expires_at or started_iso,
+                        "context_length": loaded.context_length,
+                        "autotune": {"backend": name},
+                    }
+                )
     return ok(state, "ollama", "/api/ps", {"models": models})
 
 

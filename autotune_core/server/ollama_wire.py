@@ -132,16 +132,30 @@ def _format(value: str | dict[str, Any] | None) -> dict[str, Any] | None:
         return {"type": "json_object"}
     if isinstance(value, dict):
         return {"type": "json_schema", "json_schema": {"name": "schema", "schema": value}}
-    raise SchemaError("format: expected \"json\" or a JSON schema object", param="format")
+    raise SchemaError('format: expected "json" or a JSON schema object', param="format")
 
 
 def _message(wire: WireMessage) -> Message:
-    calls = [ToolCall.model_construct(id=None, index=None, name=call.function.name,
-                                      arguments=call.function.arguments if isinstance(call.function.arguments, str)
-                                      else dumps(call.function.arguments).decode())
-             for call in wire.tool_calls or []]
-    return Message.model_construct(role=wire.role, content=wire.content or "", images=list(wire.images or []),
-                                   tool_calls=calls, tool_call_id=None, name=wire.tool_name, thinking=wire.thinking)
+    calls = [
+        ToolCall.model_construct(
+            id=None,
+            index=None,
+            name=call.function.name,
+            arguments=call.function.arguments
+            if isinstance(call.function.arguments, str)
+            else dumps(call.function.arguments).decode(),
+        )
+        for call in wire.tool_calls or []
+    ]
+    return Message.model_construct(
+        role=wire.role,
+        content=wire.content or "",
+        images=list(wire.images or []),
+        tool_calls=calls,
+        tool_call_id=None,
+        name=wire.tool_name,
+        thinking=wire.thinking,
+    )
 
 
 def _fields(body: _Base) -> dict[str, Any]:
@@ -149,22 +163,43 @@ def _fields(body: _Base) -> dict[str, Any]:
     raw_options = options.model_dump(exclude_none=True)
     stop = options.stop
     return {
-        "model": body.model, "stream": body.stream, "stream_include_usage": False,
+        "model": body.model,
+        "stream": body.stream,
+        "stream_include_usage": False,
         "max_tokens": options.num_predict if options.num_predict is not None and options.num_predict >= 0 else None,
-        "temperature": options.temperature, "top_p": options.top_p, "top_k": options.top_k, "min_p": options.min_p,
-        "seed": options.seed, "stop": [stop] if isinstance(stop, str) else list(stop or []),
-        "presence_penalty": options.presence_penalty, "frequency_penalty": options.frequency_penalty,
-        "repeat_penalty": options.repeat_penalty, "keep_alive": body.keep_alive, "options": raw_options,
-        "response_format": _format(body.format), "think": body.think, "dialect": "ollama", "profile": None,
-        "conversation_id": None, "tools": [], "tool_choice": None, "raw": False, "prompt": None, "messages": [],
+        "temperature": options.temperature,
+        "top_p": options.top_p,
+        "top_k": options.top_k,
+        "min_p": options.min_p,
+        "seed": options.seed,
+        "stop": [stop] if isinstance(stop, str) else list(stop or []),
+        "presence_penalty": options.presence_penalty,
+        "frequency_penalty": options.frequency_penalty,
+        "repeat_penalty": options.repeat_penalty,
+        "keep_alive": body.keep_alive,
+        "options": raw_options,
+        "response_format": _format(body.format),
+        "think": body.think,
+        "dialect": "ollama",
+        "profile": None,
+        "conversation_id": None,
+        "tools": [],
+        "tool_choice": None,
+        "raw": False,
+        "prompt": None,
+        "messages": [],
     }
 
 
 def chat_request(data: dict[str, Any]) -> ChatRequest:
     body: ChatBody = validate(ChatBody, data)
     fields = _fields(body)
-    fields.update(kind="chat", messages=[_message(m) for m in body.messages], tools=body.tools or [],
-                  extra=dict(body.model_extra or {}))
+    fields.update(
+        kind="chat",
+        messages=[_message(m) for m in body.messages],
+        tools=body.tools or [],
+        extra=dict(body.model_extra or {}),
+    )
     return ChatRequest.model_construct(**fields)
 
 
@@ -192,10 +227,14 @@ def _ns(ms: float | None) -> int:
 
 
 def timing_fields(usage: Usage, timings: Timings, total_ms: float | None = None) -> dict[str, Any]:
-    return {"total_duration": _ns(timings.total_ms if timings.total_ms is not None else total_ms),
-            "load_duration": _ns(timings.load_ms), "prompt_eval_count": usage.prompt_tokens,
-            "prompt_eval_duration": _ns(timings.prompt_ms), "eval_count": usage.completion_tokens,
-            "eval_duration": _ns(timings.decode_ms)}
+    return {
+        "total_duration": _ns(timings.total_ms if timings.total_ms is not None else total_ms),
+        "load_duration": _ns(timings.load_ms),
+        "prompt_eval_count": usage.prompt_tokens,
+        "prompt_eval_duration": _ns(timings.prompt_ms),
+        "eval_count": usage.completion_tokens,
+        "eval_duration": _ns(timings.decode_ms),
+    }
 
 
 def _tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
@@ -213,8 +252,14 @@ def chat_response(result: ChatResult, model: str) -> dict[str, Any]:
         message["thinking"] = result.thinking
     if result.tool_calls:
         message["tool_calls"] = _tool_calls(result.tool_calls)
-    out = {"model": model, "created_at": now_iso(), "message": message, "done": True,
-           "done_reason": _done_reason(result.finish_reason), **timing_fields(result.usage, result.timings)}
+    out = {
+        "model": model,
+        "created_at": now_iso(),
+        "message": message,
+        "done": True,
+        "done_reason": _done_reason(result.finish_reason),
+        **timing_fields(result.usage, result.timings),
+    }
     return with_warnings(out, result.warnings)
 
 
@@ -226,8 +271,13 @@ def with_warnings(out: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
 
 
 def generate_response(result: ChatResult, model: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": model, "created_at": now_iso(), "response": result.content, "done": True,
-                           "done_reason": _done_reason(result.finish_reason)}
+    out: dict[str, Any] = {
+        "model": model,
+        "created_at": now_iso(),
+        "response": result.content,
+        "done": True,
+        "done_reason": _done_reason(result.finish_reason),
+    }
     if result.thinking:
         out["thinking"] = result.thinking
     out.update(timing_fields(result.usage, result.timings))
@@ -269,8 +319,11 @@ class NdjsonEncoder:
         out["done"] = chunk.done
         if chunk.done:
             out["done_reason"] = _done_reason(chunk.finish_reason)
-            out.update(timing_fields(chunk.usage or Usage(), chunk.timings or Timings(),
-                                     (time.perf_counter() - self.started) * 1000))
+            out.update(
+                timing_fields(
+                    chunk.usage or Usage(), chunk.timings or Timings(), (time.perf_counter() - self.started) * 1000
+                )
+            )
             with_warnings(out, chunk.warnings)
         return dumps(out) + b"\n"
 

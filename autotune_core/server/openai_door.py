@@ -22,8 +22,9 @@ def _completion_encoder(request: ChatRequest) -> Encoder:
 
 
 CHAT = Dialect("openai", "/v1/chat/completions", wire.chat_request, wire.chat_response, _chat_encoder)
-COMPLETIONS = Dialect("openai", "/v1/completions", wire.completion_request, wire.completion_response,
-                      _completion_encoder)
+COMPLETIONS = Dialect(
+    "openai", "/v1/completions", wire.completion_request, wire.completion_response, _completion_encoder
+)
 
 
 def _model_card(entry: ModelEntry, created: int) -> dict[str, object]:
@@ -49,8 +50,12 @@ def routes(state: ServerState) -> list[Route]:
             backend, upstream = await state.resolve(body.model)
             result = await in_slot(state, request, lambda: backend.embed(upstream, inputs))
             vectors = [vector[: body.dimensions] if body.dimensions else vector for vector in result.vectors]
-            return ok(state, "openai", endpoint,
-                      wire.embeddings_response(vectors, body.model, result.prompt_tokens, body.encoding_format))
+            return ok(
+                state,
+                "openai",
+                endpoint,
+                wire.embeddings_response(vectors, body.model, result.prompt_tokens, body.encoding_format),
+            )
         except Exception as exc:
             return error_response(state, "openai", endpoint, exc)
 

@@ -141,13 +141,27 @@ def _text(content: str | list[ContentPart] | None) -> tuple[str, list[str]]:
 
 def _message(wire: WireMessage) -> Message:
     content, images = _text(wire.content)
-    calls = [ToolCall.model_construct(id=call.id, name=call.function.name, index=call.index,
-                                      arguments=call.function.arguments if isinstance(call.function.arguments, str)
-                                      else dumps(call.function.arguments).decode())
-             for call in wire.tool_calls or []]
+    calls = [
+        ToolCall.model_construct(
+            id=call.id,
+            name=call.function.name,
+            index=call.index,
+            arguments=call.function.arguments
+            if isinstance(call.function.arguments, str)
+            else dumps(call.function.arguments).decode(),
+        )
+        for call in wire.tool_calls or []
+    ]
     role = "tool" if wire.role == "function" else wire.role
-    return Message.model_construct(role=role, content=content, images=images, tool_calls=calls,
-                                   tool_call_id=wire.tool_call_id, name=wire.name, thinking=wire.reasoning_content)
+    return Message.model_construct(
+        role=role,
+        content=content,
+        images=images,
+        tool_calls=calls,
+        tool_call_id=wire.tool_call_id,
+        name=wire.name,
+        thinking=wire.reasoning_content,
+    )
 
 
 def _stops(stop: str | list[str] | None) -> list[str]:
@@ -167,14 +181,31 @@ def _common(body: _Sampling, extra_skip: frozenset[str]) -> dict[str, Any]:
     if body.options is not None:
         extra["options"] = body.options  # forwarded as sent to OpenAI-compatible servers
     return {
-        "model": body.model, "stream": body.stream,
+        "model": body.model,
+        "stream": body.stream,
         "stream_include_usage": bool(body.stream and body.stream_options and body.stream_options.include_usage),
-        "temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k, "min_p": body.min_p,
-        "seed": body.seed, "stop": _stops(body.stop), "presence_penalty": body.presence_penalty,
-        "frequency_penalty": body.frequency_penalty, "repeat_penalty": body.repeat_penalty,
-        "keep_alive": body.keep_alive, "profile": body.profile, "conversation_id": body.conversation_id,
-        "dialect": "openai", "extra": extra, "options": options, "tools": [], "tool_choice": None,
-        "response_format": None, "think": None, "raw": False, "prompt": None, "messages": [],
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "top_k": body.top_k,
+        "min_p": body.min_p,
+        "seed": body.seed,
+        "stop": _stops(body.stop),
+        "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "repeat_penalty": body.repeat_penalty,
+        "keep_alive": body.keep_alive,
+        "profile": body.profile,
+        "conversation_id": body.conversation_id,
+        "dialect": "openai",
+        "extra": extra,
+        "options": options,
+        "tools": [],
+        "tool_choice": None,
+        "response_format": None,
+        "think": None,
+        "raw": False,
+        "prompt": None,
+        "messages": [],
     }
 
 
@@ -183,8 +214,14 @@ def chat_request(data: dict[str, Any]) -> ChatRequest:
     body: ChatBody = _validate(ChatBody, data)
     fields = _common(body, frozenset())
     limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    fields.update(kind="chat", messages=[_message(m) for m in body.messages], max_tokens=limit,
-                  tools=body.tools or [], tool_choice=body.tool_choice, response_format=body.response_format)
+    fields.update(
+        kind="chat",
+        messages=[_message(m) for m in body.messages],
+        max_tokens=limit,
+        tools=body.tools or [],
+        tool_choice=body.tool_choice,
+        response_format=body.response_format,
+    )
     if body.reasoning_effort is not None:
         fields["extra"]["reasoning_effort"] = body.reasoning_effort
     return ChatRequest.model_construct(**fields)
@@ -216,8 +253,11 @@ def new_id(prefix: str) -> str:
 
 
 def usage_dict(usage: Usage) -> dict[str, Any]:
-    out: dict[str, Any] = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                           "total_tokens": usage.total_tokens}
+    out: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
     if usage.cached_tokens is not None:
         out["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
     return out
@@ -226,8 +266,11 @@ def usage_dict(usage: Usage) -> dict[str, Any]:
 def _tool_calls(calls: list[ToolCall], *, with_index: bool) -> list[dict[str, Any]]:
     out = []
     for position, call in enumerate(calls):
-        item: dict[str, Any] = {"id": call.id or f"call_{secrets.token_hex(6)}", "type": "function",
-                                "function": {"name": call.name, "arguments": call.arguments or "{}"}}
+        item: dict[str, Any] = {
+            "id": call.id or f"call_{secrets.token_hex(6)}",
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments or "{}"},
+        }
         if with_index:
             item["index"] = call.index if call.index is not None else position
         out.append(item)
@@ -242,10 +285,19 @@ def chat_response(result: ChatResult, model: str) -> dict[str, Any]:
             message["content"] = None
     if result.thinking:
         message["reasoning_content"] = result.thinking
-    return _noted({"id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()),
-                   "model": model, "choices": [{"index": 0, "message": message, "logprobs": None,
-                                                "finish_reason": result.finish_reason or "stop"}],
-                   "usage": usage_dict(result.usage)}, result.warnings)
+    return _noted(
+        {
+            "id": new_id("chatcmpl"),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": result.finish_reason or "stop"}
+            ],
+            "usage": usage_dict(result.usage),
+        },
+        result.warnings,
+    )
 
 
 def _noted(out: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
@@ -256,22 +308,34 @@ def _noted(out: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
 
 
 def completion_response(result: ChatResult, model: str) -> dict[str, Any]:
-    return _noted({"id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": model,
-                   "choices": [{"index": 0, "text": result.content, "logprobs": None,
-                                "finish_reason": result.finish_reason or "stop"}],
-                   "usage": usage_dict(result.usage)}, result.warnings)
+    return _noted(
+        {
+            "id": new_id("cmpl"),
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {"index": 0, "text": result.content, "logprobs": None, "finish_reason": result.finish_reason or "stop"}
+            ],
+            "usage": usage_dict(result.usage),
+        },
+        result.warnings,
+    )
 
 
-def embeddings_response(vectors: list[list[float]], model: str, prompt_tokens: int,
-                        encoding: str) -> dict[str, Any]:
+def embeddings_response(vectors: list[list[float]], model: str, prompt_tokens: int, encoding: str) -> dict[str, Any]:
     data = []
     for index, vector in enumerate(vectors):
         value: Any = vector
         if encoding == "base64":
             value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
         data.append({"object": "embedding", "index": index, "embedding": value})
-    return {"object": "list", "data": data, "model": model,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
 
 
 class ChatStreamEncoder:
@@ -300,15 +364,21 @@ class ChatStreamEncoder:
             return b""
         return self._frame({"role": "assistant", "content": ""}, None)
 
-    def _frame(self, delta: dict[str, Any], finish: str | None, usage: Usage | None = None,
-               warnings: list[str] | None = None) -> bytes:
+    def _frame(
+        self, delta: dict[str, Any], finish: str | None, usage: Usage | None = None, warnings: list[str] | None = None
+    ) -> bytes:
         choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
         if self.completion:
             choice["text"] = delta.get("content", "")
         else:
             choice["delta"] = delta
-        data: dict[str, Any] = {"id": self.id, "object": self.object, "created": self.created, "model": self.model,
-                                "choices": [choice]}
+        data: dict[str, Any] = {
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        }
         if usage is not None:
             data["usage"] = usage_dict(usage)
         elif self.include_usage:
@@ -338,8 +408,14 @@ class ChatStreamEncoder:
         if chunk.done:
             out += self._frame({}, chunk.finish_reason or "stop", warnings=chunk.warnings)
             if self.include_usage:
-                data = {"id": self.id, "object": self.object, "created": self.created, "model": self.model,
-                        "choices": [], "usage": usage_dict(chunk.usage or Usage())}
+                data = {
+                    "id": self.id,
+                    "object": self.object,
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": [],
+                    "usage": usage_dict(chunk.usage or Usage()),
+                }
                 out += b"data: " + dumps(data) + b"\n\n"
         return out
 

@@ -99,9 +99,15 @@ class Slot:
 class FairQueue:
     """FIFO admission with bounded concurrency, a bounded line and a wait timeout."""
 
-    def __init__(self, max_concurrent: int, max_queued: int, timeout: float,
-                 cap: Callable[[], int | None] | None = None, slots: Callable[[], int | None] | None = None,
-                 fixed: bool = True) -> None:
+    def __init__(
+        self,
+        max_concurrent: int,
+        max_queued: int,
+        timeout: float,
+        cap: Callable[[], int | None] | None = None,
+        slots: Callable[[], int | None] | None = None,
+        fixed: bool = True,
+    ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
         self.max_concurrent = max_concurrent
@@ -160,8 +166,10 @@ class FairQueue:
             return None
         if self._waiting >= self.max_queued:
             self.rejected += 1
-            raise QueueFull(f"the request queue is full ({self._waiting} waiting, {self.active} running); "
-                            "retry later", retry_after=self.retry_after())
+            raise QueueFull(
+                f"the request queue is full ({self._waiting} waiting, {self.active} running); retry later",
+                retry_after=self.retry_after(),
+            )
         ticket = Ticket(asyncio.get_running_loop().create_future())
         self._line.append(ticket)
         self._waiting += 1
@@ -186,8 +194,11 @@ class FairQueue:
 
     def timeout_error(self) -> QueueFull:
         self.timed_out += 1
-        return QueueFull(f"waited {self.timeout:g} s in the request queue without a free slot; retry later",
-                         retry_after=self.retry_after(), code="queue_timeout")
+        return QueueFull(
+            f"waited {self.timeout:g} s in the request queue without a free slot; retry later",
+            retry_after=self.retry_after(),
+            code="queue_timeout",
+        )
 
     def granted(self, ticket: Ticket) -> bool:
         """Whether the slot was handed to this ticket (for callers that poll the future themselves)."""

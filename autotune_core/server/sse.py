@@ -32,8 +32,15 @@ def ndjson_frame(payload: bytes) -> bytes:
 class StreamBody(Response):
     """Send the headers, then every chunk of ``source``; stop and close it when the client leaves."""
 
-    def __init__(self, source: AsyncIterator[bytes], *, media_type: str, headers: Mapping[str, str] | None = None,
-                 status_code: int = 200, on_disconnect: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        source: AsyncIterator[bytes],
+        *,
+        media_type: str,
+        headers: Mapping[str, str] | None = None,
+        status_code: int = 200,
+        on_disconnect: Callable[[], None] | None = None,
+    ) -> None:
         self.source = source
         self.status_code = status_code
         self.media_type = media_type

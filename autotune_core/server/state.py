@@ -61,9 +61,14 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.pipeline = Pipeline(self.host)
-        self.queue = FairQueue(self.config.max_concurrent, self.config.max_queued, self.config.queue_timeout,
-                               cap=lambda: self.host.concurrency_cap, slots=self.backend_slots,
-                               fixed="max_concurrent" in self.config.model_fields_set)
+        self.queue = FairQueue(
+            self.config.max_concurrent,
+            self.config.max_queued,
+            self.config.queue_timeout,
+            cap=lambda: self.host.concurrency_cap,
+            slots=self.backend_slots,
+            fixed="max_concurrent" in self.config.model_fields_set,
+        )
         self.host.serve_concurrency(lambda: self.queue.base)
         self.metrics.queue_capacity.set(self.config.max_concurrent)
 
@@ -91,11 +96,16 @@ class ServerState:
             log.warning("hardware detection unavailable (%s); using basic memory figures", exc)
             psutil = importlib.import_module("psutil")  # untyped; imported lazily to keep start-up fast
             memory, swap = psutil.virtual_memory(), psutil.swap_memory()
-            self.host.hardware = HardwareSnapshot(ram_total_bytes=memory.total, ram_available_bytes=memory.available,
-                                                  swap_total_bytes=swap.total, swap_used_bytes=swap.used)
+            self.host.hardware = HardwareSnapshot(
+                ram_total_bytes=memory.total,
+                ram_available_bytes=memory.available,
+                swap_total_bytes=swap.total,
+                swap_used_bytes=swap.used,
+            )
 
     async def refresh_backends(self) -> None:
         """Let each candidate backend learn its server's facts, and note which ones answer."""
+
         async def one(name: str) -> None:
             try:
                 backend = self.host.backend(name)
@@ -169,9 +179,14 @@ class ServerState:
     async def on_pressure(self, pressure: Pressure) -> None:
         self.host.pressure = pressure
         self.metrics.pressure.replace([({"tier": pressure.tier}, 1.0)])
-        ctx = HookContext(host=self.host, hardware=self.host.hardware, capabilities=self._any_capabilities(),
-                          backend_name=self._any_backend_name(), profile=get_profile(self.host.config.profile),
-                          pressure=pressure)
+        ctx = HookContext(
+            host=self.host,
+            hardware=self.host.hardware,
+            capabilities=self._any_capabilities(),
+            backend_name=self._any_backend_name(),
+            profile=get_profile(self.host.config.profile),
+            pressure=pressure,
+        )
         try:
             await self.host.hooks.on_pressure(ctx=ctx, pressure=pressure)
         except Exception as exc:

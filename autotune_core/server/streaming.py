@@ -72,12 +72,17 @@ class _Stream:
 
     def response(self, headers: dict[str, str]) -> Response:
         media = SSE_MEDIA if self.dialect.sse else NDJSON_MEDIA
-        return StreamBody(_body(self), media_type=media, headers=headers,
-                          on_disconnect=lambda: self.state.metrics.stream_disconnects.inc({"door": self.dialect.door}))
+        return StreamBody(
+            _body(self),
+            media_type=media,
+            headers=headers,
+            on_disconnect=lambda: self.state.metrics.stream_disconnects.inc({"door": self.dialect.door}),
+        )
 
 
-async def open_stream(state: ServerState, dialect: Dialect, resolved: Resolved, slot: Slot,
-                      prepared: Prepared) -> Response:
+async def open_stream(
+    state: ServerState, dialect: Dialect, resolved: Resolved, slot: Slot, prepared: Prepared
+) -> Response:
     """A planned stream that holds its slot: a real status if it fails before its first chunk (within one
     keep-alive interval), else a 200 whose body the pump writes."""
     overhead = resolved.overhead_s()
@@ -197,8 +202,9 @@ async def _body(stream: _Stream) -> AsyncIterator[bytes]:
         yield done_marker
     except Exception as exc:
         if isinstance(exc, TimeoutError):
-            exc = UpstreamTimeout(f"the model server sent nothing for {state.config.upstream_timeout:g} s "
-                                  "in the middle of the answer")
+            exc = UpstreamTimeout(
+                f"the model server sent nothing for {state.config.upstream_timeout:g} s in the middle of the answer"
+            )
         error = classify(exc)
         stream.status = error.status
         count_error(state, error)

@@ -32,8 +32,10 @@ PLUGIN_NAME = "auto-tune"
 PRE_REQUEST_KNOBS = ("num_batch", "flash_attn", "parallel")
 #: names a client may use in ``options`` for each plan knob
 CLIENT_NAMES: dict[str, tuple[str, ...]] = {
-    "num_ctx": ("num_ctx", "n_ctx", "ctx_size"), "num_batch": ("num_batch", "n_batch"),
-    "flash_attn": ("flash_attn", "flash_attention"), "kv_type": ("kv_type", "cache_type_k", "type_k"),
+    "num_ctx": ("num_ctx", "n_ctx", "ctx_size"),
+    "num_batch": ("num_batch", "n_batch"),
+    "flash_attn": ("flash_attn", "flash_attention"),
+    "kv_type": ("kv_type", "cache_type_k", "type_k"),
     "parallel": ("parallel", "num_parallel"),
 }
 
@@ -74,8 +76,7 @@ class AutoTunePlugin:
         if cached is None:
             typed, _errors = profile_sets(sets)
             skip = set(ctx.settings(PLUGIN_NAME).model_dump()["skip"])
-            cached = {k: v for k, v in resolve(typed, archetype, section=section, model=model).items()
-                      if k not in skip}
+            cached = {k: v for k, v in resolve(typed, archetype, section=section, model=model).items() if k not in skip}
             if len(self._resolved) > 256:
                 self._resolved.clear()
             self._resolved[key] = cached
@@ -104,13 +105,17 @@ class AutoTunePlugin:
         plan.flags["archetype"] = {"id": archetype.id, "params": extras, "origins": origins}
         backend_choice = values.get("llamacpp.backend")
         if backend_choice is not None:
-            plan.advise(f"archetype {archetype.id}: use the llama.cpp {backend_choice.value} build "
-                        f"({backend_choice.origin.source})", knob="backend")
+            plan.advise(
+                f"archetype {archetype.id}: use the llama.cpp {backend_choice.value} build "
+                f"({backend_choice.origin.source})",
+                knob="backend",
+            )
 
     @hookimpl(tryfirst=True)
     @fold_stage("propose")
-    def choose_num_ctx(self, ctx: HookContext, request: ChatRequest, plan: Plan,
-                       proposal: Choice[Any] | None) -> Choice[Any] | None:
+    def choose_num_ctx(
+        self, ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None
+    ) -> Choice[Any] | None:
         archetype, values = self.resolved(ctx, request.model)
         item = values.get("num_ctx")
         if item is None or self._client_set(request, "num_ctx"):
@@ -122,8 +127,9 @@ class AutoTunePlugin:
 
     @hookimpl(specname="choose_num_ctx")
     @fold_stage("adjust")
-    def num_ctx_ceiling(self, ctx: HookContext, request: ChatRequest, plan: Plan,
-                        proposal: Choice[Any] | None) -> Choice[Any] | None:
+    def num_ctx_ceiling(
+        self, ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None
+    ) -> Choice[Any] | None:
         """``max_num_ctx``: lowers a larger proposal, never raises one (a second impl, adjust stage)."""
         archetype, values = self.resolved(ctx, request.model)
         item = values.get("max_num_ctx")
@@ -135,11 +141,11 @@ class AutoTunePlugin:
 
     @hookimpl(tryfirst=True)
     @fold_stage("propose")
-    def choose_kv_type(self, ctx: HookContext, request: ChatRequest, plan: Plan,
-                       proposal: Choice[Any] | None) -> Choice[Any] | None:
+    def choose_kv_type(
+        self, ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None
+    ) -> Choice[Any] | None:
         archetype, values = self.resolved(ctx, request.model)
         item = values.get("kv_type")
         if item is None or self._client_set(request, "kv_type"):
             return None
         return Choice(str(item.value), item.origin.describe(archetype.id))
-

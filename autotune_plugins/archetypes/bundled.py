@@ -46,8 +46,9 @@ def sets_to_register(store: ProfileCache | None = None) -> list[ProfileSet]:
     remote = store.cached()
     if remote is not None:
         if remote.name == bundled.name and remote.version <= bundled.version:
-            log.info("cached %s v%s is not newer than the bundled v%s; ignored", remote.name, remote.version,
-                     bundled.version)
+            log.info(
+                "cached %s v%s is not newer than the bundled v%s; ignored", remote.name, remote.version, bundled.version
+            )
         else:
             out.append(remote)
     try:

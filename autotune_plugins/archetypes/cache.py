@@ -107,8 +107,7 @@ class ProfileCache:
         """The user's local overlay (``local.toml``), validated like any other set."""
         if not self.local_path.exists():
             return None
-        return load_profile_set(self.local_path.read_text(encoding="utf-8"), origin=str(self.local_path),
-                                fmt="toml")
+        return load_profile_set(self.local_path.read_text(encoding="utf-8"), origin=str(self.local_path), fmt="toml")
 
     def stale(self, refresh_hours: float, now: float | None = None) -> bool:
         fetched = self.meta().get("checked_at")
@@ -123,14 +122,19 @@ class ProfileCache:
         current = self.cached()
         self._write_meta(url, current.version if current else None, checked=True)
         if current is not None and candidate.version < current.version:
-            return RefreshResult("rejected", f"download rejected, cache kept: {url} serves version "
-                                 f"{candidate.version}, older than the cached {current.version}", current.version)
+            return RefreshResult(
+                "rejected",
+                f"download rejected, cache kept: {url} serves version "
+                f"{candidate.version}, older than the cached {current.version}",
+                current.version,
+            )
         if current is not None and candidate.version == current.version:
             return RefreshResult("unchanged", f"cache is current (version {current.version})", current.version)
         atomic_write(self.root / REMOTE_FILE, json.dumps(dump_profile_set(candidate), indent=1))
         self._write_meta(url, candidate.version, checked=True)
-        return RefreshResult("updated", f"profiles updated to {candidate.name} version {candidate.version}",
-                             candidate.version)
+        return RefreshResult(
+            "updated", f"profiles updated to {candidate.name} version {candidate.version}", candidate.version
+        )
 
     def _write_meta(self, url: str, version: int | None, *, checked: bool) -> None:
         meta = {**self.meta(), "url": url, "version": version}
@@ -149,8 +153,9 @@ class ProfileCache:
                 for chunk in resp.iter_bytes():
                     size += len(chunk)
                     if size > MAX_DOWNLOAD_BYTES:
-                        return RefreshResult("rejected", "download rejected, cache kept: larger than "
-                                             f"{MAX_DOWNLOAD_BYTES} bytes")
+                        return RefreshResult(
+                            "rejected", f"download rejected, cache kept: larger than {MAX_DOWNLOAD_BYTES} bytes"
+                        )
                     chunks.append(chunk)
         except httpx.HTTPError as exc:
             return RefreshResult("offline", f"cannot reach {url} ({type(exc).__name__}); using cached/bundled")

@@ -41,15 +41,39 @@ def list_cmd(as_json: bool) -> None:
             from fnmatch import fnmatchcase
 
             hit = pid in archetype.lookup_keys() or any(fnmatchcase(archetype.id, g) for g in p.matches)
-            rows.append({"match": hit, "id": pid, "set": s.name, "version": s.version, "priority": s.priority,
-                         "plugin": plugin, "label": p.label, "matches": p.matches})
+            rows.append(
+                {
+                    "match": hit,
+                    "id": pid,
+                    "set": s.name,
+                    "version": s.version,
+                    "priority": s.priority,
+                    "plugin": plugin,
+                    "label": p.label,
+                    "matches": p.matches,
+                }
+            )
     if as_json:
         echo_json({"archetype": archetype.id, "profiles": rows})
         return
     click.echo(f"this machine: {archetype.id}\n")
-    click.echo(table(["", "Profile", "Set", "Ver", "Prio", "Label", "Also matches"], [
-        ("*" if r["match"] else "", r["id"], r["set"], r["version"], r["priority"], r["label"],
-         ", ".join(r["matches"])) for r in rows]))
+    click.echo(
+        table(
+            ["", "Profile", "Set", "Ver", "Prio", "Label", "Also matches"],
+            [
+                (
+                    "*" if r["match"] else "",
+                    r["id"],
+                    r["set"],
+                    r["version"],
+                    r["priority"],
+                    r["label"],
+                    ", ".join(r["matches"]),
+                )
+                for r in rows
+            ],
+        )
+    )
 
 
 @profiles.command("show")
@@ -90,15 +114,29 @@ def update_cmd(url: str | None) -> None:
 @click.option("--min-submissions", default=1, show_default=True, type=click.IntRange(1))
 @click.option("--name", default="community", show_default=True)
 @click.option("--version", "set_version", default=1, show_default=True, type=click.IntRange(1))
-def merge_cmd(files: tuple[Path, ...], output: Path | None, archetype: str | None, backend: str | None,
-              min_submissions: int, name: str, set_version: int) -> None:
+def merge_cmd(
+    files: tuple[Path, ...],
+    output: Path | None,
+    archetype: str | None,
+    backend: str | None,
+    min_submissions: int,
+    name: str,
+    set_version: int,
+) -> None:
     """Curate bench contributions into a profile (outliers and conflicting submissions rejected)."""
     from .merge import load_contributions, merge
 
     good, bad = load_contributions(files)
     try:
-        report = merge(good, archetype=archetype, backend=backend, min_submissions=min_submissions, name=name,
-                       version=set_version, rejected=bad)
+        report = merge(
+            good,
+            archetype=archetype,
+            backend=backend,
+            min_submissions=min_submissions,
+            name=name,
+            version=set_version,
+            rejected=bad,
+        )
     except ValueError as exc:
         for where, why in bad:
             click.echo(f"rejected {where}: {why}", err=True)
@@ -106,8 +144,11 @@ def merge_cmd(files: tuple[Path, ...], output: Path | None, archetype: str | Non
     for where, why in report.rejected:
         click.echo(f"rejected {where}: {why}", err=True)
     for scenario, stats in report.best.items():
-        click.echo(f"{report.archetype}/{report.backend} {scenario}: {stats.params} -> {stats.tokens_per_s:.1f} tok/s "
-                   f"({len(stats.submissions)} submissions, agreement {report.agreement[scenario]:.0%})", err=True)
+        click.echo(
+            f"{report.archetype}/{report.backend} {scenario}: {stats.params} -> {stats.tokens_per_s:.1f} tok/s "
+            f"({len(stats.submissions)} submissions, agreement {report.agreement[scenario]:.0%})",
+            err=True,
+        )
     text = json.dumps(dump_profile_set(report.profile_set), indent=2)
     if output is None:
         click.echo(text)
@@ -125,8 +166,9 @@ def _learn(contribution: Contribution, *, yes: bool, as_default: bool) -> None:
     if not values:
         click.echo("nothing to save: the backend honoured none of the swept knobs")
         return
-    if not yes and not click.confirm(f"save {sorted(values)} to the local overlay ({section}, {where})?",
-                                     default=False):
+    if not yes and not click.confirm(
+        f"save {sorted(values)} to the local overlay ({section}, {where})?", default=False
+    ):
         return
     store = ProfileCache()
     learned = learn(contribution, store, as_default=as_default)
@@ -148,8 +190,13 @@ def learn_cmd(bench_file: Path, yes: bool, as_default: bool) -> None:
 
 
 @profiles.command("lemonade")
-@click.option("--import", "import_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Convert a Lemonade profile JSON to our schema instead.")
+@click.option(
+    "--import",
+    "import_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Convert a Lemonade profile JSON to our schema instead.",
+)
 def lemonade_cmd(import_file: Path | None) -> None:
     """Export every registered set in the Lemonade Auto-Tune shape (or --import one)."""
     from .lemonade import from_lemonade
@@ -164,17 +211,32 @@ def lemonade_cmd(import_file: Path | None) -> None:
 
 
 @click.command("bench")
-@click.option("--submit-file", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Write the structured contribution here.")
+@click.option(
+    "--submit-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Write the structured contribution here.",
+)
 @click.option("--backend", "backend_name", default="llamacpp", show_default=True)
 @click.option("--model", default=None, help="Model name (default: the backend's first model).")
 @click.option("--budget", default=60.0, show_default=True, type=click.FloatRange(1, 900), help="Seconds, in total.")
 @click.option("--repeats", default=1, show_default=True, type=click.IntRange(1, 5))
 @click.option("--max-tokens", default=8, show_default=True, type=click.IntRange(1, 16))
-@click.option("--learn/--no-learn", "learn_flag", default=None, help="Save the best as a local overlay "
-              "(default: ask when interactive).")
-def bench_cmd(submit_file: Path, backend_name: str, model: str | None, budget: float, repeats: int,
-              max_tokens: int, learn_flag: bool | None) -> None:
+@click.option(
+    "--learn/--no-learn",
+    "learn_flag",
+    default=None,
+    help="Save the best as a local overlay (default: ask when interactive).",
+)
+def bench_cmd(
+    submit_file: Path,
+    backend_name: str,
+    model: str | None,
+    budget: float,
+    repeats: int,
+    max_tokens: int,
+    learn_flag: bool | None,
+) -> None:
     """Run a short parameter sweep on this machine and write a benchmark contribution."""
     from .bench import run_bench
 
@@ -182,8 +244,15 @@ def bench_cmd(submit_file: Path, backend_name: str, model: str | None, budget: f
 
     async def go() -> Contribution:
         try:
-            return await run_bench(host, backend_name=backend_name, model=model, budget_s=budget, repeats=repeats,
-                                   max_tokens=max_tokens, progress=lambda line: click.echo(line, err=True))
+            return await run_bench(
+                host,
+                backend_name=backend_name,
+                model=model,
+                budget_s=budget,
+                repeats=repeats,
+                max_tokens=max_tokens,
+                progress=lambda line: click.echo(line, err=True),
+            )
         finally:
             await host.stop()
 

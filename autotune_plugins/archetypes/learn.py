@@ -1,4 +1,4 @@
-""""Learn from this run": save the best parameters a bench observed into the user's local overlay
+""" "Learn from this run": save the best parameters a bench observed into the user's local overlay
 (``data_dir()/archetypes/local.toml``), which the fallback chain uses with the highest priority and
 shows as origin "local overlay".
 
@@ -28,10 +28,15 @@ def learned_values(contribution: Contribution) -> tuple[str, dict[str, Any], str
     scenario = "chat-short" if "chat-short" in report.best else sorted(report.best)[0]
     stats = report.best[scenario]
     section = contribution.section or "common"
-    summary = (f"{stats.tokens_per_s:.1f} tok/s" + (f", TTFT {stats.ttft_ms:.0f} ms" if stats.ttft_ms else "")
-               + f" with {stats.params}")
-    source = (f"local overlay: learned from bench {contribution.id} on {contribution.timestamp[:10]} "
-              f"({contribution.backend}, {contribution.model}): {summary}")
+    summary = (
+        f"{stats.tokens_per_s:.1f} tok/s"
+        + (f", TTFT {stats.ttft_ms:.0f} ms" if stats.ttft_ms else "")
+        + f" with {stats.params}"
+    )
+    source = (
+        f"local overlay: learned from bench {contribution.id} on {contribution.timestamp[:10]} "
+        f"({contribution.backend}, {contribution.model}): {summary}"
+    )
     return section, section_values(stats, section, source), summary
 
 
@@ -39,9 +44,18 @@ def learn(contribution: Contribution, store: ProfileCache, *, as_default: bool =
     """Merge the learned values into ``local.toml`` (validated, written atomically) and return it."""
     section, values, _summary = learned_values(contribution)
     current = store.local()
-    data: dict[str, Any] = dump_profile_set(current) if current is not None else {
-        "schema_version": SCHEMA_VERSION, "name": "local", "version": 0, "priority": LOCAL_PRIORITY,
-        "description": "Values learned on this machine (autotune profiles learn)", "profiles": {}}
+    data: dict[str, Any] = (
+        dump_profile_set(current)
+        if current is not None
+        else {
+            "schema_version": SCHEMA_VERSION,
+            "name": "local",
+            "version": 0,
+            "priority": LOCAL_PRIORITY,
+            "description": "Values learned on this machine (autotune profiles learn)",
+            "profiles": {},
+        }
+    )
     data["version"] = int(data["version"]) + 1
     data["published"] = dt.date.today().isoformat()
     profile = data["profiles"].setdefault(contribution.archetype, {})

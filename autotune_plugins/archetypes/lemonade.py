@@ -21,19 +21,42 @@ from autotune_core.hardware import gpu_parts
 
 #: llama-server flag aliases -> our llamacpp field
 LLAMA_FLAGS: dict[str, str] = {
-    "-b": "batch_size", "--batch-size": "batch_size", "-ub": "ubatch_size", "--ubatch-size": "ubatch_size",
-    "-fa": "flash_attn", "--flash-attn": "flash_attn", "-ctk": "cache_type_k", "--cache-type-k": "cache_type_k",
-    "-ctv": "cache_type_v", "--cache-type-v": "cache_type_v", "-t": "threads", "--threads": "threads",
-    "-np": "parallel", "--parallel": "parallel", "-ngl": "n_gpu_layers", "--n-gpu-layers": "n_gpu_layers",
-    "--gpu-layers": "n_gpu_layers", "-c": "ctx_size", "--ctx-size": "ctx_size",
+    "-b": "batch_size",
+    "--batch-size": "batch_size",
+    "-ub": "ubatch_size",
+    "--ubatch-size": "ubatch_size",
+    "-fa": "flash_attn",
+    "--flash-attn": "flash_attn",
+    "-ctk": "cache_type_k",
+    "--cache-type-k": "cache_type_k",
+    "-ctv": "cache_type_v",
+    "--cache-type-v": "cache_type_v",
+    "-t": "threads",
+    "--threads": "threads",
+    "-np": "parallel",
+    "--parallel": "parallel",
+    "-ngl": "n_gpu_layers",
+    "--n-gpu-layers": "n_gpu_layers",
+    "--gpu-layers": "n_gpu_layers",
+    "-c": "ctx_size",
+    "--ctx-size": "ctx_size",
 }
 LLAMA_RENDER: tuple[tuple[str, str], ...] = (
-    ("batch_size", "-b"), ("ubatch_size", "-ub"), ("flash_attn", "--flash-attn"), ("cache_type_k", "-ctk"),
-    ("cache_type_v", "-ctv"), ("threads", "-t"), ("parallel", "-np"))
+    ("batch_size", "-b"),
+    ("ubatch_size", "-ub"),
+    ("flash_attn", "--flash-attn"),
+    ("cache_type_k", "-ctk"),
+    ("cache_type_v", "-ctv"),
+    ("threads", "-t"),
+    ("parallel", "-np"),
+)
 VLLM_FLAGS: tuple[tuple[str, str], ...] = (
-    ("max_model_len", "--max-model-len"), ("max_num_seqs", "--max-num-seqs"),
+    ("max_model_len", "--max-model-len"),
+    ("max_num_seqs", "--max-num-seqs"),
     ("max_num_batched_tokens", "--max-num-batched-tokens"),
-    ("gpu_memory_utilization", "--gpu-memory-utilization"), ("kv_cache_dtype", "--kv-cache-dtype"))
+    ("gpu_memory_utilization", "--gpu-memory-utilization"),
+    ("kv_cache_dtype", "--kv-cache-dtype"),
+)
 VENDOR_PREFIXES = ("nvidia-", "amd-", "apple-", "intel-", "cpu-")
 
 
@@ -73,8 +96,10 @@ def render_llamacpp_args(section: dict[str, Any]) -> str:
     for field, flag in LLAMA_RENDER:
         if field in section:
             value = section[field]
-            parts += [flag, {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) else
-                      str(value)]
+            parts += [
+                flag,
+                {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) else str(value),
+            ]
     if "kv_unified" in section:
         parts.append("-kvu" if section["kv_unified"] else "-no-kvu")
     return " ".join(parts + ([section["extra_args"]] if section.get("extra_args") else []))
@@ -94,8 +119,11 @@ def parse_vllm_args(args: str | list[str]) -> dict[str, Any]:
             value = inline if eq else tokens[i + 1]
             i += 0 if eq else 1
             field = by_flag[flag]
-            out[field] = value if field == "kv_cache_dtype" else (
-                float(value) if field == "gpu_memory_utilization" else int(value))
+            out[field] = (
+                value
+                if field == "kv_cache_dtype"
+                else (float(value) if field == "gpu_memory_utilization" else int(value))
+            )
         else:
             extra.append(tokens[i])
         i += 1
@@ -107,8 +135,7 @@ def parse_vllm_args(args: str | list[str]) -> dict[str, Any]:
 def render_vllm_args(section: dict[str, Any]) -> str:
     parts = [f"{flag} {section[field]}" for field, flag in VLLM_FLAGS if field in section]
     if "enable_prefix_caching" in section:
-        parts.append("--enable-prefix-caching" if section["enable_prefix_caching"] else
-                     "--no-enable-prefix-caching")
+        parts.append("--enable-prefix-caching" if section["enable_prefix_caching"] else "--no-enable-prefix-caching")
     return " ".join(parts + ([section["extra_args"]] if section.get("extra_args") else []))
 
 
@@ -180,8 +207,13 @@ def _section(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def from_lemonade(data: dict[str, dict[str, Any]], *, name: str = "lemonade-import", version: int = 1,
-                  source: str = "imported from a Lemonade auto-tune profile") -> ProfileSet:
+def from_lemonade(
+    data: dict[str, dict[str, Any]],
+    *,
+    name: str = "lemonade-import",
+    version: int = 1,
+    source: str = "imported from a Lemonade auto-tune profile",
+) -> ProfileSet:
     """Lemonade profiles -> a validated :class:`ProfileSet` (the original id kept as ``lemonade_id``)."""
     profiles: dict[str, Any] = {}
     for key, options in data.items():
@@ -192,5 +224,7 @@ def from_lemonade(data: dict[str, dict[str, Any]], *, name: str = "lemonade-impo
         overlays = options.get("model_overlays") or {}
         profile["overlays"] = [{"model": pattern, **_section(opts)} for pattern, opts in overlays.items()]
         profiles[pid] = profile
-    return load_profile_set({"schema_version": SCHEMA_VERSION, "name": name, "version": version,
-                             "source": source, "profiles": profiles}, origin=name)
+    return load_profile_set(
+        {"schema_version": SCHEMA_VERSION, "name": name, "version": version, "source": source, "profiles": profiles},
+        origin=name,
+    )

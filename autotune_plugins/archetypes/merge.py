@@ -30,11 +30,17 @@ from .submission import Contribution
 SECTION_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
     "common": {"num_batch": ("num_batch",), "flash_attn": ("flash_attn",), "kv_type": ("kv_type",)},
     "embedded": {"num_batch": ("n_batch",), "flash_attn": ("flash_attn",), "kv_type": ("type_k", "type_v")},
-    "llamacpp": {"num_batch": ("batch_size",), "flash_attn": ("flash_attn",),
-                 "kv_type": ("cache_type_k", "cache_type_v")},
+    "llamacpp": {
+        "num_batch": ("batch_size",),
+        "flash_attn": ("flash_attn",),
+        "kv_type": ("cache_type_k", "cache_type_v"),
+    },
     "ollama": {"num_batch": ("num_batch",), "flash_attn": ("flash_attention",), "kv_type": ("kv_cache_type",)},
-    "lmstudio": {"num_batch": ("eval_batch_size",), "flash_attn": ("flash_attention",),
-                 "kv_type": ("k_cache_quantization", "v_cache_quantization")},
+    "lmstudio": {
+        "num_batch": ("eval_batch_size",),
+        "flash_attn": ("flash_attention",),
+        "kv_type": ("k_cache_quantization", "v_cache_quantization"),
+    },
     "vllm": {"num_batch": ("max_num_batched_tokens",)},
 }
 MAD_THRESHOLD = 3.5
@@ -119,8 +125,9 @@ def _dedupe(contributions: Sequence[Contribution]) -> tuple[list[Contribution], 
     return unique, rejected
 
 
-def _one_target(unique: Sequence[Contribution], archetype: str | None,
-                backend: str | None) -> tuple[str, str, list[Contribution], list[tuple[str, str]]]:
+def _one_target(
+    unique: Sequence[Contribution], archetype: str | None, backend: str | None
+) -> tuple[str, str, list[Contribution], list[tuple[str, str]]]:
     """The archetype and backend to merge (asked for, else the majority), their submissions, the rest rejected.
 
     Speeds from different machines or backends are not comparable, so one profile comes from one pair.
@@ -132,8 +139,7 @@ def _one_target(unique: Sequence[Contribution], archetype: str | None,
     rejected: list[tuple[str, str]] = []
     for c in unique:
         if c.archetype != target_arch or c.backend != target_backend:
-            rejected.append((c.id, f"conflicting: {c.archetype}/{c.backend}, merging {target_arch}/"
-                                   f"{target_backend}"))
+            rejected.append((c.id, f"conflicting: {c.archetype}/{c.backend}, merging {target_arch}/{target_backend}"))
         else:
             kept.append(c)
     return target_arch, target_backend, kept, rejected
@@ -149,16 +155,21 @@ def _samples(kept: Sequence[Contribution]) -> dict[tuple[str, str], list[_Sample
     return samples
 
 
-def _outlier_submissions(kept: Sequence[Contribution],
-                         samples: dict[tuple[str, str], list[_Sample]]) -> dict[str, float]:
+def _outlier_submissions(
+    kept: Sequence[Contribution], samples: dict[tuple[str, str], list[_Sample]]
+) -> dict[str, float]:
     """Whole submissions whose speed is off (or zero) against the others, with that relative speed.
 
     Each submission's score is its median speed relative to each combination's median, so a slow
     machine mislabelled as this archetype stands out even if it measured other combinations.
     """
     medians = {k: statistics.median(s[1] for s in v) for k, v in samples.items()}
-    scores = {c.id: statistics.median([r.tokens_per_s / medians[(r.scenario, _key(r.params))] for r in c.runs
-                                       if r.ok and r.tokens_per_s] or [0.0]) for c in kept}
+    scores = {
+        c.id: statistics.median(
+            [r.tokens_per_s / medians[(r.scenario, _key(r.params))] for r in c.runs if r.ok and r.tokens_per_s] or [0.0]
+        )
+        for c in kept
+    }
     flags = mad_outliers(list(scores.values()))
     return {cid: score for (cid, score), flag in zip(scores.items(), flags, strict=True) if flag or score == 0.0}
 
@@ -173,13 +184,18 @@ def _clean_rows(rows: Sequence[_Sample], outliers: Iterable[str]) -> list[_Sampl
 def _combo_stats(rows: Sequence[_Sample]) -> ComboStats:
     """Median speed and TTFT of one combination's (non-empty) cleaned samples."""
     ttfts = [r[2] for r in rows if r[2] is not None]
-    return ComboStats(params=rows[0][3], tokens_per_s=statistics.median(r[1] for r in rows),
-                      ttft_ms=statistics.median(ttfts) if ttfts else None, samples=len(rows),
-                      submissions=sorted({r[0] for r in rows}))
+    return ComboStats(
+        params=rows[0][3],
+        tokens_per_s=statistics.median(r[1] for r in rows),
+        ttft_ms=statistics.median(ttfts) if ttfts else None,
+        samples=len(rows),
+        submissions=sorted({r[0] for r in rows}),
+    )
 
 
-def _best_per_scenario(samples: dict[tuple[str, str], list[_Sample]], outliers: Iterable[str],
-                       min_submissions: int) -> dict[str, ComboStats]:
+def _best_per_scenario(
+    samples: dict[tuple[str, str], list[_Sample]], outliers: Iterable[str], min_submissions: int
+) -> dict[str, ComboStats]:
     """Per scenario, the fastest median among combinations enough submissions measured (ties: lower TTFT)."""
     best: dict[str, ComboStats] = {}
     for (scenario, _combo), raw in sorted(samples.items()):
@@ -189,7 +205,9 @@ def _best_per_scenario(samples: dict[tuple[str, str], list[_Sample]], outliers: 
         stats = _combo_stats(rows)
         current = best.get(scenario)
         if current is None or (stats.tokens_per_s, -(stats.ttft_ms or 0)) > (
-                current.tokens_per_s, -(current.ttft_ms or 0)):
+            current.tokens_per_s,
+            -(current.ttft_ms or 0),
+        ):
             best[scenario] = stats
     return best
 
@@ -204,9 +222,17 @@ def _agreement(best: dict[str, ComboStats], kept: Sequence[Contribution]) -> dic
     return agreement
 
 
-def merge(contributions: Sequence[Contribution], *, archetype: str | None = None, backend: str | None = None,
-          min_submissions: int = 1, name: str = "community", version: int = 1, priority: int = 10,
-          rejected: Sequence[tuple[str, str]] = ()) -> MergeReport:
+def merge(
+    contributions: Sequence[Contribution],
+    *,
+    archetype: str | None = None,
+    backend: str | None = None,
+    min_submissions: int = 1,
+    name: str = "community",
+    version: int = 1,
+    priority: int = 10,
+    rejected: Sequence[tuple[str, str]] = (),
+) -> MergeReport:
     """Curate contributions into a profile set with one profile (see the module docstring)."""
     unique, duplicates = _dedupe(contributions)
     rejected_out = [*rejected, *duplicates]
@@ -227,10 +253,12 @@ def merge(contributions: Sequence[Contribution], *, archetype: str | None = None
         raise ValueError(f"no parameter combination was measured by at least {min_submissions} submissions")
     section = kept[0].section or "common"
     scenario = "chat-short" if "chat-short" in best else sorted(best)[0]
-    profile_set = _to_profile_set(best[scenario], scenario, target_arch, section, name=name, version=version,
-                                  priority=priority)
-    return MergeReport(profile_set, target_arch, target_backend, [c.id for c in kept], rejected_out, best,
-                       _agreement(best, kept))
+    profile_set = _to_profile_set(
+        best[scenario], scenario, target_arch, section, name=name, version=version, priority=priority
+    )
+    return MergeReport(
+        profile_set, target_arch, target_backend, [c.id for c in kept], rejected_out, best, _agreement(best, kept)
+    )
 
 
 def _own_best(c: Contribution, scenario: str) -> str | None:
@@ -249,14 +277,28 @@ def section_values(stats: ComboStats, section: str, source: str) -> dict[str, An
     return out
 
 
-def _to_profile_set(stats: ComboStats, scenario: str, archetype: str, section: str, *, name: str, version: int,
-                    priority: int) -> ProfileSet:
+def _to_profile_set(
+    stats: ComboStats, scenario: str, archetype: str, section: str, *, name: str, version: int, priority: int
+) -> ProfileSet:
     today = dt.date.today().isoformat()
-    source = (f"community bench {today}: best median {stats.tokens_per_s:.1f} tok/s"
-              + (f", TTFT {stats.ttft_ms:.0f} ms" if stats.ttft_ms is not None else "")
-              + f" over {len(stats.submissions)} submission(s) [{', '.join(stats.submissions)}], scenario {scenario}")
-    profile = {section if section in SECTION_FIELDS else "common": section_values(stats, section, source),
-               "submissions": stats.submissions, "label": f"merged from {len(stats.submissions)} submission(s)"}
-    return load_profile_set({"schema_version": SCHEMA_VERSION, "name": name, "version": version,
-                             "priority": priority, "published": today, "profiles": {archetype: profile}},
-                            origin="merged profile")
+    source = (
+        f"community bench {today}: best median {stats.tokens_per_s:.1f} tok/s"
+        + (f", TTFT {stats.ttft_ms:.0f} ms" if stats.ttft_ms is not None else "")
+        + f" over {len(stats.submissions)} submission(s) [{', '.join(stats.submissions)}], scenario {scenario}"
+    )
+    profile = {
+        section if section in SECTION_FIELDS else "common": section_values(stats, section, source),
+        "submissions": stats.submissions,
+        "label": f"merged from {len(stats.submissions)} submission(s)",
+    }
+    return load_profile_set(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "name": name,
+            "version": version,
+            "priority": priority,
+            "published": today,
+            "profiles": {archetype: profile},
+        },
+        origin="merged profile",
+    )

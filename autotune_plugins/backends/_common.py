@@ -18,12 +18,21 @@ from autotune_core.plan import Plan
 from ._http import StreamingResponse, UpstreamClient
 
 #: sampling fields both OpenAI-style servers and Ollama understand under the same names
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
-                   "repeat_penalty")
+SAMPLING_FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repeat_penalty",
+)
 
 
-def make_client(base_url: str, timeout: float, headers: dict[str, str] | None = None,
-                label: str = "upstream") -> UpstreamClient:
+def make_client(
+    base_url: str, timeout: float, headers: dict[str, str] | None = None, label: str = "upstream"
+) -> UpstreamClient:
     """One pooled client per backend instance: keep-alive connections, bounded timeouts everywhere."""
     return UpstreamClient(base_url, timeout, headers, label=label)
 
@@ -75,8 +84,9 @@ def checked_embeddings(result: EmbeddingResult, inputs: int, label: str) -> Embe
 def status_error(status: int, message: str, label: str) -> UpstreamError:
     """An HTTP error answer: client errors keep their status, server errors become 502."""
     if 400 <= status < 500 and status != 404:
-        return UpstreamError(f"{label}: {message}", status=status, type="invalid_request_error",
-                             code="rejected_by_model_server")
+        return UpstreamError(
+            f"{label}: {message}", status=status, type="invalid_request_error", code="rejected_by_model_server"
+        )
     return UpstreamError(f"{label} answered HTTP {status}: {message}")
 
 
@@ -130,17 +140,20 @@ def openai_message(message: Message) -> dict[str, Any]:
     if message.images:
         parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
         for image in message.images:
-            url = image if image.startswith(("data:", "http://", "https://")) else \
-                f"data:image/png;base64,{image}"
+            url = image if image.startswith(("data:", "http://", "https://")) else f"data:image/png;base64,{image}"
             parts.append({"type": "image_url", "image_url": {"url": url}})
         out["content"] = parts
     else:
         out["content"] = message.content
     if message.tool_calls:
         out["tool_calls"] = [
-            {"id": call.id or f"call_{index}", "type": "function",
-             "function": {"name": call.name, "arguments": call.arguments or "{}"}}
-            for index, call in enumerate(message.tool_calls)]
+            {
+                "id": call.id or f"call_{index}",
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments or "{}"},
+            }
+            for index, call in enumerate(message.tool_calls)
+        ]
         if not message.content:
             out["content"] = None
     if message.tool_call_id:
@@ -183,9 +196,11 @@ def openai_usage(data: dict[str, Any] | None) -> Usage | None:
         return None
     details = data.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(prompt_tokens=int(data.get("prompt_tokens") or 0),
-                 completion_tokens=int(data.get("completion_tokens") or 0),
-                 cached_tokens=int(cached) if cached is not None else None)
+    return Usage(
+        prompt_tokens=int(data.get("prompt_tokens") or 0),
+        completion_tokens=int(data.get("completion_tokens") or 0),
+        cached_tokens=int(cached) if cached is not None else None,
+    )
 
 
 def openai_tool_calls(raw: Any) -> list[ToolCall]:
@@ -195,8 +210,14 @@ def openai_tool_calls(raw: Any) -> list[ToolCall]:
         arguments = function.get("arguments")
         if not isinstance(arguments, str):
             arguments = json.dumps(arguments or {})
-        calls.append(ToolCall(id=item.get("id"), name=str(function.get("name") or ""), arguments=arguments,
-                              index=item.get("index", index)))
+        calls.append(
+            ToolCall(
+                id=item.get("id"),
+                name=str(function.get("name") or ""),
+                arguments=arguments,
+                index=item.get("index", index),
+            )
+        )
     return calls
 
 
@@ -220,5 +241,7 @@ class ToolCallAssembler:
                 slot["arguments"] += arguments if isinstance(arguments, str) else json.dumps(arguments)
 
     def calls(self) -> list[ToolCall]:
-        return [ToolCall(id=slot["id"], name=slot["name"], arguments=slot["arguments"] or "{}", index=index)
-                for index, slot in sorted(self._calls.items())]
+        return [
+            ToolCall(id=slot["id"], name=slot["name"], arguments=slot["arguments"] or "{}", index=index)
+            for index, slot in sorted(self._calls.items())
+        ]

@@ -109,8 +109,9 @@ class _Stream:
         self._response = await self._client.send(self._method, self._path, self._body)
         return StreamingResponse(self._client, self._response)
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._response is None:
             return
         if self._response.content.is_eof():
@@ -126,8 +127,14 @@ class UpstreamClient:
     generation that keeps streaming is fine, a silent upstream is not.
     """
 
-    def __init__(self, base_url: str, timeout: float, headers: dict[str, str] | None = None,
-                 label: str = "upstream", limit: int = POOL_LIMIT) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float,
+        headers: dict[str, str] | None = None,
+        label: str = "upstream",
+        limit: int = POOL_LIMIT,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.headers = dict(headers or {})
@@ -146,9 +153,13 @@ class UpstreamClient:
             connect = min(5.0, self.timeout)
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.limit, limit_per_host=self.limit),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect, connect=connect,
-                                              sock_read=self.timeout),
-                headers=self.headers, trust_env=False, raise_for_status=False)
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=connect, connect=connect, sock_read=self.timeout
+                ),
+                headers=self.headers,
+                trust_env=False,
+                raise_for_status=False,
+            )
             self._loop = loop
         return self._session
 
@@ -168,8 +179,9 @@ class UpstreamClient:
         """Send a request and return once the status line and headers are in (body unread)."""
         headers = {"Content-Type": "application/json"} if body is not None else None
         try:
-            return await self._current_session().request(method, self.base_url + path, data=body, headers=headers,
-                                                          allow_redirects=False)
+            return await self._current_session().request(
+                method, self.base_url + path, data=body, headers=headers, allow_redirects=False
+            )
         except _transport_errors() as exc:
             raise self.mapped(exc) from exc
 
@@ -219,6 +231,7 @@ class UpstreamClient:
     async def __aenter__(self) -> UpstreamClient:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.aclose()

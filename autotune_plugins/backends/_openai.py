@@ -44,8 +44,13 @@ from ._common import (
 from ._http import UpstreamClient
 
 #: llama-server (old and new default port), LM Studio, vLLM, Lemonade
-PROBE_URLS = ("http://127.0.0.1:8080", "http://127.0.0.1:9931", "http://127.0.0.1:1234", "http://127.0.0.1:8000",
-              "http://127.0.0.1:13305")
+PROBE_URLS = (
+    "http://127.0.0.1:8080",
+    "http://127.0.0.1:9931",
+    "http://127.0.0.1:1234",
+    "http://127.0.0.1:8000",
+    "http://127.0.0.1:13305",
+)
 FLAVOURS = ("llama-server", "lmstudio", "vllm", "lemonade", "generic")
 Flavour = Literal["auto", "llama-server", "lmstudio", "vllm", "lemonade", "generic"]
 
@@ -71,8 +76,11 @@ FLAVOUR_KNOBS: dict[str, dict[str, KnobSupport]] = {
         "num_ctx": _k(_L, "POST /api/v1/models/load context_length"),
         "flash_attn": _k(_L, "POST /api/v1/models/load flash_attention"),
         "num_batch": _k(_L, "POST /api/v1/models/load eval_batch_size"),
-        "kv_type": _k(_U, "the REST API rejects KV quantization; set it in the LM Studio GUI or the SDK "
-                          "(llamaKCacheQuantizationType / llamaVCacheQuantizationType)"),
+        "kv_type": _k(
+            _U,
+            "the REST API rejects KV quantization; set it in the LM Studio GUI or the SDK "
+            "(llamaKCacheQuantizationType / llamaVCacheQuantizationType)",
+        ),
         "keep_alive": _k(_P, "ttl"),
         "parallel": _k(_U, "lms load --parallel <n>"),
         "num_keep": _k(_U),
@@ -95,16 +103,22 @@ FLAVOUR_KNOBS: dict[str, dict[str, KnobSupport]] = {
         "keep_alive": _k(_S, "Lemonade evict_idle_timeout"),
         "num_keep": _k(_P, "n_keep (forwarded to llama-server)"),
     },
-    "generic": {knob: _k(_U) for knob in ("num_ctx", "kv_type", "flash_attn", "num_batch", "parallel",
-                                          "keep_alive", "num_keep")},
+    "generic": {
+        knob: _k(_U) for knob in ("num_ctx", "kv_type", "flash_attn", "num_batch", "parallel", "keep_alive", "num_keep")
+    },
 }
 
 
 @functools.cache  # asked on every request; one object per flavour
 def flavour_capabilities(flavour: str) -> Capabilities:
     knobs = FLAVOUR_KNOBS.get(flavour, FLAVOUR_KNOBS["generic"])
-    return Capabilities(dialect=f"openai:{flavour}", knobs=dict(knobs), can_embed=True,
-                        can_tokenize=flavour in ("llama-server", "vllm"), prefix_cache=flavour != "generic")
+    return Capabilities(
+        dialect=f"openai:{flavour}",
+        knobs=dict(knobs),
+        can_embed=True,
+        can_tokenize=flavour in ("llama-server", "vllm"),
+        prefix_cache=flavour != "generic",
+    )
 
 
 def _count(value: Any) -> int | None:
@@ -239,8 +253,9 @@ class OpenAIBackend(Backend):
         if isinstance(props, dict) and "default_generation_settings" in props:
             return "llama-server"
         lms = await probe.get_json("/api/v1/models")
-        if isinstance(lms, dict) and any(isinstance(m, dict) and "loaded_instances" in m
-                                         for m in lms.get("models") or []):
+        if isinstance(lms, dict) and any(
+            isinstance(m, dict) and "loaded_instances" in m for m in lms.get("models") or []
+        ):
             return "lmstudio"
         health = await probe.get_json("/api/v1/health")
         if isinstance(health, dict) and "all_models_loaded" in health:
@@ -296,8 +311,14 @@ class OpenAIBackend(Backend):
         out = []
         for item in data.get("data") or []:
             meta = item.get("meta") or {}
-            out.append(ModelEntry(name=str(item.get("id")), backend=self.name, size_bytes=meta.get("size"),
-                                  context_length=item.get("max_model_len") or meta.get("n_ctx_train")))
+            out.append(
+                ModelEntry(
+                    name=str(item.get("id")),
+                    backend=self.name,
+                    size_bytes=meta.get("size"),
+                    context_length=item.get("max_model_len") or meta.get("n_ctx_train"),
+                )
+            )
         return out
 
     async def _props(self) -> dict[str, Any]:
@@ -307,8 +328,11 @@ class OpenAIBackend(Backend):
     async def model_info(self, model: str) -> ModelInfo:
         entries = {entry.name: entry for entry in await self.list_models()}
         entry = entries.get(model)
-        info = ModelInfo(name=model, context_length=entry.context_length if entry else None,
-                         size_bytes=entry.size_bytes if entry else None)
+        info = ModelInfo(
+            name=model,
+            context_length=entry.context_length if entry else None,
+            size_bytes=entry.size_bytes if entry else None,
+        )
         if self.flavour == "lmstudio":
             data = await self._request("GET", "/api/v1/models")
             for item in data.get("models") or []:
@@ -326,18 +350,31 @@ class OpenAIBackend(Backend):
             return [LoadedModel(name=name, backend=self.name, context_length=settings.get("n_ctx"))]
         if self.flavour == "lmstudio":
             data = await self._request("GET", "/api/v1/models")
-            return [LoadedModel(name=str(inst.get("id") or item.get("key")), backend=self.name,
-                                size_bytes=item.get("size_bytes"),
-                                context_length=(inst.get("config") or {}).get("context_length"))
-                    for item in data.get("models") or [] for inst in item.get("loaded_instances") or []]
+            return [
+                LoadedModel(
+                    name=str(inst.get("id") or item.get("key")),
+                    backend=self.name,
+                    size_bytes=item.get("size_bytes"),
+                    context_length=(inst.get("config") or {}).get("context_length"),
+                )
+                for item in data.get("models") or []
+                for inst in item.get("loaded_instances") or []
+            ]
         if self.flavour == "lemonade":
             data = await self._request("GET", "/api/v1/health")
-            return [LoadedModel(name=str(item.get("model_name")), backend=self.name,
-                                context_length=_ctx_from_launch(item.get("launch_command")))
-                    for item in data.get("all_models_loaded") or []]
+            return [
+                LoadedModel(
+                    name=str(item.get("model_name")),
+                    backend=self.name,
+                    context_length=_ctx_from_launch(item.get("launch_command")),
+                )
+                for item in data.get("all_models_loaded") or []
+            ]
         if self.flavour == "vllm":
-            return [LoadedModel(name=m.name, backend=self.name, context_length=m.context_length)
-                    for m in await self.list_models()]
+            return [
+                LoadedModel(name=m.name, backend=self.name, context_length=m.context_length)
+                for m in await self.list_models()
+            ]
         return []
 
     async def unload(self, model: str) -> bool:
@@ -360,8 +397,9 @@ class OpenAIBackend(Backend):
         try:
             prompt = str((await self._request("POST", "/apply-template", json={"messages": messages})).get("prompt"))
         except UpstreamError:  # older builds: approximate the template
-            prompt = "".join(f"<|{m['role']}|>\n{m.get('content') or ''}<|end|>\n" for m in messages) + \
-                "<|assistant|>\n"
+            prompt = (
+                "".join(f"<|{m['role']}|>\n{m.get('content') or ''}<|end|>\n" for m in messages) + "<|assistant|>\n"
+            )
         data = await self._request("POST", "/tokenize", json={"content": prompt, "add_special": True})
         return len(data.get("tokens") or [])
 
@@ -458,8 +496,7 @@ class OpenAIBackend(Backend):
         raw: dict[str, Any] = found if isinstance(found, dict) else {}
         prompt, decode = raw.get("prompt_ms"), raw.get("predicted_ms")
         ttft = (load_ms or 0.0) + prompt if prompt is not None else None
-        return Timings(load_ms=load_ms, prompt_ms=prompt, decode_ms=decode, ttft_ms=ttft,
-                       reloaded=load_ms is not None)
+        return Timings(load_ms=load_ms, prompt_ms=prompt, decode_ms=decode, ttft_ms=ttft, reloaded=load_ms is not None)
 
     @staticmethod
     def _with_cache(usage: Usage | None, data: dict[str, Any]) -> Usage | None:
@@ -471,8 +508,9 @@ class OpenAIBackend(Backend):
     async def chat(self, request: ChatRequest, plan: Plan) -> ChatResult:
         await self._ensure()
         load_ms = await self.ensure_loaded(request.model, plan)
-        data = await self._request("POST", self._path(request), model=request.model,
-                                   json=self.build_body(request, plan, stream=False))
+        data = await self._request(
+            "POST", self._path(request), model=request.model, json=self.build_body(request, plan, stream=False)
+        )
         with readable_answer(self.label):
             choice = (data.get("choices") or [{}])[0]
             if request.kind == "completion":
@@ -481,9 +519,16 @@ class OpenAIBackend(Backend):
                 message = choice.get("message") or {}
                 content, calls = str(message.get("content") or ""), openai_tool_calls(message.get("tool_calls"))
             usage = self._with_cache(openai_usage(data.get("usage")), data) or Usage()
-            return ChatResult(model=request.model, backend=self.name, content=content, tool_calls=calls,
-                              finish_reason=choice.get("finish_reason") or "stop", usage=usage,
-                              timings=self._timings(data, load_ms), raw={"flavour": self.flavour})
+            return ChatResult(
+                model=request.model,
+                backend=self.name,
+                content=content,
+                tool_calls=calls,
+                finish_reason=choice.get("finish_reason") or "stop",
+                usage=usage,
+                timings=self._timings(data, load_ms),
+                raw={"flavour": self.flavour},
+            )
 
     async def stream_chat(self, request: ChatRequest, plan: Plan) -> AsyncIterator[StreamChunk]:
         await self._ensure()
@@ -518,8 +563,13 @@ class OpenAIBackend(Backend):
             raise UpstreamError(f"{self.label} sent a stream without a single event")
         with readable_answer(self.label):
             usage = self._with_cache(usage, last) if usage is not None else None
-            final = StreamChunk(done=True, tool_calls=tools.calls(), finish_reason=finish or "stop",
-                                usage=usage or Usage(), timings=self._timings(last, load_ms))
+            final = StreamChunk(
+                done=True,
+                tool_calls=tools.calls(),
+                finish_reason=finish or "stop",
+                usage=usage or Usage(),
+                timings=self._timings(last, load_ms),
+            )
         yield final
 
 

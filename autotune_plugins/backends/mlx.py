@@ -50,16 +50,23 @@ class MLXBackend(OpenAIBackend):
 
     def capabilities(self) -> Capabilities:
         none = "mlx_lm.server has no such option"
-        return Capabilities(dialect="openai:mlx", can_tokenize=False, can_embed=False, prefix_cache=True, knobs={
-            "num_ctx": KnobSupport(scope=KnobScope.UNSUPPORTED, how=f"{none} (context is bounded by memory)"),
-            "kv_type": KnobSupport(scope=KnobScope.UNSUPPORTED,
-                                   how=f"{none}; --kv-bits exists only in mlx_lm.generate"),
-            "flash_attn": KnobSupport(scope=KnobScope.UNSUPPORTED),
-            "num_batch": KnobSupport(scope=KnobScope.SERVER_ENV, how="mlx_lm.server --prefill-step-size <n>"),
-            "parallel": KnobSupport(scope=KnobScope.SERVER_ENV, how="mlx_lm.server --decode-concurrency <n>"),
-            "keep_alive": KnobSupport(scope=KnobScope.UNSUPPORTED),
-            "num_keep": KnobSupport(scope=KnobScope.UNSUPPORTED),
-        })
+        return Capabilities(
+            dialect="openai:mlx",
+            can_tokenize=False,
+            can_embed=False,
+            prefix_cache=True,
+            knobs={
+                "num_ctx": KnobSupport(scope=KnobScope.UNSUPPORTED, how=f"{none} (context is bounded by memory)"),
+                "kv_type": KnobSupport(
+                    scope=KnobScope.UNSUPPORTED, how=f"{none}; --kv-bits exists only in mlx_lm.generate"
+                ),
+                "flash_attn": KnobSupport(scope=KnobScope.UNSUPPORTED),
+                "num_batch": KnobSupport(scope=KnobScope.SERVER_ENV, how="mlx_lm.server --prefill-step-size <n>"),
+                "parallel": KnobSupport(scope=KnobScope.SERVER_ENV, how="mlx_lm.server --decode-concurrency <n>"),
+                "keep_alive": KnobSupport(scope=KnobScope.UNSUPPORTED),
+                "num_keep": KnobSupport(scope=KnobScope.UNSUPPORTED),
+            },
+        )
 
     async def available(self) -> Availability:
         reason = platform_reason()

@@ -60,34 +60,61 @@ from ._http import UpstreamClient
 DEFAULT_URL = "http://127.0.0.1:11434"
 
 #: what Ollama honours and how (docs/backend-facts.md#ollama); the same for every supported version
-_CAPABILITIES = Capabilities(dialect="ollama", can_tokenize=False, can_embed=True, prefix_cache=True, knobs={
-    "num_ctx": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="options.num_ctx"),
-    "num_batch": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="options.num_batch"),
-    "kv_type": KnobSupport(scope=KnobScope.SERVER_ENV,
-                           how="OLLAMA_KV_CACHE_TYPE (e.g. q8_0) and restart `ollama serve`"),
-    "flash_attn": KnobSupport(scope=KnobScope.SERVER_ENV,
-                              how="OLLAMA_FLASH_ATTENTION=1 and restart `ollama serve`"),
-    "keep_alive": KnobSupport(scope=KnobScope.PER_REQUEST, how="keep_alive"),
-    "num_keep": KnobSupport(scope=KnobScope.PER_REQUEST, how="options.num_keep"),
-    "parallel": KnobSupport(scope=KnobScope.SERVER_ENV,
-                            how="OLLAMA_NUM_PARALLEL and restart `ollama serve`"),
-})
+_CAPABILITIES = Capabilities(
+    dialect="ollama",
+    can_tokenize=False,
+    can_embed=True,
+    prefix_cache=True,
+    knobs={
+        "num_ctx": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="options.num_ctx"),
+        "num_batch": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="options.num_batch"),
+        "kv_type": KnobSupport(
+            scope=KnobScope.SERVER_ENV, how="OLLAMA_KV_CACHE_TYPE (e.g. q8_0) and restart `ollama serve`"
+        ),
+        "flash_attn": KnobSupport(
+            scope=KnobScope.SERVER_ENV, how="OLLAMA_FLASH_ATTENTION=1 and restart `ollama serve`"
+        ),
+        "keep_alive": KnobSupport(scope=KnobScope.PER_REQUEST, how="keep_alive"),
+        "num_keep": KnobSupport(scope=KnobScope.PER_REQUEST, how="options.num_keep"),
+        "parallel": KnobSupport(scope=KnobScope.SERVER_ENV, how="OLLAMA_NUM_PARALLEL and restart `ollama serve`"),
+    },
+)
 
 
 #: the ``options`` keys Ollama documents (api/types.go; docs/backend-facts.md#ollama-options), the ones
 #: autotune itself may fill
-OPTION_KEYS: frozenset[str] = frozenset({
-    "num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread", "draft_num_predict", "num_keep",
-    "seed", "num_predict", "top_k", "top_p", "min_p", "typical_p", "repeat_last_n", "temperature",
-    "repeat_penalty", "presence_penalty", "frequency_penalty", "stop",
-})
+OPTION_KEYS: frozenset[str] = frozenset(
+    {
+        "num_ctx",
+        "num_batch",
+        "num_gpu",
+        "main_gpu",
+        "use_mmap",
+        "num_thread",
+        "draft_num_predict",
+        "num_keep",
+        "seed",
+        "num_predict",
+        "top_k",
+        "top_p",
+        "min_p",
+        "typical_p",
+        "repeat_last_n",
+        "temperature",
+        "repeat_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "stop",
+    }
+)
 #: runner options: a different value reloads the model (sched.go needsReload; docs/backend-facts.md#ollama-reloads)
 RUNNER_KEYS: tuple[str, ...] = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
 #: autotune's own ``options`` (read by plugins, meaningless to Ollama): not forwarded
 AUTOTUNE_OPTIONS: frozenset[str] = frozenset({"kv_type", "kv_cache_type", "force"})
 #: top-level request fields we pass through from the client (request.extra) when present
-PASSTHROUGH_FIELDS: frozenset[str] = frozenset({"truncate", "shift", "logprobs", "top_logprobs", "suffix",
-                                                "system", "template", "context"})
+PASSTHROUGH_FIELDS: frozenset[str] = frozenset(
+    {"truncate", "shift", "logprobs", "top_logprobs", "suffix", "system", "template", "context"}
+)
 
 _DURATION = re.compile(r"^-?\d+(\.\d+)?(ns|us|µs|ms|s|m|h)")
 
@@ -164,8 +191,9 @@ def ollama_message(message: Message) -> dict[str, Any]:
     if message.images:
         out["images"] = [strip_data_url(image) for image in message.images]
     if message.tool_calls:
-        out["tool_calls"] = [{"function": {"name": call.name, "arguments": call.arguments_dict()}}
-                             for call in message.tool_calls]
+        out["tool_calls"] = [
+            {"function": {"name": call.name, "arguments": call.arguments_dict()}} for call in message.tool_calls
+        ]
     if message.thinking:
         out["thinking"] = message.thinking
     if message.role == "tool":
@@ -194,9 +222,14 @@ def _tool_calls(raw: Any) -> list[ToolCall]:
     for index, item in enumerate(raw or []):
         function = item.get("function") or {}
         arguments = function.get("arguments")
-        calls.append(ToolCall(id=item.get("id"), name=str(function.get("name") or ""),
-                              arguments=arguments if isinstance(arguments, str) else json.dumps(arguments or {}),
-                              index=function.get("index", index)))
+        calls.append(
+            ToolCall(
+                id=item.get("id"),
+                name=str(function.get("name") or ""),
+                arguments=arguments if isinstance(arguments, str) else json.dumps(arguments or {}),
+                index=function.get("index", index),
+            )
+        )
     return calls
 
 
@@ -293,11 +326,21 @@ class OllamaBackend(Backend):
             details = item.get("details") or {}
             name = str(item.get("name") or item.get("model"))
             aliases = [name[: -len(":latest")]] if name.endswith(":latest") else []
-            out.append(ModelEntry(name=name, backend=self.name, size_bytes=item.get("size"),
-                                  family=details.get("family"), parameter_size=details.get("parameter_size"),
-                                  quantization=details.get("quantization_level"),
-                                  context_length=details.get("context_length"), modified_at=item.get("modified_at"),
-                                  digest=item.get("digest"), aliases=aliases, upstream=item))
+            out.append(
+                ModelEntry(
+                    name=name,
+                    backend=self.name,
+                    size_bytes=item.get("size"),
+                    family=details.get("family"),
+                    parameter_size=details.get("parameter_size"),
+                    quantization=details.get("quantization_level"),
+                    context_length=details.get("context_length"),
+                    modified_at=item.get("modified_at"),
+                    digest=item.get("digest"),
+                    aliases=aliases,
+                    upstream=item,
+                )
+            )
         return out
 
     async def native_show(self, model: str, *, verbose: bool = False) -> dict[str, Any] | None:
@@ -336,14 +379,23 @@ class OllamaBackend(Backend):
 
     async def loaded_models(self) -> list[LoadedModel]:
         data = await self._request("GET", "/api/ps")
-        return [LoadedModel(name=str(item.get("name")), backend=self.name, size_bytes=item.get("size"),
-                            size_vram_bytes=item.get("size_vram"), context_length=item.get("context_length"),
-                            expires_at=item.get("expires_at"), upstream=item)
-                for item in data.get("models") or []]
+        return [
+            LoadedModel(
+                name=str(item.get("name")),
+                backend=self.name,
+                size_bytes=item.get("size"),
+                size_vram_bytes=item.get("size_vram"),
+                context_length=item.get("context_length"),
+                expires_at=item.get("expires_at"),
+                upstream=item,
+            )
+            for item in data.get("models") or []
+        ]
 
     async def unload(self, model: str) -> bool:
-        await self._request("POST", "/api/generate", model=model,
-                            json={"model": model, "keep_alive": 0, "stream": False})
+        await self._request(
+            "POST", "/api/generate", model=model, json={"model": model, "keep_alive": 0, "stream": False}
+        )
         self._loaded_until.pop(_canonical(model), None)
         self._sent_runner.pop(_canonical(model), None)
         return True
@@ -362,8 +414,12 @@ class OllamaBackend(Backend):
                 if "error" in data:
                     raise UpstreamError(f"Ollama could not pull {model}: {data['error']}")
                 with readable_answer("Ollama"):
-                    event = PullEvent(status=str(data.get("status") or ""), digest=data.get("digest"),
-                                      total=data.get("total"), completed=data.get("completed"))
+                    event = PullEvent(
+                        status=str(data.get("status") or ""),
+                        digest=data.get("digest"),
+                        total=data.get("total"),
+                        completed=data.get("completed"),
+                    )
                 yield event
                 if event.status == "success":
                     return
@@ -376,8 +432,9 @@ class OllamaBackend(Backend):
             body["options"] = dict(runner)  # embedding without the loaded num_ctx would reload (ollama#6148)
         data = await self._request("POST", "/api/embed", model=model, json=body)
         with readable_answer("Ollama"):
-            result = EmbeddingResult(vectors=data.get("embeddings") or [],
-                                     prompt_tokens=int(data.get("prompt_eval_count") or 0), model=model)
+            result = EmbeddingResult(
+                vectors=data.get("embeddings") or [], prompt_tokens=int(data.get("prompt_eval_count") or 0), model=model
+            )
         return checked_embeddings(result, len(inputs), "Ollama")
 
     # -- translation ------------------------------------------------------------------------------------------
@@ -392,9 +449,13 @@ class OllamaBackend(Backend):
             if value is None and knob in previous:
                 value = previous[knob]
                 if commit:
-                    plan.set(self.name, knob, value,
-                             f"resent the {knob} {request.model} was loaded with; omitting it makes Ollama "
-                             "reload the model at its default")
+                    plan.set(
+                        self.name,
+                        knob,
+                        value,
+                        f"resent the {knob} {request.model} was loaded with; omitting it makes Ollama "
+                        "reload the model at its default",
+                    )
             if value is not None:
                 runner[knob] = int(value)
         if commit and runner:
@@ -411,8 +472,9 @@ class OllamaBackend(Backend):
         Under the precedence rule the plan already holds the client's explicit values, so what autotune
         writes here only fills what the client left open (or, with ``client_overrides = "tune"``, replaces it).
         """
-        options: dict[str, Any] = {key: value for key, value in request.options.items()
-                                   if key not in AUTOTUNE_OPTIONS and value is not None}
+        options: dict[str, Any] = {
+            key: value for key, value in request.options.items() if key not in AUTOTUNE_OPTIONS and value is not None
+        }
         options.update(sampling(request, plan))
         options.update(self._runner_options(request, plan, commit=commit))
         if plan.num_keep is not None:
@@ -464,8 +526,14 @@ class OllamaBackend(Backend):
         if reloaded:
             self.reloads += 1
         ttft = (load or 0.0) + (prompt or 0.0) if load is not None or prompt is not None else None
-        return Timings(load_ms=load, prompt_ms=prompt, decode_ms=_ms(data.get("eval_duration")), ttft_ms=ttft,
-                       total_ms=_ms(data.get("total_duration")), reloaded=reloaded)
+        return Timings(
+            load_ms=load,
+            prompt_ms=prompt,
+            decode_ms=_ms(data.get("eval_duration")),
+            ttft_ms=ttft,
+            total_ms=_ms(data.get("total_duration")),
+            reloaded=reloaded,
+        )
 
     def _was_loaded(self, model: str) -> bool:
         return self._loaded_until.get(_canonical(model), 0.0) > time.monotonic()
@@ -480,8 +548,9 @@ class OllamaBackend(Backend):
         self._loaded_until[key] = math.inf if seconds < 0 else time.monotonic() + float(seconds)
 
     def _usage(self, data: dict[str, Any]) -> Usage:
-        return Usage(prompt_tokens=int(data.get("prompt_eval_count") or 0),
-                     completion_tokens=int(data.get("eval_count") or 0))
+        return Usage(
+            prompt_tokens=int(data.get("prompt_eval_count") or 0), completion_tokens=int(data.get("eval_count") or 0)
+        )
 
     def _raw(self, data: dict[str, Any]) -> dict[str, Any]:
         raw = {key: value for key, value in data.items() if key not in ("message", "response", "context")}
@@ -503,9 +572,17 @@ class OllamaBackend(Backend):
         with readable_answer("Ollama"):
             content, thinking, calls = _answer_parts(request, data)
             finish = "tool_calls" if calls else data.get("done_reason") or "stop"
-            return ChatResult(model=request.model, backend=self.name, content=content, thinking=thinking,
-                              tool_calls=calls, finish_reason=finish, usage=self._usage(data),
-                              timings=self._timings(request.model, data, was_loaded), raw=self._raw(data))
+            return ChatResult(
+                model=request.model,
+                backend=self.name,
+                content=content,
+                thinking=thinking,
+                tool_calls=calls,
+                finish_reason=finish,
+                usage=self._usage(data),
+                timings=self._timings(request.model, data, was_loaded),
+                raw=self._raw(data),
+            )
 
     async def stream_chat(self, request: ChatRequest, plan: Plan) -> AsyncIterator[StreamChunk]:
         await self._ensure_version()
@@ -530,9 +607,15 @@ class OllamaBackend(Backend):
                     if done:
                         self._mark_loaded(request.model, body)
                         finish = "tool_calls" if saw_tools else data.get("done_reason") or "stop"
-                        chunk = StreamChunk(content=content, thinking=thinking or None, tool_calls=calls, done=True,
-                                            finish_reason=finish, usage=self._usage(data),
-                                            timings=self._timings(request.model, data, was_loaded))
+                        chunk = StreamChunk(
+                            content=content,
+                            thinking=thinking or None,
+                            tool_calls=calls,
+                            done=True,
+                            finish_reason=finish,
+                            usage=self._usage(data),
+                            timings=self._timings(request.model, data, was_loaded),
+                        )
                     elif content or thinking or calls:
                         chunk = StreamChunk(content=content, thinking=thinking or None, tool_calls=calls)
                 if chunk is not None:

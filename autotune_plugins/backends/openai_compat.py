@@ -11,8 +11,15 @@ from autotune_core.markers import hookimpl
 
 from ._openai import FLAVOUR_KNOBS, FLAVOURS, PROBE_URLS, OpenAIBackend, OpenAISettings, lemonade_args
 
-__all__ = ["FLAVOURS", "FLAVOUR_KNOBS", "PROBE_URLS", "OpenAIBackend", "OpenAIPlugin", "OpenAISettings",
-           "lemonade_args"]
+__all__ = [
+    "FLAVOURS",
+    "FLAVOUR_KNOBS",
+    "PROBE_URLS",
+    "OpenAIBackend",
+    "OpenAIPlugin",
+    "OpenAISettings",
+    "lemonade_args",
+]
 
 
 class OpenAIPlugin:

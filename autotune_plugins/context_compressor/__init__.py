@@ -63,8 +63,7 @@ class ContextCompressorPlugin:
         #: per-message results shared by every conversation (keyed by role and exact text)
         self.memo = Memo()
 
-    def budget(self, ctx: HookContext, plan: Plan, prefix: list[Message], tail: list[Message],
-               margin: int) -> int:
+    def budget(self, ctx: HookContext, plan: Plan, prefix: list[Message], tail: list[Message], margin: int) -> int:
         """min(profile max, model trained) − system − latest user turn − output reserve − margin."""
         ceiling = ctx.profile.max_context
         if ctx.model is not None and ctx.model.context_length:
@@ -87,25 +86,48 @@ class ContextCompressorPlugin:
         if self.memo.max_entries != settings.remembered_messages:
             self.memo = Memo(settings.remembered_messages)
         budget = self.budget(ctx, plan, prefix, tail, settings.safety_margin)
-        rules = tuple(TierRule(r.name, n, r.drop_below, r.recent_mode, r.older_mode, r.compact)
-                      for r, n in zip(DEFAULT_RULES, settings.recent_windows, strict=True))
+        rules = tuple(
+            TierRule(r.name, n, r.drop_below, r.recent_mode, r.older_mode, r.compact)
+            for r, n in zip(DEFAULT_RULES, settings.recent_windows, strict=True)
+        )
         tokens = ctx.count_tokens or estimate_tokens
-        outcome = compress_history(plan.messages, budget=budget, count=lambda m: _count(tokens, m),
-                                   thresholds=settings.thresholds, rules=rules, memo=self.memo)
+        outcome = compress_history(
+            plan.messages,
+            budget=budget,
+            count=lambda m: _count(tokens, m),
+            thresholds=settings.thresholds,
+            rules=rules,
+            memo=self.memo,
+        )
         self._apply(plan, outcome)
 
     def _apply(self, plan: Plan, outcome: Outcome) -> None:
         if outcome.tier == "FULL":
             return
-        plan.flags["compression"] = {"tier": outcome.tier, "saved_tokens": outcome.saved, "budget": outcome.budget,
-                                     "history_tokens": outcome.history_after, "fits": outcome.fits}
+        plan.flags["compression"] = {
+            "tier": outcome.tier,
+            "saved_tokens": outcome.saved,
+            "budget": outcome.budget,
+            "history_tokens": outcome.history_after,
+            "fits": outcome.fits,
+        }
         if not outcome.fits:
-            plan.record(self.name, "messages", len(plan.messages), len(plan.messages),
-                        f"history of {outcome.history_before} tokens cannot fit the budget of {outcome.budget} "
-                        "even at EMERGENCY; left unchanged (never cut silently)")
+            plan.record(
+                self.name,
+                "messages",
+                len(plan.messages),
+                len(plan.messages),
+                f"history of {outcome.history_before} tokens cannot fit the budget of {outcome.budget} "
+                "even at EMERGENCY; left unchanged (never cut silently)",
+            )
             return
         before = len(plan.messages)
         plan.messages = outcome.messages
-        plan.record(self.name, "messages", before, len(outcome.messages),
-                    f"tier {outcome.tier}: history {outcome.history_before} → {outcome.history_after} tokens "
-                    f"(saved {outcome.saved}, budget {outcome.budget})")
+        plan.record(
+            self.name,
+            "messages",
+            before,
+            len(outcome.messages),
+            f"tier {outcome.tier}: history {outcome.history_before} → {outcome.history_after} tokens "
+            f"(saved {outcome.saved}, budget {outcome.budget})",
+        )

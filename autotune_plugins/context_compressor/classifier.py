@@ -8,11 +8,42 @@ from __future__ import annotations
 
 import re
 
-CHATTER = frozenset({
-    "ok", "okay", "k", "thanks", "thank you", "thx", "ty", "got it", "lgtm", "hi", "hello", "hey", "bye",
-    "agreed", "sure", "yes", "no", "yep", "nope", "cool", "great", "nice", "perfect", "sounds good",
-    "makes sense", "will do", "done", "right", "understood", "np", "no problem", "awesome",
-})
+CHATTER = frozenset(
+    {
+        "ok",
+        "okay",
+        "k",
+        "thanks",
+        "thank you",
+        "thx",
+        "ty",
+        "got it",
+        "lgtm",
+        "hi",
+        "hello",
+        "hey",
+        "bye",
+        "agreed",
+        "sure",
+        "yes",
+        "no",
+        "yep",
+        "nope",
+        "cool",
+        "great",
+        "nice",
+        "perfect",
+        "sounds good",
+        "makes sense",
+        "will do",
+        "done",
+        "right",
+        "understood",
+        "np",
+        "no problem",
+        "awesome",
+    }
+)
 
 _FENCE = re.compile(r"^\s*(```|~~~)", re.MULTILINE)
 _INLINE_CODE = re.compile(r"`[^`\n]+`")
@@ -29,10 +60,48 @@ _TRACE_PARTS: tuple[tuple[str, re.Pattern[str] | None], ...] = (
     ('File "', re.compile(r"^\s*File \"[^\"]+\", line \d+", re.MULTILINE)),
 )
 _TECH_WORDS: tuple[str, ...] = (
-    "error", "function", "class", "method", "select", "insert", "update", "delete", "join", "token", "tokens",
-    "model", "ram", "gpu", "cpu", "api", "json", "yaml", "docker", "kubernetes", "config", "database", "query",
-    "index", "cache", "thread", "async", "import", "module", "deploy", "server", "request", "response",
-    "endpoint", "schema", "variable", "compile", "build", "test", "bug", "memory")
+    "error",
+    "function",
+    "class",
+    "method",
+    "select",
+    "insert",
+    "update",
+    "delete",
+    "join",
+    "token",
+    "tokens",
+    "model",
+    "ram",
+    "gpu",
+    "cpu",
+    "api",
+    "json",
+    "yaml",
+    "docker",
+    "kubernetes",
+    "config",
+    "database",
+    "query",
+    "index",
+    "cache",
+    "thread",
+    "async",
+    "import",
+    "module",
+    "deploy",
+    "server",
+    "request",
+    "response",
+    "endpoint",
+    "schema",
+    "variable",
+    "compile",
+    "build",
+    "test",
+    "bug",
+    "memory",
+)
 _TECH = re.compile(r"\b(" + "|".join(_TECH_WORDS) + r")\b", re.IGNORECASE)
 _TECH_SET = frozenset(_TECH_WORDS)
 _WORD_RUN = re.compile(r"\w+")
@@ -46,8 +115,10 @@ MEDIUM = 0.30
 
 def has_trace(content: str) -> bool:
     """A stack trace or crash report anywhere in the text."""
-    return any(needle in content and (pattern is None or pattern.search(content) is not None)
-               for needle, pattern in _TRACE_PARTS)
+    return any(
+        needle in content and (pattern is None or pattern.search(content) is not None)
+        for needle, pattern in _TRACE_PARTS
+    )
 
 
 def tech_words(content: str) -> int:
@@ -60,8 +131,10 @@ def tech_words(content: str) -> int:
 def is_chatter(text: str) -> bool:
     """A short acknowledgement such as "ok thanks!" carries nothing worth keeping."""
     stripped = text.strip().lower().strip(".!?,;: ")
-    return len(stripped) < 60 and (stripped in CHATTER or all(
-        part.strip(".!?,;: ") in CHATTER for part in re.split(r"[,.!;]+\s*|\s+and\s+", stripped) if part))
+    return len(stripped) < 60 and (
+        stripped in CHATTER
+        or all(part.strip(".!?,;: ") in CHATTER for part in re.split(r"[,.!;]+\s*|\s+and\s+", stripped) if part)
+    )
 
 
 def score_message(role: str, content: str) -> float:

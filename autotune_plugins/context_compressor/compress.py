@@ -57,14 +57,20 @@ def segments(text: str) -> list[Segment]:
             while j < len(lines) and not lines[j].strip().startswith(marker[:3]):
                 j += 1
             flush()
-            out.append(Segment("code", "\n".join(lines[i:j + 1])))
+            out.append(Segment("code", "\n".join(lines[i : j + 1])))
             i = j + 1
             continue
-        if _TRACE_START.match(line) or (_JAVA_AT.match(lines[i + 1]) if i + 1 < len(lines) and line.strip()
-                                        and not line.startswith((" ", "\t")) else False):
+        if _TRACE_START.match(line) or (
+            _JAVA_AT.match(lines[i + 1])
+            if i + 1 < len(lines) and line.strip() and not line.startswith((" ", "\t"))
+            else False
+        ):
             j = i + 1
-            while j < len(lines) and (_JAVA_AT.match(lines[j]) or (lines[j][:1] in (" ", "\t") and lines[j].strip())
-                                      or lines[j].startswith("Caused by:")):
+            while j < len(lines) and (
+                _JAVA_AT.match(lines[j])
+                or (lines[j][:1] in (" ", "\t") and lines[j].strip())
+                or lines[j].startswith("Caused by:")
+            ):
                 j += 1
             if j < len(lines) and _EXC_LINE.match(lines[j]):
                 j += 1  # the exception line that ends a Python traceback
@@ -103,7 +109,7 @@ def strip_noise(text: str) -> str:
         if j - i >= 3:
             out.append(f"[previous line repeated {j - i} more times]")
         else:
-            out.extend(lines[i + 1:j + 1])
+            out.extend(lines[i + 1 : j + 1])
         i = j + 1
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip("\n")
 
@@ -226,8 +232,14 @@ def cut_prose(text: str, limit: int) -> tuple[str, int]:
 
 
 def _clean_prose(parts: list[Segment]) -> list[Segment]:
-    return [Segment("prose", fold_json(strip_noise(p.text))) if p.kind == "prose" else
-            Segment(p.kind, _ANSI.sub("", p.text)) if p.kind == "trace" else p for p in parts]
+    return [
+        Segment("prose", fold_json(strip_noise(p.text)))
+        if p.kind == "prose"
+        else Segment(p.kind, _ANSI.sub("", p.text))
+        if p.kind == "trace"
+        else p
+        for p in parts
+    ]
 
 
 def head_tail_lines(text: str, head: int, tail: int) -> str:

@@ -19,12 +19,21 @@ from .compress import segments
 if TYPE_CHECKING:
     from .memo import Analyzer
 
-_ERRORS = re.compile(r"\b(\w*Error|\w*Exception|Traceback|failed|failing|failure|OOM|out of memory|"
-                     r"40[0-4]|50[0-3]|SIGKILL|SIGSEGV|segfault|panic|crash(ed)?)\b", re.IGNORECASE)
-_DONE = re.compile(r"\b(done|fixed|added|implemented|deployed|passed|merged|shipped|resolved|completed|"
-                   r"created|refactored|migrated|released)\b", re.IGNORECASE)
-_DECISION = re.compile(r"\b(decided|chose|chosen|we will|we'll|going with|let's use|we should|settled on|"
-                       r"prefer|switch(ed)? to|use [A-Za-z])\b", re.IGNORECASE)
+_ERRORS = re.compile(
+    r"\b(\w*Error|\w*Exception|Traceback|failed|failing|failure|OOM|out of memory|"
+    r"40[0-4]|50[0-3]|SIGKILL|SIGSEGV|segfault|panic|crash(ed)?)\b",
+    re.IGNORECASE,
+)
+_DONE = re.compile(
+    r"\b(done|fixed|added|implemented|deployed|passed|merged|shipped|resolved|completed|"
+    r"created|refactored|migrated|released)\b",
+    re.IGNORECASE,
+)
+_DECISION = re.compile(
+    r"\b(decided|chose|chosen|we will|we'll|going with|let's use|we should|settled on|"
+    r"prefer|switch(ed)? to|use [A-Za-z])\b",
+    re.IGNORECASE,
+)
 _COPULA = re.compile(r"\b(is|are|was|were|uses|runs|has|have|needs|requires|returns|contains|set to|=)\b")
 _IDENT = re.compile(r"\b[A-Z][a-z]+[A-Z]\w{1,}|\b[A-Za-z_]\w*=\S+|`[^`]+`|\b\w+\.\w{2,4}\b|\b[A-Z]{2,}\w*\b")
 
@@ -146,12 +155,17 @@ class Fold:
 
     def facts(self) -> Facts:
         errors, done, decisions, facts = (list(b) for b in self.buckets)
-        return Facts(turns=self.turns, errors=errors, done=done, decisions=decisions, facts=facts,
-                     topics=[name for name in TOPICS if name in self.topics][:8])
+        return Facts(
+            turns=self.turns,
+            errors=errors,
+            done=done,
+            decisions=decisions,
+            facts=facts,
+            topics=[name for name in TOPICS if name in self.topics][:8],
+        )
 
 
-def extract_facts(messages: list[Message], analyzer: Analyzer | None = None,
-                  ids: list[int] | None = None) -> Facts:
+def extract_facts(messages: list[Message], analyzer: Analyzer | None = None, ids: list[int] | None = None) -> Facts:
     """Candidate lines of every message into the first bucket they match, at most 8 each, deduplicated
     by prefix; topics of all of them.
 
@@ -170,23 +184,32 @@ def extract_facts(messages: list[Message], analyzer: Analyzer | None = None,
     fold, start, token = analyzer.resume(messages, last, ids)
     for i in range(start, last):
         message = messages[i]
-        fold.add(message.role, analyzer.candidates(message.role, message.content),
-                 analyzer.topics(message.role, message.content, i > 0, True))
+        fold.add(
+            message.role,
+            analyzer.candidates(message.role, message.content),
+            analyzer.topics(message.role, message.content, i > 0, True),
+        )
     analyzer.checkpoint(token, fold)
     final = messages[last]
     fold = fold.copy()
-    fold.add(final.role, analyzer.candidates(final.role, final.content),
-             analyzer.topics(final.role, final.content, last > 0, False))
+    fold.add(
+        final.role,
+        analyzer.candidates(final.role, final.content),
+        analyzer.topics(final.role, final.content, last > 0, False),
+    )
     return fold.facts()
 
 
 def standard_block(facts: Facts, summarised: int) -> str:
     if facts.empty:
-        return (f"[{summarised} earlier conversation messages have been summarised. "
-                "No specific facts were extracted.]")
+        return f"[{summarised} earlier conversation messages have been summarised. No specific facts were extracted.]"
     lines = [f"[Summary of {summarised} earlier conversation messages ({facts.turns} user turns)]"]
-    for title, items in (("Accomplished", facts.done), ("Decisions", facts.decisions),
-                         ("Key facts", facts.facts), ("Errors seen", facts.errors)):
+    for title, items in (
+        ("Accomplished", facts.done),
+        ("Decisions", facts.decisions),
+        ("Key facts", facts.facts),
+        ("Errors seen", facts.errors),
+    ):
         if items:
             lines.append(f"{title}:")
             lines.extend(f"- {item}" for item in items)
@@ -198,8 +221,12 @@ def standard_block(facts: Facts, summarised: int) -> str:
 
 def compact_block(facts: Facts, summarised: int) -> str:
     lines = [f"[CONTEXT: {summarised} earlier messages summarized]"]
-    for title, items, limit in (("Done", facts.done, 3), ("Using", facts.decisions, 3),
-                                ("Facts", facts.facts, 3), ("Errors seen", facts.errors, 2)):
+    for title, items, limit in (
+        ("Done", facts.done, 3),
+        ("Using", facts.decisions, 3),
+        ("Facts", facts.facts, 3),
+        ("Errors seen", facts.errors, 2),
+    ):
         if items:
             lines.append(f"{title}: " + "; ".join(items[:limit]))
     if facts.topics:

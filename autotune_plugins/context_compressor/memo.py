@@ -32,8 +32,13 @@ def paired(message: Message) -> bool:
 
 def _plain(message: Message) -> bool:
     """Role and text only: a compressed copy of it can be built once and shared."""
-    return not (message.tool_calls or message.images or message.tool_call_id is not None
-                or message.name is not None or message.thinking is not None)
+    return not (
+        message.tool_calls
+        or message.images
+        or message.tool_call_id is not None
+        or message.name is not None
+        or message.thinking is not None
+    )
 
 
 class Analyzer(Protocol):
@@ -239,8 +244,12 @@ class Memo(Direct):
             folds = list(self._folds)
         for covered, fold in folds:
             n = len(covered)
-            if (n <= upto and (best is None or n > len(best[0])) and (n == 0 or uids[n - 1] == covered[-1])
-                    and tuple(uids[:n]) == covered):
+            if (
+                n <= upto
+                and (best is None or n > len(best[0]))
+                and (n == 0 or uids[n - 1] == covered[-1])
+                and tuple(uids[:n]) == covered
+            ):
                 best = (covered, fold)
         if best is None:
             return Fold(), 0, uids

@@ -104,8 +104,9 @@ class _Forms:
         return hit
 
 
-def _assemble(prefix: list[Message], forms: _Forms, tail: list[Message], rule: TierRule,
-              recent: int) -> tuple[list[Message], int]:
+def _assemble(
+    prefix: list[Message], forms: _Forms, tail: list[Message], rule: TierRule, recent: int
+) -> tuple[list[Message], int]:
     """The candidate message list and the tokens of its compressible part (facts block included)."""
     history = forms.history
     boundary = _window_start(history, recent)
@@ -128,15 +129,27 @@ def _assemble(prefix: list[Message], forms: _Forms, tail: list[Message], rule: T
     return [*prefix, *block, *body, *tail], tokens
 
 
-def assemble(prefix: list[Message], history: list[Message], tail: list[Message], rule: TierRule,
-             recent: int, an: Analyzer = DIRECT) -> list[Message]:
+def assemble(
+    prefix: list[Message],
+    history: list[Message],
+    tail: list[Message],
+    rule: TierRule,
+    recent: int,
+    an: Analyzer = DIRECT,
+) -> list[Message]:
     """The message list of one tier with a recent window of ``recent`` messages."""
     return _assemble(prefix, _Forms(history, an, lambda m: 0), tail, rule, recent)[0]
 
 
-def compress_history(messages: list[Message], *, budget: int, count: Counter,
-                     thresholds: tuple[float, float, float] = (0.55, 0.75, 0.90),
-                     rules: tuple[TierRule, ...] = DEFAULT_RULES, memo: Analyzer = DIRECT) -> Outcome:
+def compress_history(
+    messages: list[Message],
+    *,
+    budget: int,
+    count: Counter,
+    thresholds: tuple[float, float, float] = (0.55, 0.75, 0.90),
+    rules: tuple[TierRule, ...] = DEFAULT_RULES,
+    memo: Analyzer = DIRECT,
+) -> Outcome:
     """Pick the tier by how full the history is, then escalate until the result fits ``budget``.
 
     If even the emergency tier (with its recent window shrunk to 2, then 0) does not fit, the
@@ -152,7 +165,7 @@ def compress_history(messages: list[Message], *, budget: int, count: Counter,
     if level == 0 or not history:
         return Outcome("FULL", messages, before, before, budget, fits=before <= budget)
     attempts: list[tuple[str, int, int]] = []
-    for rule in rules[level - 1:]:
+    for rule in rules[level - 1 :]:
         windows = (rule.recent, 2, 0) if rule is rules[-1] else (rule.recent,)
         for recent in windows:
             if recent > rule.recent:

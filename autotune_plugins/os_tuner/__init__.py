@@ -40,8 +40,9 @@ class TunerSettings(BaseModel):
     nice: int = Field(default=-5, ge=-20, le=19)
     #: also the model server's process(es), found by name among this user's processes
     server_priority: bool = True
-    server_process_names: list[str] = Field(default_factory=lambda: [
-        "ollama", "llama-server", "lms", "lm studio", "vllm", "lemonade"])
+    server_process_names: list[str] = Field(
+        default_factory=lambda: ["ollama", "llama-server", "lms", "lm studio", "vllm", "lemonade"]
+    )
     #: multiply the young-generation GC threshold by this and freeze the existing heap
     gc: bool = True
     gc_threshold_factor: int = Field(default=10, ge=1, le=1000)
@@ -217,9 +218,15 @@ class OSTunerPlugin:
     name = "os-tuner"
     Settings = TunerSettings
 
-    def __init__(self, *, state: TunerState | None = None, qos: QoSControl | Literal["auto"] | None = "auto",
-                 process_finder: Callable[[list[str]], list[int]] | None = None,
-                 is_root: Callable[[], bool] | None = None, sysfs_cpu: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        state: TunerState | None = None,
+        qos: QoSControl | Literal["auto"] | None = "auto",
+        process_finder: Callable[[list[str]], list[int]] | None = None,
+        is_root: Callable[[], bool] | None = None,
+        sysfs_cpu: str | Path | None = None,
+    ) -> None:
         self.state = state if state is not None else process_state()
         self._qos = default_qos() if qos == "auto" else qos
         self._finder = process_finder or find_server_pids
@@ -243,14 +250,18 @@ class OSTunerPlugin:
             pids = self._server_pids(settings.server_process_names)
             knobs.extend(NiceKnob("server_nice", pid, settings.nice, f"model server pid {pid}") for pid in pids)
             if not pids:
-                knobs.append(_Note("server_nice", "no model-server process of this user found (or it runs "
-                                                  "in-process)"))
+                knobs.append(_Note("server_nice", "no model-server process of this user found (or it runs in-process)"))
         if settings.gc:
             knobs.append(GCKnob(settings.gc_threshold_factor, settings.gc_freeze))
         if settings.qos:
             loop = self._loop
-            knobs.append(QoSKnob(self._qos, settings.qos_class,
-                                 run_on_owner=(lambda fn: loop.call_soon_threadsafe(fn)) if loop else None))
+            knobs.append(
+                QoSKnob(
+                    self._qos,
+                    settings.qos_class,
+                    run_on_owner=(lambda fn: loop.call_soon_threadsafe(fn)) if loop else None,
+                )
+            )
         if settings.governor:
             knobs.append(GovernorKnob(self._sysfs or Path(settings.sysfs_cpu), self._is_root))
         return knobs
@@ -271,14 +282,29 @@ class OSTunerPlugin:
         ctx.stash[LEASE] = lease
         if first:
             for outcome in self.state.report:
-                plan.record(self.name, f"os.{outcome.knob}", None, "applied" if outcome.applied else "not applied",
-                            outcome.detail)
+                plan.record(
+                    self.name,
+                    f"os.{outcome.knob}",
+                    None,
+                    "applied" if outcome.applied else "not applied",
+                    outcome.detail,
+                )
         elif self.state.active == 1:
-            plan.record(self.name, "os", None, "kept",
-                        f"still tuned from a request that ended under {settings.linger_seconds:g} s ago")
+            plan.record(
+                self.name,
+                "os",
+                None,
+                "kept",
+                f"still tuned from a request that ended under {settings.linger_seconds:g} s ago",
+            )
         else:
-            plan.record(self.name, "os", None, "shared",
-                        f"already tuned; shared with {self.state.active - 1} running request(s)")
+            plan.record(
+                self.name,
+                "os",
+                None,
+                "shared",
+                f"already tuned; shared with {self.state.active - 1} running request(s)",
+            )
 
     @hookimpl
     def post_response(self, ctx: HookContext, request: ChatRequest, plan: Plan, result: ChatResult) -> None:

@@ -90,8 +90,9 @@ class NiceKnob:
             changed += 1
         if changed:
             return Outcome(self.name, True, f"{self.label}: nice {self.target} on {changed} thread(s)")
-        return Outcome(self.name, False, f"{self.label}: " + (error or f"already at nice ≤ {self.target}"
-                                                                 f" ({already} thread(s))"))
+        return Outcome(
+            self.name, False, f"{self.label}: " + (error or f"already at nice ≤ {self.target} ({already} thread(s))")
+        )
 
     def restore(self) -> Outcome | None:
         if not self.saved:

@@ -31,8 +31,14 @@ __all__ = ["MemoryStore", "RecallPlugin"]
 
 #: how long a store found empty is believed empty before looking again (seconds)
 EMPTY_RECHECK_S = 10.0
-PREFERRED_EMBEDDERS = ("nomic-embed-text", "mxbai-embed-large", "all-minilm", "snowflake-arctic-embed",
-                       "bge-m3", "embeddinggemma")
+PREFERRED_EMBEDDERS = (
+    "nomic-embed-text",
+    "mxbai-embed-large",
+    "all-minilm",
+    "snowflake-arctic-embed",
+    "bge-m3",
+    "embeddinggemma",
+)
 
 
 class RecallSettings(BaseModel):
@@ -76,7 +82,7 @@ def format_block(hits: list[Hit], max_chars: int, now: float | None = None) -> s
             break
         text = hit.text
         if len(text) > left:
-            cut = text[:left - 1].rsplit(" ", 1)[0]
+            cut = text[: left - 1].rsplit(" ", 1)[0]
             text = cut + "…"
         left -= len(text)
         lines.append(f"({_age(now - hit.created_at)}) {text}")
@@ -159,11 +165,16 @@ class RecallPlugin:
         if name is None:
             return None
         try:
-            result = await asyncio.wait_for(ctx.host.backend(ctx.backend_name).embed(name, [text[:8000]]),
-                                            settings.embed_timeout)
+            result = await asyncio.wait_for(
+                ctx.host.backend(ctx.backend_name).embed(name, [text[:8000]]), settings.embed_timeout
+            )
         except Exception as exc:
-            log.info("recall: embeddings with %s on %s unavailable (%s); using full-text search",
-                     name, ctx.backend_name, type(exc).__name__)
+            log.info(
+                "recall: embeddings with %s on %s unavailable (%s); using full-text search",
+                name,
+                ctx.backend_name,
+                type(exc).__name__,
+            )
             self._embedder[ctx.backend_name] = (time.monotonic(), None)  # retried after 5 minutes
             return None
         if not result.vectors or not result.vectors[0]:
@@ -217,23 +228,36 @@ class RecallPlugin:
         self._empty_since = now if empty else None
         return empty
 
-    async def _search(self, ctx: HookContext, request: ChatRequest, query: str,
-                      settings: RecallSettings) -> tuple[str | None, str]:
+    async def _search(
+        self, ctx: HookContext, request: ChatRequest, query: str, settings: RecallSettings
+    ) -> tuple[str | None, str]:
         embedded = await self.embed(ctx, request.model, query)
         vector, model = (embedded[1], embedded[0]) if embedded else (None, None)
         store = self.store(ctx.host)
-        hits = await asyncio.to_thread(store.search, query, vector=vector, embedding_model=model,
-                                       exclude_conv=request.conversation_id, k=settings.max_memories * 3,
-                                       min_score=0.0, scan_limit=settings.scan_limit)
+        hits = await asyncio.to_thread(
+            store.search,
+            query,
+            vector=vector,
+            embedding_model=model,
+            exclude_conv=request.conversation_id,
+            k=settings.max_memories * 3,
+            min_score=0.0,
+            scan_limit=settings.scan_limit,
+        )
         present = "\n".join(m.content for m in request.messages)
         best = hits[0].score if hits else 0.0
-        chosen = [h for h in hits if h.score >= settings.min_score
-                  and h.text.split("\n", 1)[0].removeprefix("User: ") not in present][: settings.max_memories]
+        chosen = [
+            h
+            for h in hits
+            if h.score >= settings.min_score and h.text.split("\n", 1)[0].removeprefix("User: ") not in present
+        ][: settings.max_memories]
         if not chosen:
             return None, f"no memory scored ≥ {settings.min_score} (best {best:.2f})"
         vias = ",".join(sorted({h.via for h in chosen}))
-        return (format_block(chosen, settings.max_chars),
-                f"recalled {len(chosen)} memories (best {chosen[0].score:.2f} via {vias})")
+        return (
+            format_block(chosen, settings.max_chars),
+            f"recalled {len(chosen)} memories (best {chosen[0].score:.2f} via {vias})",
+        )
 
     @hookimpl
     async def post_response(self, ctx: HookContext, request: ChatRequest, plan: Plan, result: ChatResult) -> None:
@@ -249,9 +273,16 @@ class RecallPlugin:
         system = next((m.content for m in request.messages if m.role == "system"), None)
         embedded = await self.embed(ctx, request.model, f"User: {user[:1000]}\nAssistant: {result.content[:2000]}")
         store = self.store(ctx.host)
-        await asyncio.to_thread(store.add_turn, request.conversation_id, user, result.content, model=request.model,
-                                embedding=embedded[1] if embedded else None,
-                                embedding_model=embedded[0] if embedded else None, system_prompt=system)
+        await asyncio.to_thread(
+            store.add_turn,
+            request.conversation_id,
+            user,
+            result.content,
+            model=request.model,
+            embedding=embedded[1] if embedded else None,
+            embedding_model=embedded[0] if embedded else None,
+            system_prompt=system,
+        )
         self._empty_since = None
         self.saved += 1
 

@@ -27,8 +27,21 @@ def _one_line(text: str, width: int = 90) -> str:
 def _show_hits(hits: Sequence[Hit], as_json: bool) -> None:
     """Search results, one line each (or JSON for scripts); an empty result says so rather than print nothing."""
     if as_json:
-        click.echo(json.dumps([{"id": h.id, "conversation": h.conv_id, "score": round(h.score, 3),
-                                "created": _when(h.created_at), "text": h.text} for h in hits], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "id": h.id,
+                        "conversation": h.conv_id,
+                        "score": round(h.score, 3),
+                        "created": _when(h.created_at),
+                        "text": h.text,
+                    }
+                    for h in hits
+                ],
+                indent=2,
+            )
+        )
         return
     if not hits:
         click.echo("no memories match")

@@ -22,8 +22,9 @@ _FIELDS = ("model_id", "profile", "system_prompt", "title")
 
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "code": code}},
-                        status_code=status)
+    return JSONResponse(
+        {"error": {"message": message, "type": "invalid_request_error", "code": code}}, status_code=status
+    )
 
 
 async def _create_fields(request: Request) -> dict[str, Any] | JSONResponse:
@@ -45,11 +46,16 @@ async def _create(store: MemoryStore, request: Request) -> Response:
     fields = await _create_fields(request)
     if isinstance(fields, JSONResponse):
         return fields
-    conv_id = await asyncio.to_thread(store.create_conversation, model=fields["model_id"],
-                                      profile=fields["profile"], system_prompt=fields["system_prompt"],
-                                      title=fields["title"])
-    return JSONResponse({"conversation_id": conv_id, "model_id": fields["model_id"],
-                         "profile": fields["profile"]}, status_code=201)
+    conv_id = await asyncio.to_thread(
+        store.create_conversation,
+        model=fields["model_id"],
+        profile=fields["profile"],
+        system_prompt=fields["system_prompt"],
+        title=fields["title"],
+    )
+    return JSONResponse(
+        {"conversation_id": conv_id, "model_id": fields["model_id"], "profile": fields["profile"]}, status_code=201
+    )
 
 
 async def _list(store: MemoryStore, request: Request) -> Response:

@@ -52,7 +52,8 @@ _STOP_TEXT = (
     "a an and are as at be been but by can could did do does for from had has have how i if in into is it its "
     "me my no not of on or our please should so tell than that the their them then there these they this to "
     "us was we were what when where which who why will with would you your yes ok user assistant about any "
-    "some more most also just like get got make want need")
+    "some more most also just like get got make want need"
+)
 STOPWORDS = frozenset(_STOP_TEXT.split())
 _WORD = re.compile(r"[a-z0-9][a-z0-9_\-]*")
 
@@ -118,8 +119,9 @@ class Saved:
 class MemoryStore:
     """One SQLite file; thread-safe (one connection behind a lock; callers use a worker thread)."""
 
-    def __init__(self, path: Path | str, *, max_rows: int = 20_000, max_messages: int = 200_000,
-                 synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: Path | str, *, max_rows: int = 20_000, max_messages: int = 200_000, synchronous: str = "FULL"
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_rows = max_rows
@@ -150,14 +152,23 @@ class MemoryStore:
 
     # -- conversations ------------------------------------------------------------------------------
 
-    def create_conversation(self, *, model: str | None = None, profile: str | None = None,
-                            system_prompt: str | None = None, title: str | None = None,
-                            conv_id: str | None = None) -> str:
+    def create_conversation(
+        self,
+        *,
+        model: str | None = None,
+        profile: str | None = None,
+        system_prompt: str | None = None,
+        title: str | None = None,
+        conv_id: str | None = None,
+    ) -> str:
         conv_id = conv_id or uuid.uuid4().hex
         now = time.time()
         with self._tx() as db:
-            db.execute("INSERT INTO conversations(id, title, model, profile, system_prompt, created_at, updated_at)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?)", (conv_id, title, model, profile, system_prompt, now, now))
+            db.execute(
+                "INSERT INTO conversations(id, title, model, profile, system_prompt, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (conv_id, title, model, profile, system_prompt, now, now),
+            )
         return conv_id
 
     def conversation(self, conv_id: str, *, with_messages: bool = True) -> dict[str, Any] | None:
@@ -167,16 +178,22 @@ class MemoryStore:
                 return None
             data = dict(row)
             if with_messages:
-                data["messages"] = [dict(r) for r in self._db.execute(
-                    "SELECT id, role, content, model, created_at FROM messages WHERE conv_id = ? ORDER BY id",
-                    (conv_id,))]
+                data["messages"] = [
+                    dict(r)
+                    for r in self._db.execute(
+                        "SELECT id, role, content, model, created_at FROM messages WHERE conv_id = ? ORDER BY id",
+                        (conv_id,),
+                    )
+                ]
         return data
 
     def conversations(self, limit: int = 20) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT c.*, (SELECT count(*) FROM messages m WHERE m.conv_id = c.id) AS message_count "
-                "FROM conversations c ORDER BY updated_at DESC LIMIT ?", (limit,)).fetchall()
+                "FROM conversations c ORDER BY updated_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
         return [dict(r) for r in rows]
 
     def delete_conversation(self, conv_id: str) -> bool:
@@ -199,28 +216,43 @@ class MemoryStore:
 
     # -- turns and memories ---------------------------------------------------------------------------
 
-    def add_turn(self, conv_id: str, user: str, assistant: str, *, model: str | None = None,
-                 embedding: Sequence[float] | None = None, embedding_model: str | None = None,
-                 system_prompt: str | None = None) -> Saved:
+    def add_turn(
+        self,
+        conv_id: str,
+        user: str,
+        assistant: str,
+        *,
+        model: str | None = None,
+        embedding: Sequence[float] | None = None,
+        embedding_model: str | None = None,
+        system_prompt: str | None = None,
+    ) -> Saved:
         """Save one user turn and its reply, and (if long enough) a memory chunk; committed on return."""
         now = time.time()
         chunk = f"User: {user[:1000]}\nAssistant: {assistant[:2000]}"
         blob, _dims = _pack(embedding) if embedding else (None, 0)
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO conversations(id, model, system_prompt, created_at, updated_at) "
-                       "VALUES (?, ?, ?, ?, ?)", (conv_id, model, system_prompt, now, now))
+            db.execute(
+                "INSERT OR IGNORE INTO conversations(id, model, system_prompt, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (conv_id, model, system_prompt, now, now),
+            )
             db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conv_id))
-            user_id = db.execute("INSERT INTO messages(conv_id, role, content, model, created_at) "
-                                 "VALUES (?, 'user', ?, ?, ?)", (conv_id, user, model, now)).lastrowid
-            asst_id = db.execute("INSERT INTO messages(conv_id, role, content, model, created_at) "
-                                 "VALUES (?, 'assistant', ?, ?, ?)", (conv_id, assistant, model, now)).lastrowid
+            user_id = db.execute(
+                "INSERT INTO messages(conv_id, role, content, model, created_at) VALUES (?, 'user', ?, ?, ?)",
+                (conv_id, user, model, now),
+            ).lastrowid
+            asst_id = db.execute(
+                "INSERT INTO messages(conv_id, role, content, model, created_at) VALUES (?, 'assistant', ?, ?, ?)",
+                (conv_id, assistant, model, now),
+            ).lastrowid
             memory_id = None
             if len(chunk) >= MIN_CHUNK_CHARS + len("User: \nAssistant: "):
                 memory_id = db.execute(
                     "INSERT INTO memories(conv_id, created_at, model, text, embedding, embedding_model, "
                     "user_msg_id, assistant_msg_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (conv_id, now, model, chunk, blob, embedding_model if blob else None, user_id,
-                     asst_id)).lastrowid
+                    (conv_id, now, model, chunk, blob, embedding_model if blob else None, user_id, asst_id),
+                ).lastrowid
             self._prune(db)
         assert user_id is not None and asst_id is not None
         return Saved(user_id, asst_id, memory_id)
@@ -248,9 +280,17 @@ class MemoryStore:
         with self._lock:
             return [dict(r) for r in self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))]
 
-    def search(self, query: str, *, vector: Sequence[float] | None = None, embedding_model: str | None = None,
-               exclude_conv: str | None = None, k: int = 3, min_score: float = 0.38,
-               scan_limit: int = 2000) -> list[Hit]:
+    def search(
+        self,
+        query: str,
+        *,
+        vector: Sequence[float] | None = None,
+        embedding_model: str | None = None,
+        exclude_conv: str | None = None,
+        k: int = 3,
+        min_score: float = 0.38,
+        scan_limit: int = 2000,
+    ) -> list[Hit]:
         """Vector hits (cosine) and full-text hits (scored lexically); the best score per memory wins."""
         q_terms = terms(query)
         found: dict[int, Hit] = {}
@@ -262,24 +302,29 @@ class MemoryStore:
                 rows = self._db.execute(
                     "SELECT id, conv_id, text, created_at, model, embedding FROM memories "
                     "WHERE embedding_model = ? AND (? IS NULL OR conv_id IS NOT ?) ORDER BY id DESC LIMIT ?",
-                    (embedding_model, exclude_conv, exclude_conv, scan_limit)).fetchall()
+                    (embedding_model, exclude_conv, exclude_conv, scan_limit),
+                ).fetchall()
                 for row in rows:
                     score = _dot(row["embedding"], query_vec)
-                    found[row["id"]] = Hit(row["id"], row["conv_id"], row["text"], row["created_at"], row["model"],
-                                           score, "vector")
+                    found[row["id"]] = Hit(
+                        row["id"], row["conv_id"], row["text"], row["created_at"], row["model"], score, "vector"
+                    )
             if q_terms:
                 match = " OR ".join('"' + t.replace('"', "") + '"' for t in sorted(q_terms))
                 rows = self._db.execute(
                     "SELECT m.id, m.conv_id, m.text, m.created_at, m.model FROM memories_fts f "
                     "JOIN memories m ON m.id = f.rowid "
                     "WHERE memories_fts MATCH ? AND (? IS NULL OR m.conv_id IS NOT ?) "
-                    "ORDER BY f.rank LIMIT 50", (match, exclude_conv, exclude_conv)).fetchall()
+                    "ORDER BY f.rank LIMIT 50",
+                    (match, exclude_conv, exclude_conv),
+                ).fetchall()
                 for row in rows:
                     score = lexical_score(q_terms, row["text"])
                     previous = found.get(row["id"])
                     if previous is None or score > previous.score:
-                        found[row["id"]] = Hit(row["id"], row["conv_id"], row["text"], row["created_at"],
-                                               row["model"], score, "text")
+                        found[row["id"]] = Hit(
+                            row["id"], row["conv_id"], row["text"], row["created_at"], row["model"], score, "text"
+                        )
         hits = sorted((h for h in found.values() if h.score >= min_score), key=lambda h: (-h.score, -h.id))
         return hits[:k]
 
@@ -292,8 +337,9 @@ class MemoryStore:
                 "messages": one("SELECT count(*) FROM messages").fetchone()[0],
                 "memories": one("SELECT count(*) FROM memories").fetchone()[0],
                 "with_embeddings": one("SELECT count(*) FROM memories WHERE embedding IS NOT NULL").fetchone()[0],
-                "embedding_models": [r[0] for r in one(
-                    "SELECT DISTINCT embedding_model FROM memories WHERE embedding_model IS NOT NULL")],
+                "embedding_models": [
+                    r[0] for r in one("SELECT DISTINCT embedding_model FROM memories WHERE embedding_model IS NOT NULL")
+                ],
                 "max_rows": self.max_rows,
             }
         data["bytes"] = sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
@@ -304,8 +350,7 @@ class MemoryStore:
     def forget(self, memory_id: int) -> bool:
         """Delete one memory and the two messages it was made from."""
         with self._tx() as db:
-            row = db.execute("SELECT user_msg_id, assistant_msg_id FROM memories WHERE id = ?",
-                             (memory_id,)).fetchone()
+            row = db.execute("SELECT user_msg_id, assistant_msg_id FROM memories WHERE id = ?", (memory_id,)).fetchone()
             if row is None:
                 return False
             db.execute("DELETE FROM memories WHERE id = ?", (memory_id,))

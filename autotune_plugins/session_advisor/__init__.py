@@ -67,9 +67,14 @@ class SessionAdvisorPlugin:
             self.host = host
             settings = self._settings(host)
             profile = get_profile(host.config.profile)
-            self.advisor = Advisor(clock=self.clock, cooldown=settings.cooldown, stable_after=settings.stable_after,
-                                   max_concurrency=host.config.server.max_concurrent, context=profile.max_context,
-                                   kv_type=profile.kv_type)
+            self.advisor = Advisor(
+                clock=self.clock,
+                cooldown=settings.cooldown,
+                stable_after=settings.stable_after,
+                max_concurrency=host.config.server.max_concurrent,
+                context=profile.max_context,
+                kv_type=profile.kv_type,
+            )
         return self.advisor
 
     # -- the sampler task --------------------------------------------------------------------------
@@ -108,8 +113,14 @@ class SessionAdvisorPlugin:
         # the server's queue reads this cap at every admission: a "reduce concurrency" action is real
         self.host.cap_concurrency(self.name, advisor.knobs.concurrency, f"{advisor.state}, health {advisor.score}")
         for action in actions:
-            log.info("session-advisor %s: %s (%s; health %d, %s)", action.kind, action.detail, action.why,
-                     advisor.score, advisor.state)
+            log.info(
+                "session-advisor %s: %s (%s; health %d, %s)",
+                action.kind,
+                action.detail,
+                action.why,
+                advisor.score,
+                advisor.state,
+            )
         if advisor.pending_unload:
             advisor.pending_unload = False
             if self._settings(self.host).act:
@@ -138,14 +149,18 @@ class SessionAdvisorPlugin:
         self.last_used[(ctx.backend_name, request.model)] = self.clock()
         if result.finish_reason in (None, "error"):
             return
-        advisor.observe_response(result.timings.ttft_ms, result.timings.tokens_per_second(
-            result.usage.completion_tokens), model=request.model,
-            quantization=ctx.model.quantization if ctx.model else None)
+        advisor.observe_response(
+            result.timings.ttft_ms,
+            result.timings.tokens_per_second(result.usage.completion_tokens),
+            model=request.model,
+            quantization=ctx.model.quantization if ctx.model else None,
+        )
 
     @hookimpl
     @fold_stage("adjust")
-    def choose_num_ctx(self, ctx: HookContext, request: ChatRequest, plan: Plan,
-                       proposal: Choice[Any] | None) -> Choice[Any] | None:
+    def choose_num_ctx(
+        self, ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None
+    ) -> Choice[Any] | None:
         """The advisor's context ceiling, never below the prompt plus its output reserve."""
         advisor = self.advisor
         if advisor is None or proposal is None or not self._settings(ctx.host).act:
@@ -161,8 +176,9 @@ class SessionAdvisorPlugin:
 
     @hookimpl
     @fold_stage("adjust")
-    def choose_kv_type(self, ctx: HookContext, request: ChatRequest, plan: Plan,
-                       proposal: Choice[Any] | None) -> Choice[Any] | None:
+    def choose_kv_type(
+        self, ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None
+    ) -> Choice[Any] | None:
         """A lower KV type, only when the model is (re)loaded anyway: never a reload of its own."""
         advisor = self.advisor
         if advisor is None or proposal is None or advisor.knobs.kv_type is None or not self._settings(ctx.host).act:
@@ -193,15 +209,25 @@ class SessionAdvisorPlugin:
             return {"state": "NOT_STARTED"}
         last = advisor.samples[-1] if advisor.samples else None
         return {
-            "score": advisor.score, "label": label(advisor.score), "state": advisor.state,
+            "score": advisor.score,
+            "label": label(advisor.score),
+            "state": advisor.state,
             "signals": {name: {"level": level, "detail": text} for name, (level, text) in advisor.signals.items()},
             "recommended_concurrency": self.recommended_concurrency,
-            "context_ceiling": advisor.knobs.context_ceiling, "kv_type_next_load": advisor.knobs.kv_type,
-            "advice": list(advisor.knobs.advice), "unloaded": list(self.unloaded),
+            "context_ceiling": advisor.knobs.context_ceiling,
+            "kv_type_next_load": advisor.knobs.kv_type,
+            "advice": list(advisor.knobs.advice),
+            "unloaded": list(self.unloaded),
             "recent_actions": [a.as_dict() for a in list(advisor.actions)[-10:]],
-            "sample": None if last is None else {
-                "ram_percent": last.ram_percent, "swap_percent": last.swap_percent, "cpu_percent": last.cpu_percent,
-                "thermal": last.thermal, "gpu_memory_percent": last.gpu_memory_percent},
+            "sample": None
+            if last is None
+            else {
+                "ram_percent": last.ram_percent,
+                "swap_percent": last.swap_percent,
+                "cpu_percent": last.cpu_percent,
+                "thermal": last.thermal,
+                "gpu_memory_percent": last.gpu_memory_percent,
+            },
         }
 
     @hookimpl

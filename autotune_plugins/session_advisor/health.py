@@ -81,8 +81,17 @@ def health_score(sample: Sample, swap_growth_mb_min: float = 0.0, ram_growth_mb_
 
 
 def label(score: int) -> str:
-    return ("running smoothly" if score >= 90 else "moderate load" if score >= 75 else
-            "pressure building" if score >= 55 else "stressed" if score >= 35 else "critical")
+    return (
+        "running smoothly"
+        if score >= 90
+        else "moderate load"
+        if score >= 75
+        else "pressure building"
+        if score >= 55
+        else "stressed"
+        if score >= 35
+        else "critical"
+    )
 
 
 @dataclass
@@ -98,9 +107,17 @@ class Knobs:
 class Advisor:
     """Health, state machine and ordered actions with a cooldown and scale-up."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic, cooldown: float = 20.0,
-                 stable_after: float = 90.0, max_concurrency: int = 2, context: int = 8192, kv_type: str = "f16",
-                 history: int = 300) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        cooldown: float = 20.0,
+        stable_after: float = 90.0,
+        max_concurrency: int = 2,
+        context: int = 8192,
+        kv_type: str = "f16",
+        history: int = 300,
+    ) -> None:
         self.clock = clock
         self.cooldown = cooldown
         self.stable_after = stable_after
@@ -127,8 +144,14 @@ class Advisor:
 
     # -- inputs -----------------------------------------------------------------------------------
 
-    def observe_response(self, ttft_ms: float | None, tokens_per_s: float | None, *, model: str | None = None,
-                         quantization: str | None = None) -> None:
+    def observe_response(
+        self,
+        ttft_ms: float | None,
+        tokens_per_s: float | None,
+        *,
+        model: str | None = None,
+        quantization: str | None = None,
+    ) -> None:
         """Running means (weight min(n, 20)) are the baselines the next values are compared with."""
         self.model = model or self.model
         self.quantization = quantization or self.quantization
@@ -156,20 +179,29 @@ class Advisor:
         which = "GPU memory" if sample.gpu_memory_percent is not None else "RAM"
         level: Level = "critical" if memory >= 94 else "action" if memory >= 88 else "warn" if memory >= 80 else "ok"
         out["memory"] = (level, f"{which} {memory:.0f} %")
-        level = "action" if swap_growth >= 50 else "warn" if swap_growth >= 10 or sample.swap_used_bytes > 0.1 * GB \
+        level = (
+            "action"
+            if swap_growth >= 50
+            else "warn"
+            if swap_growth >= 10 or sample.swap_used_bytes > 0.1 * GB
             else "ok"
+        )
         out["swap"] = (level, f"swap {sample.swap_used_bytes / GB:.2f} GB, growing {swap_growth:.0f} MB/min")
         thermal = {"critical": "critical", "throttling": "action", "warning": "warn", "warm": "warn"}
         out["thermal"] = (thermal.get(sample.thermal, "ok"), f"thermal {sample.thermal}")  # type: ignore[assignment]
         out["ram_growth"] = ("warn" if ram_growth > 200 else "ok", f"RAM growing {ram_growth:.0f} MB/min")
         if self.tps_ratio is not None:
             ratio = self.tps_ratio
-            out["throughput"] = ("action" if ratio < 0.5 else "warn" if ratio < 0.7 else "ok",
-                                 f"tokens/s at {ratio:.2f}× baseline")
+            out["throughput"] = (
+                "action" if ratio < 0.5 else "warn" if ratio < 0.7 else "ok",
+                f"tokens/s at {ratio:.2f}× baseline",
+            )
         if self.ttft_ratio is not None:
             ratio = self.ttft_ratio
-            out["ttft"] = ("action" if ratio > 2.0 else "warn" if ratio > 1.5 else "ok",
-                           f"TTFT at {ratio:.2f}× baseline")
+            out["ttft"] = (
+                "action" if ratio > 2.0 else "warn" if ratio > 1.5 else "ok",
+                f"TTFT at {ratio:.2f}× baseline",
+            )
         return out
 
     # -- the step ---------------------------------------------------------------------------------
@@ -205,8 +237,12 @@ class Advisor:
             action = self._next_action(now, why)
             if action is not None:
                 taken.append(action)
-        elif (self.ok_since is not None and self.applied and now - self.ok_since >= self.stable_after
-              and now - self.last_action >= self.stable_after):
+        elif (
+            self.ok_since is not None
+            and self.applied
+            and now - self.ok_since >= self.stable_after
+            and now - self.last_action >= self.stable_after
+        ):
             taken.append(self._scale_up(now))
         for action in taken:
             self.actions.append(action)
@@ -231,19 +267,43 @@ class Advisor:
         concurrency = knobs.concurrency or self.base_concurrency
         if "reduce_concurrency" not in self.used and concurrency > 1:
             knobs.concurrency = max(1, concurrency // 2)
-            return self._use(Action(now, "reduce_concurrency", f"max concurrent {concurrency} → {knobs.concurrency}",
-                                    why, reversible=True, undo=str(concurrency)))
+            return self._use(
+                Action(
+                    now,
+                    "reduce_concurrency",
+                    f"max concurrent {concurrency} → {knobs.concurrency}",
+                    why,
+                    reversible=True,
+                    undo=str(concurrency),
+                )
+            )
         ceiling = knobs.context_ceiling or self.base_context
         lower = next((r for r in RUNGS if r < ceiling), None)
         if "reduce_context" not in self.used and lower is not None and lower >= 2048:
             knobs.context_ceiling = lower
-            return self._use(Action(now, "reduce_context", f"context ceiling {ceiling} → {lower}", why,
-                                    reversible=True, undo=str(ceiling)))
+            return self._use(
+                Action(
+                    now,
+                    "reduce_context",
+                    f"context ceiling {ceiling} → {lower}",
+                    why,
+                    reversible=True,
+                    undo=str(ceiling),
+                )
+            )
         kv = knobs.kv_type or self.base_kv
         if "lower_kv_precision" not in self.used and kv in KV_STEPS:
             knobs.kv_type = KV_STEPS[kv]
-            return self._use(Action(now, "lower_kv_precision", f"KV cache {kv} → {knobs.kv_type} at the next load",
-                                    why, reversible=True, undo=kv))
+            return self._use(
+                Action(
+                    now,
+                    "lower_kv_precision",
+                    f"KV cache {kv} → {knobs.kv_type} at the next load",
+                    why,
+                    reversible=True,
+                    undo=kv,
+                )
+            )
         if "unload_idle_models" not in self.used:
             self.pending_unload = True
             return self._use(Action(now, "unload_idle_models", "unload models idle for a while", why))

@@ -19,8 +19,17 @@ from .health import Sample
 
 
 def classify_celsius(temp: float) -> str:
-    return ("critical" if temp >= 95 else "throttling" if temp >= 90 else "warning" if temp >= 85 else
-            "warm" if temp >= 75 else "normal")
+    return (
+        "critical"
+        if temp >= 95
+        else "throttling"
+        if temp >= 90
+        else "warning"
+        if temp >= 85
+        else "warm"
+        if temp >= 75
+        else "normal"
+    )
 
 
 def linux_thermal(root: Path) -> str:
@@ -66,9 +75,14 @@ def amd_gpu_memory(root: Path = Path("/sys/class/drm")) -> float | None:
 class SystemSampler:
     """psutil for RAM/swap/CPU; thermal and GPU readers injectable for tests and other platforms."""
 
-    def __init__(self, *, thermal_root: Path = Path("/sys/class/thermal"),
-                 pmset: Callable[[], str] | None = None, gpu: Callable[[], float | None] | None = None,
-                 platform: str = sys.platform) -> None:
+    def __init__(
+        self,
+        *,
+        thermal_root: Path = Path("/sys/class/thermal"),
+        pmset: Callable[[], str] | None = None,
+        gpu: Callable[[], float | None] | None = None,
+        platform: str = sys.platform,
+    ) -> None:
         self.thermal_root = thermal_root
         self.pmset = pmset or _run_pmset
         self.gpu = gpu or amd_gpu_memory
@@ -99,6 +113,12 @@ class SystemSampler:
             gpu = self.gpu()
         except Exception:
             gpu = None
-        return Sample(ram_percent=float(vm.percent), ram_used_bytes=int(vm.total - vm.available),
-                      swap_percent=float(swap.percent), swap_used_bytes=int(swap.used),
-                      cpu_percent=psutil.cpu_percent(None), thermal=self.thermal(), gpu_memory_percent=gpu)
+        return Sample(
+            ram_percent=float(vm.percent),
+            ram_used_bytes=int(vm.total - vm.available),
+            swap_percent=float(swap.percent),
+            swap_used_bytes=int(swap.used),
+            cpu_percent=psutil.cpu_percent(None),
+            thermal=self.thermal(),
+            gpu_memory_percent=gpu,
+        )

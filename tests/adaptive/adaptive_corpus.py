@@ -12,9 +12,16 @@ from autotune_core.messages import ToolCall
 SYSTEM = "You are a careful senior Python engineer. Answer with working code."
 
 _TOPICS = [
-    "parse the config file", "retry failed HTTP calls", "cache the embeddings", "stream the upload",
-    "validate the user schema", "paginate the search API", "profile the slow query", "batch the writes",
-    "rotate the log files", "hash the passwords",
+    "parse the config file",
+    "retry failed HTTP calls",
+    "cache the embeddings",
+    "stream the upload",
+    "validate the user schema",
+    "paginate the search API",
+    "profile the slow query",
+    "batch the writes",
+    "rotate the log files",
+    "hash the passwords",
 ]
 
 _PROSE = (
@@ -27,20 +34,24 @@ _PROSE = (
 
 def code_block(turn: int) -> str:
     """A unique fenced block per turn, so a test can check that none was lost."""
-    return (f"```python\ndef step_{turn}(data: dict) -> dict:\n"
-            f"    \"\"\"Turn {turn}: {_TOPICS[turn % len(_TOPICS)]}.\"\"\"\n"
-            f"    result = {{k: v for k, v in data.items() if v is not None}}\n"
-            f"    result['turn'] = {turn}\n"
-            f"    return result\n```")
+    return (
+        f"```python\ndef step_{turn}(data: dict) -> dict:\n"
+        f'    """Turn {turn}: {_TOPICS[turn % len(_TOPICS)]}."""\n'
+        f"    result = {{k: v for k, v in data.items() if v is not None}}\n"
+        f"    result['turn'] = {turn}\n"
+        f"    return result\n```"
+    )
 
 
 def traceback_text(turn: int) -> str:
-    return ("Traceback (most recent call last):\n"
-            f"  File \"app/worker_{turn}.py\", line {10 + turn}, in run\n"
-            "    payload = json.loads(body)\n"
-            "  File \"/usr/lib/python3.11/json/__init__.py\", line 346, in loads\n"
-            "    return _default_decoder.decode(s)\n"
-            f"json.decoder.JSONDecodeError: Expecting value: line 1 column {turn} (char {turn - 1})")
+    return (
+        "Traceback (most recent call last):\n"
+        f'  File "app/worker_{turn}.py", line {10 + turn}, in run\n'
+        "    payload = json.loads(body)\n"
+        '  File "/usr/lib/python3.11/json/__init__.py", line 346, in loads\n'
+        "    return _default_decoder.decode(s)\n"
+        f"json.decoder.JSONDecodeError: Expecting value: line 1 column {turn} (char {turn - 1})"
+    )
 
 
 def coding_conversation(turns: int = 40) -> list[Message]:
@@ -61,25 +72,52 @@ def coding_conversation(turns: int = 40) -> list[Message]:
             messages.append(Message(role="assistant", content="", tool_calls=[call]))
             log_lines = [f"tests/t{turn}/test_case_{i}.py::test_{i} PASSED [{i * 3}%]" for i in range(30)]
             blob = json.dumps({f"metric_{i}": i * 1.5 for i in range(20)})
-            messages.append(Message(role="tool", tool_call_id=f"call_{turn}", name="run_tests",
-                                    content="\n".join(log_lines) + "\nsummary: " + blob))
-        answer = (f"For step {turn} we should {topic} with a small helper.\n\n" + _PROSE * 3 + "\n\n"
-                  + code_block(turn) + "\n\n" + _PROSE * 2 + f"\n\nI fixed the handler for step {turn}. "
-                  "Run the tests again after this change.")
+            messages.append(
+                Message(
+                    role="tool",
+                    tool_call_id=f"call_{turn}",
+                    name="run_tests",
+                    content="\n".join(log_lines) + "\nsummary: " + blob,
+                )
+            )
+        answer = (
+            f"For step {turn} we should {topic} with a small helper.\n\n"
+            + _PROSE * 3
+            + "\n\n"
+            + code_block(turn)
+            + "\n\n"
+            + _PROSE * 2
+            + f"\n\nI fixed the handler for step {turn}. "
+            "Run the tests again after this change."
+        )
         messages.append(Message(role="assistant", content=answer))
-    messages.append(Message(role="user", content="Now put it all together: write the main() that runs every step "
-                                                 "in order and reports which ones failed?"))
+    messages.append(
+        Message(
+            role="user",
+            content="Now put it all together: write the main() that runs every step "
+            "in order and reports which ones failed?",
+        )
+    )
     return messages
 
 
 #: (conversation, text) facts that a later conversation should recall
 PLANTED = [
-    ("conv-pg", "Our billing service Bluebird stores invoices in PostgreSQL 16 on port 5433.",
-     "Noted: Bluebird keeps invoices in PostgreSQL 16, listening on port 5433."),
-    ("conv-gpu", "The inference box Kestrel has an RTX 4090 with 24 GB of VRAM for llama runs.",
-     "Good, Kestrel with the RTX 4090 and 24 GB VRAM can hold a 13B model at Q4."),
-    ("conv-deploy", "We deploy the Marmot frontend with Caddy behind Cloudflare tunnels.",
-     "Understood, Marmot ships via Caddy with Cloudflare tunnels in front."),
+    (
+        "conv-pg",
+        "Our billing service Bluebird stores invoices in PostgreSQL 16 on port 5433.",
+        "Noted: Bluebird keeps invoices in PostgreSQL 16, listening on port 5433.",
+    ),
+    (
+        "conv-gpu",
+        "The inference box Kestrel has an RTX 4090 with 24 GB of VRAM for llama runs.",
+        "Good, Kestrel with the RTX 4090 and 24 GB VRAM can hold a 13B model at Q4.",
+    ),
+    (
+        "conv-deploy",
+        "We deploy the Marmot frontend with Caddy behind Cloudflare tunnels.",
+        "Understood, Marmot ships via Caddy with Cloudflare tunnels in front.",
+    ),
 ]
 
 #: (new conversation's first user message, the planted conversation it should recall or None)
@@ -103,8 +141,37 @@ async def topic_embed(model: str, inputs: list[str]) -> object:
 
     from autotune_core.backend import EmbeddingResult
 
-    stop = {"the", "a", "an", "is", "are", "of", "to", "in", "on", "for", "with", "and", "or", "what", "which",
-            "how", "does", "do", "me", "my", "our", "we", "it", "its", "user", "assistant", "has", "have", "can"}
+    stop = {
+        "the",
+        "a",
+        "an",
+        "is",
+        "are",
+        "of",
+        "to",
+        "in",
+        "on",
+        "for",
+        "with",
+        "and",
+        "or",
+        "what",
+        "which",
+        "how",
+        "does",
+        "do",
+        "me",
+        "my",
+        "our",
+        "we",
+        "it",
+        "its",
+        "user",
+        "assistant",
+        "has",
+        "have",
+        "can",
+    }
     vectors = []
     for text in inputs:
         vector = [0.0] * 512

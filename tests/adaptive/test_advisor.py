@@ -65,10 +65,20 @@ def test_health_score_matches_the_original_deductions() -> None:
     assert health_score(Sample(ram_percent=50)) == 100
     assert health_score(Sample(ram_percent=95)) == 70
     assert health_score(Sample(ram_percent=50, gpu_memory_percent=98)) == 60  # VRAM wins when present
-    assert health_score(Sample(ram_percent=91, swap_percent=12, thermal="throttling", cpu_percent=80),
-                        swap_growth_mb_min=60) == 100 - 18 - 22 - 10 - 12 - 5
-    assert health_score(Sample(ram_percent=99, swap_percent=30, thermal="critical", cpu_percent=99),
-                        swap_growth_mb_min=100, ram_growth_mb_min=400) == 0
+    assert (
+        health_score(
+            Sample(ram_percent=91, swap_percent=12, thermal="throttling", cpu_percent=80), swap_growth_mb_min=60
+        )
+        == 100 - 18 - 22 - 10 - 12 - 5
+    )
+    assert (
+        health_score(
+            Sample(ram_percent=99, swap_percent=30, thermal="critical", cpu_percent=99),
+            swap_growth_mb_min=100,
+            ram_growth_mb_min=400,
+        )
+        == 0
+    )
 
 
 async def test_actions_under_pressure_respect_cooldown_then_scale_up() -> None:
@@ -83,8 +93,13 @@ async def test_actions_under_pressure_respect_cooldown_then_scale_up() -> None:
     for _ in range(120):  # 120 s of pressure, one sample a second
         taken += [a.kind for a in await plugin.tick_once()]
         clock.now += 1
-    assert taken == ["reduce_concurrency", "reduce_context", "lower_kv_precision", "unload_idle_models",
-                     "switch_to_smaller_model"]
+    assert taken == [
+        "reduce_concurrency",
+        "reduce_context",
+        "lower_kv_precision",
+        "unload_idle_models",
+        "switch_to_smaller_model",
+    ]
     times = [a.at for a in plugin.advisor.actions]  # type: ignore[union-attr]
     assert all(b - a >= 20 for a, b in itertools.pairwise(times))
     assert plugin.advisor.state == "ACTION_NEEDED" and plugin.advisor.score == 82  # type: ignore[union-attr]
@@ -103,8 +118,11 @@ async def test_actions_under_pressure_respect_cooldown_then_scale_up() -> None:
         if clock.now - start == 30:
             assert plugin.advisor.state == "STABLE_RECOVERING"  # type: ignore[union-attr]
         clock.now += 1
-    assert [detail for _, detail in ups] == ["KV cache back to f16 at the next load", "context ceiling back to 8192",
-                                             "max concurrent back to 2"]
+    assert [detail for _, detail in ups] == [
+        "KV cache back to f16 at the next load",
+        "context ceiling back to 8192",
+        "max concurrent back to 2",
+    ]
     assert [t for t, _ in ups] == [90, 180, 270]
     assert plugin.advisor.state == "OPTIMAL" and plugin.recommended_concurrency == 2  # type: ignore[union-attr]
     assert host.concurrency_cap is None  # back to the configured maximum
@@ -147,8 +165,7 @@ async def test_ceiling_and_kv_are_applied_in_the_folds_never_below_the_prompt() 
     plan = (await pipeline.plan(small, host.backend("fake"), LLAMA_1B)).plan
     assert plan.num_ctx == 4096 and plan.steps("num_ctx")[-1].plugin == "session-advisor"
     assert any(e.plugin == "session-advisor" and e.new == "q8_0" for e in plan.steps("kv_type"))
-    big = ChatRequest(model="llama3.2:1b", max_tokens=512,
-                      messages=[Message(role="user", content="word " * 5000)])
+    big = ChatRequest(model="llama3.2:1b", max_tokens=512, messages=[Message(role="user", content="word " * 5000)])
     plan = (await pipeline.plan(big, host.backend("fake"), LLAMA_1B)).plan
     assert plan.prompt_tokens is not None and plan.num_ctx == plan.prompt_tokens + 512 > 4096
 
@@ -197,8 +214,9 @@ def test_status_cli_falls_back_to_a_local_sample() -> None:
 @pytest.mark.parametrize("how", ["env", "settings"])
 async def test_toggle(how: str, autotune_host_factory: Any) -> None:
     if how == "env":
-        host = autotune_host_factory(Proposer(), load_entrypoints=True,
-                                     env={"AUTOTUNE_DISABLE_PLUGINS": "session-advisor"})
+        host = autotune_host_factory(
+            Proposer(), load_entrypoints=True, env={"AUTOTUNE_DISABLE_PLUGINS": "session-advisor"}
+        )
         assert not host.enabled("session-advisor") and host.plugin("session-advisor") is None
     else:
         host, plugin, clock, sampler = make({"act": False})
@@ -206,8 +224,13 @@ async def test_toggle(how: str, autotune_host_factory: Any) -> None:
         for _ in range(3):
             await plugin.tick_once()
             clock.now += 21
-    plan = (await Pipeline(host).plan(ChatRequest(model="llama3.2:1b", messages=[Message(role="user", content="hi")]),
-                                      host.backend("fake"), LLAMA_1B)).plan
+    plan = (
+        await Pipeline(host).plan(
+            ChatRequest(model="llama3.2:1b", messages=[Message(role="user", content="hi")]),
+            host.backend("fake"),
+            LLAMA_1B,
+        )
+    ).plan
     if how == "settings":
         assert plan.num_ctx == 8192 and next(e.new for e in plan.steps("kv_type")) == "f16"
     assert not any(e.plugin == "session-advisor" for e in plan.trace)

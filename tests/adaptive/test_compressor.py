@@ -20,8 +20,11 @@ from autotune_plugins.context_compressor.window import compress_history, split
 
 
 def count(message: Message) -> int:
-    return 4 + estimate_tokens(message.content) + sum(
-        estimate_tokens(c.name) + estimate_tokens(c.arguments) for c in message.tool_calls)
+    return (
+        4
+        + estimate_tokens(message.content)
+        + sum(estimate_tokens(c.name) + estimate_tokens(c.arguments) for c in message.tool_calls)
+    )
 
 
 def history_tokens(messages: list[Message]) -> int:
@@ -64,15 +67,23 @@ def test_forty_turn_coding_conversation_fits_and_keeps_every_code_block() -> Non
     assert outcome.saved > 0
 
 
-@pytest.mark.parametrize(("turns", "tier"), [(3, "FULL"), (6, "RECENT_PLUS_FACTS"), (9, "COMPRESSED"),
-                                             (12, "EMERGENCY")])
+@pytest.mark.parametrize(
+    ("turns", "tier"), [(3, "FULL"), (6, "RECENT_PLUS_FACTS"), (9, "COMPRESSED"), (12, "EMERGENCY")]
+)
 def test_tier_follows_fill_ratio(turns: int, tier: str) -> None:
     messages = coding_conversation(turns)
     budget = budget_for(messages)
     ratio = history_tokens(messages) / budget
     outcome = compress_history(messages, budget=budget, count=count)
-    expected = "FULL" if ratio < 0.55 else "RECENT_PLUS_FACTS" if ratio < 0.75 else \
-        "COMPRESSED" if ratio < 0.90 else "EMERGENCY"
+    expected = (
+        "FULL"
+        if ratio < 0.55
+        else "RECENT_PLUS_FACTS"
+        if ratio < 0.75
+        else "COMPRESSED"
+        if ratio < 0.90
+        else "EMERGENCY"
+    )
     assert outcome.tier == tier == expected
     assert outcome.fits
     if tier == "FULL":
@@ -115,8 +126,15 @@ def test_cuts_only_at_sentence_boundaries() -> None:
     assert omitted > 0 and kept.endswith(".") and kept in prose and len(kept) <= 500
     one = "x" * 900  # no boundary at all: kept whole rather than cut mid-sentence
     assert cut_prose(one, 100) == (one, 0)
-    long_answer = ("Intro paragraph. It has two sentences.\n\n" + prose + "\n\n" + code_block(1) + "\n\n" + prose
-                   + "\n\nFinal words here. Done.")
+    long_answer = (
+        "Intro paragraph. It has two sentences.\n\n"
+        + prose
+        + "\n\n"
+        + code_block(1)
+        + "\n\n"
+        + prose
+        + "\n\nFinal words here. Done."
+    )
     out = compress_message("assistant", long_answer, aggressive=True)
     assert code_block(1) in out and out.startswith("Intro paragraph. It has two sentences.")
     for line in out.split("\n"):
@@ -134,8 +152,13 @@ def test_noise_json_and_tool_head_tail() -> None:
     assert fold_json("{not json " + "y" * 200 + "}").startswith("{not json")  # invalid: left alone
     fenced = "```json\n" + blob + "\n```"
     assert compress_message("assistant", fenced) == fenced  # never inside code blocks
-    log = "\n".join(f"line {i}" for i in range(40)) + "\n" + traceback_text(3) + "\n" + "\n".join(
-        f"after {i}" for i in range(20))
+    log = (
+        "\n".join(f"line {i}" for i in range(40))
+        + "\n"
+        + traceback_text(3)
+        + "\n"
+        + "\n".join(f"after {i}" for i in range(20))
+    )
     out = compress_message("tool", log)
     assert traceback_text(3) in out and "line 0" in out and "after 19" in out and "lines omitted" in out
     assert "line 25" not in out
@@ -174,8 +197,9 @@ async def test_toggle_off_leaves_messages_alone(how: str, autotune_host_factory:
         config = CoreSettings(backend="fake", plugins={"disabled": ["context-compressor"]})
         host = autotune_host_factory(config=config, load_entrypoints=True)
     assert not host.enabled("context-compressor")
-    plan = (await Pipeline(host).plan(ChatRequest(model="llama3.2:1b", messages=messages), host.backend("fake"),
-                                      LLAMA_1B)).plan
+    plan = (
+        await Pipeline(host).plan(ChatRequest(model="llama3.2:1b", messages=messages), host.backend("fake"), LLAMA_1B)
+    ).plan
     assert plan.messages == messages and not any(e.plugin == "context-compressor" for e in plan.trace)
     on = autotune_host_factory(env={"AUTOTUNE_LOAD_PLUGINS": "context-compressor"}, load_entrypoints=True)
     assert on.enabled("context-compressor")
@@ -194,10 +218,12 @@ def test_tool_message_keeps_its_call_id_when_compressed() -> None:
     big = "\n".join(f"file_{i}.txt" for i in range(100))
     history = [Message(role="system", content="s")]
     for i in range(12):
-        history += [Message(role="user", content=f"list the files please, round {i}?"),
-                    Message(role="assistant", tool_calls=[call.model_copy(update={"id": f"c{i}"})]),
-                    Message(role="tool", tool_call_id=f"c{i}", content=big),
-                    Message(role="assistant", content=f"There are 100 files in round {i}.")]
+        history += [
+            Message(role="user", content=f"list the files please, round {i}?"),
+            Message(role="assistant", tool_calls=[call.model_copy(update={"id": f"c{i}"})]),
+            Message(role="tool", tool_call_id=f"c{i}", content=big),
+            Message(role="assistant", content=f"There are 100 files in round {i}."),
+        ]
     history.append(Message(role="user", content="and now?"))
     outcome = compress_history(history, budget=1500, count=count)
     assert outcome.fits

@@ -22,14 +22,17 @@ from autotune_plugins.context_compressor.window import Outcome, compress_history
 
 
 def count(message: Message) -> int:
-    return 4 + estimate_tokens(message.content) + sum(
-        estimate_tokens(c.name) + estimate_tokens(c.arguments) for c in message.tool_calls)
+    return (
+        4
+        + estimate_tokens(message.content)
+        + sum(estimate_tokens(c.name) + estimate_tokens(c.arguments) for c in message.tool_calls)
+    )
 
 
 def growing(turns: int) -> list[list[Message]]:
     """The requests of a conversation as a client sends them: request N ends with user message N."""
     full = coding_conversation(turns)[:-1]
-    return [full[:i + 1] for i, m in enumerate(full) if m.role == "user"]
+    return [full[: i + 1] for i, m in enumerate(full) if m.role == "user"]
 
 
 def run(messages: list[Message], memo: Memo | None = None) -> Outcome:
@@ -40,8 +43,14 @@ def run(messages: list[Message], memo: Memo | None = None) -> Outcome:
 
 
 def same(a: Outcome, b: Outcome) -> bool:
-    return (a.tier, a.messages, a.history_before, a.history_after, a.fits, a.attempts) == \
-        (b.tier, b.messages, b.history_before, b.history_after, b.fits, b.attempts)
+    return (a.tier, a.messages, a.history_before, a.history_after, a.fits, a.attempts) == (
+        b.tier,
+        b.messages,
+        b.history_before,
+        b.history_after,
+        b.fits,
+        b.attempts,
+    )
 
 
 def test_cached_equals_uncached_on_every_turn_of_a_growing_conversation() -> None:
@@ -83,8 +92,9 @@ def test_an_edited_earlier_message_is_not_served_stale() -> None:
     first = run(messages, memo)
     index = next(i for i, m in enumerate(messages) if m.role == "assistant" and "step_3" in m.content)
     edited = list(messages)
-    edited[index] = edited[index].model_copy(update={"content": edited[index].content.replace(
-        "def step_3(", "def renamed_step(")})
+    edited[index] = edited[index].model_copy(
+        update={"content": edited[index].content.replace("def step_3(", "def renamed_step(")}
+    )
     again = run(edited, memo)
     assert same(again, run(edited))
     text, before = "\n".join(m.content for m in again.messages), "\n".join(m.content for m in first.messages)
@@ -96,16 +106,27 @@ def test_a_shared_copy_edited_in_place_is_rebuilt() -> None:
     messages = growing(16)[-1]
     reference = run(messages)
     out = run(messages, memo)
-    shrunk = next(m for m, o in zip(out.messages, messages, strict=False) if m.content != o.content
-                  and m.role == "assistant")
+    shrunk = next(
+        m for m, o in zip(out.messages, messages, strict=False) if m.content != o.content and m.role == "assistant"
+    )
     shrunk.content = "tampered"  # a hook that edits a message in place instead of replacing it
     assert same(run(messages, memo), reference)
 
 
 def test_topics_per_message_match_a_search_of_the_joined_text() -> None:
     # " go " may use the space that joins two messages; the per-message search must find exactly those
-    cases = [["we use go", "daily"], ["go fast", "x"], ["a", "go"], ["go"], ["", "go", ""], ["ago", "good"],
-             ["let's go", "go now"], ["GO", "Pytest runs"], ["x go", ""], []]
+    cases = [
+        ["we use go", "daily"],
+        ["go fast", "x"],
+        ["a", "go"],
+        ["go"],
+        ["", "go", ""],
+        ["ago", "good"],
+        ["let's go", "go now"],
+        ["GO", "Pytest runs"],
+        ["x go", ""],
+        [],
+    ]
     for contents in cases:
         messages = [Message(role="user", content=c) for c in contents]
         joined = " ".join(c.lower() for c in contents)
@@ -131,12 +152,15 @@ async def test_the_plugin_remembers_across_requests_and_can_be_turned_off(autotu
 
 _TRACE_REGEX = re.compile(
     r"Traceback \(most recent call last\)|^\s+at [\w.$<>]+\(|\b\w+(Error|Exception)\b|"
-    r"\bpanicked at\b|\bSegmentation fault\b|^\s*File \"[^\"]+\", line \d+", re.MULTILINE)
+    r"\bpanicked at\b|\bSegmentation fault\b|^\s*File \"[^\"]+\", line \d+",
+    re.MULTILINE,
+)
 _TECH_REGEX = re.compile(
     r"\b(error|function|class|method|select|insert|update|delete|join|token|tokens|model|ram|gpu|cpu|"
     r"api|json|yaml|docker|kubernetes|config|database|query|index|cache|thread|async|import|module|"
     r"deploy|server|request|response|endpoint|schema|variable|compile|build|test|bug|memory)\b",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 
 def _fold_json_char_by_char(text: str, min_chars: int = 120) -> str:
@@ -161,10 +185,39 @@ def _fold_json_char_by_char(text: str, min_chars: int = 120) -> str:
 
 def _samples() -> list[str]:
     rng = random.Random(17)
-    pieces = ["Error", "ValueError", "Exception", "panicked at", "Segmentation fault", "Traceback (most recent",
-              " call last)", 'File "a.py", line 3', "\n    at com.x.Y(", "  at ", "TOKENS", "Token", "tokens_",
-              "claſs", "\u212aubernetes", "İmport", "gpu", "GPU!", "_api", "api2", "{", "}", "[", "]", '"',
-              '{"a": [1, 2, {"b": "}"}]}', " ", "\n", "é", "x" * 40, json.dumps({f"k{i}": i for i in range(30)})]
+    pieces = [
+        "Error",
+        "ValueError",
+        "Exception",
+        "panicked at",
+        "Segmentation fault",
+        "Traceback (most recent",
+        " call last)",
+        'File "a.py", line 3',
+        "\n    at com.x.Y(",
+        "  at ",
+        "TOKENS",
+        "Token",
+        "tokens_",
+        "claſs",
+        "\u212aubernetes",
+        "İmport",
+        "gpu",
+        "GPU!",
+        "_api",
+        "api2",
+        "{",
+        "}",
+        "[",
+        "]",
+        '"',
+        '{"a": [1, 2, {"b": "}"}]}',
+        " ",
+        "\n",
+        "é",
+        "x" * 40,
+        json.dumps({f"k{i}": i for i in range(30)}),
+    ]
     texts = [m.content for m in coding_conversation(20)]
     for _ in range(400):
         texts.append("".join(rng.choice(pieces) for _ in range(rng.randint(0, 30))))

@@ -62,10 +62,13 @@ def thread_nices(pid: int) -> dict[int, int]:
 
 
 def snapshot(sysfs: Path, qos: FakeQoS, server: int) -> dict[str, Any]:
-    return {"nice": set(thread_nices(os.getpid()).values()), "server": thread_nices(server),
-            "gc": (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()), "qos": qos.value,
-            "governors": {p.parent.parent.name: p.read_text()
-                          for p in sorted(sysfs.glob("cpu*/cpufreq/scaling_governor"))}}
+    return {
+        "nice": set(thread_nices(os.getpid()).values()),
+        "server": thread_nices(server),
+        "gc": (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()),
+        "qos": qos.value,
+        "governors": {p.parent.parent.name: p.read_text() for p in sorted(sysfs.glob("cpu*/cpufreq/scaling_governor"))},
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -75,15 +78,27 @@ def _untuned_start() -> None:
     process_state().restore_all()
 
 
-def make(sysfs: Path, server: int, *, root: bool = True, settings: dict[str, Any] | None = None,
-         env: dict[str, str] | None = None, entrypoints: bool = False) -> tuple[PluginHost, OSTunerPlugin, FakeQoS]:
+def make(
+    sysfs: Path,
+    server: int,
+    *,
+    root: bool = True,
+    settings: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    entrypoints: bool = False,
+) -> tuple[PluginHost, OSTunerPlugin, FakeQoS]:
     """The shipped host (make_host) with an os-tuner on a fake sysfs, QoS and server process."""
     qos = FakeQoS()
-    plugin = OSTunerPlugin(state=TunerState(), qos=qos, process_finder=lambda names: [server], is_root=lambda: root,
-                           sysfs_cpu=sysfs)
+    plugin = OSTunerPlugin(
+        state=TunerState(), qos=qos, process_finder=lambda names: [server], is_root=lambda: root, sysfs_cpu=sysfs
+    )
     # restore at once unless a test is about the linger
-    host = make_host(plugin, settings={"os-tuner": {"linger_seconds": 0, **(settings or {})}},
-                     load_entrypoints=entrypoints, env=env or {})
+    host = make_host(
+        plugin,
+        settings={"os-tuner": {"linger_seconds": 0, **(settings or {})}},
+        load_entrypoints=entrypoints,
+        env=env or {},
+    )
     return host, plugin, qos
 
 
@@ -156,8 +171,9 @@ async def test_first_in_applies_last_out_restores(sysfs: Path, server_proc: Any)
     assert plugin.state.applies == plugin.state.restores == 1
 
 
-async def test_reports_what_could_not_apply_and_why(sysfs: Path, server_proc: Any,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_reports_what_could_not_apply_and_why(
+    sysfs: Path, server_proc: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     host, plugin, _ = make(sysfs, server_proc.pid, root=False)
 
     def refuse(which: int, who: int, value: int) -> None:
@@ -215,8 +231,11 @@ async def test_toggle(sysfs: Path, server_proc: Any, how: str, autotune_host_fac
         host = autotune_host_factory(load_entrypoints=True, env={"AUTOTUNE_DISABLE_PLUGINS": "os-tuner"})
         assert not host.enabled("os-tuner") and host.records["os-tuner"].status == "disabled"
     else:
-        host, _, qos = make(sysfs, server_proc.pid, settings={
-            "priority": False, "server_priority": False, "gc": False, "qos": False, "governor": False})
+        host, _, qos = make(
+            sysfs,
+            server_proc.pid,
+            settings={"priority": False, "server_priority": False, "gc": False, "qos": False, "governor": False},
+        )
     before = snapshot(sysfs, qos, server_proc.pid)
     pipeline = Pipeline(host)
     prepared = await pipeline.plan(request(1, False), host.backend("fake"), LLAMA_1B)
@@ -282,15 +301,15 @@ async def test_shutdown_during_the_linger_restores_at_once(sysfs: Path, server_p
     assert snapshot(sysfs, qos, server_proc.pid) == before
 
 
-async def test_hosts_in_one_process_share_one_state(sysfs: Path, server_proc: Any,
-                                                     autotune_host_factory: Any) -> None:
+async def test_hosts_in_one_process_share_one_state(sysfs: Path, server_proc: Any, autotune_host_factory: Any) -> None:
     """Separate counts would restore out of order and leave the process tuned; one shared count cannot."""
     threshold, nice = gc.get_threshold(), os.getpriority(os.PRIO_PROCESS, 0)
     hosts = []
     for _ in range(3):
         qos = FakeQoS()
-        plugin = OSTunerPlugin(qos=qos, process_finder=lambda names: [server_proc.pid], is_root=lambda: True,
-                               sysfs_cpu=sysfs)
+        plugin = OSTunerPlugin(
+            qos=qos, process_finder=lambda names: [server_proc.pid], is_root=lambda: True, sysfs_cpu=sysfs
+        )
         hosts.append(autotune_host_factory(plugin, settings={"os-tuner": {"linger_seconds": 0.5}}))
     state = process_state()
     applies, restores = state.applies, state.restores

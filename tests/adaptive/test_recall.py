@@ -23,8 +23,13 @@ from autotune_plugins.recall import RecallPlugin, format_block
 from autotune_plugins.recall.store import Hit, MemoryStore, lexical_score, terms
 
 
-def _host(*plugins: object, settings: dict[str, object] | None = None, env: dict[str, str] | None = None,
-          entrypoints: bool = False, stock_embed: bool = False) -> PluginHost:
+def _host(
+    *plugins: object,
+    settings: dict[str, object] | None = None,
+    env: dict[str, str] | None = None,
+    entrypoints: bool = False,
+    stock_embed: bool = False,
+) -> PluginHost:
     """The shipped host (make_host) plus what every recall test needs: recall's settings and a topic embedder."""
     host = make_host(*plugins, settings={"recall": settings or {}}, load_entrypoints=entrypoints, env=env or {})
     if not stock_embed:
@@ -37,8 +42,11 @@ async def _turn(host: PluginHost, text: str, reply: str, conv: str | None, syste
     backend = host.backend("fake")
     assert isinstance(backend, FakeBackend)
     backend.reply = reply
-    request = ChatRequest(model="llama3.2:1b", conversation_id=conv,
-                          messages=[Message(role="system", content=system), Message(role="user", content=text)])
+    request = ChatRequest(
+        model="llama3.2:1b",
+        conversation_id=conv,
+        messages=[Message(role="system", content=system), Message(role="user", content=text)],
+    )
     pipeline = Pipeline(host)
     prepared = await pipeline.plan(request, backend, LLAMA_1B)
     await pipeline.run(prepared)
@@ -58,8 +66,11 @@ async def test_planted_fact_is_recalled_in_a_related_new_conversation_only() -> 
     assert plugin.store().stats()["memories"] == 3
     for query, expected in QUERIES:
         backend = host.backend("fake")
-        request = ChatRequest(model="llama3.2:1b", conversation_id=f"new-{abs(hash(query))}", messages=[
-            Message(role="system", content="You are helpful."), Message(role="user", content=query)])
+        request = ChatRequest(
+            model="llama3.2:1b",
+            conversation_id=f"new-{abs(hash(query))}",
+            messages=[Message(role="system", content="You are helpful."), Message(role="user", content=query)],
+        )
         plan = (await Pipeline(host).plan(request, backend, LLAMA_1B)).plan
         injected = [m for m in plan.messages if m.content.startswith("[Memories from earlier")]
         if expected is None:
@@ -86,10 +97,16 @@ async def test_never_recalls_from_the_same_conversation_and_block_is_stable() ->
     assert "Bluebird stores invoices" in first
     # a later turn of the same conversation gets the same block, byte for byte
     backend = host.backend("fake")
-    request = ChatRequest(model="llama3.2:1b", conversation_id="conv-new", messages=[
-        Message(role="system", content="You are helpful."), Message(role="user", content=query),
-        Message(role="assistant", content="It listens on port 5433."),
-        Message(role="user", content="And which service owns it?")])
+    request = ChatRequest(
+        model="llama3.2:1b",
+        conversation_id="conv-new",
+        messages=[
+            Message(role="system", content="You are helpful."),
+            Message(role="user", content=query),
+            Message(role="assistant", content="It listens on port 5433."),
+            Message(role="user", content="And which service owns it?"),
+        ],
+    )
     plan = (await Pipeline(host).plan(request, backend, LLAMA_1B)).plan
     block = plan.messages[1].content
     assert block.startswith("[Memories from earlier") and block in first.replace("\\n", "\n")
@@ -99,10 +116,18 @@ async def test_every_turn_is_saved_but_stateless_requests_are_not() -> None:
     plugin = RecallPlugin()
     host = _host(plugin, stock_embed=True)
     for i in range(4):
-        await _turn(host, f"turn number {i} about the Osprey scheduler and its cron table?",
-                    f"Answer {i}: the Osprey scheduler reads its cron table at start-up and on SIGHUP.", "conv-1")
-    await _turn(host, "a stateless question about the Osprey scheduler cron table?",
-                "A stateless answer that is long enough to be a memory chunk.", None)
+        await _turn(
+            host,
+            f"turn number {i} about the Osprey scheduler and its cron table?",
+            f"Answer {i}: the Osprey scheduler reads its cron table at start-up and on SIGHUP.",
+            "conv-1",
+        )
+    await _turn(
+        host,
+        "a stateless question about the Osprey scheduler cron table?",
+        "A stateless answer that is long enough to be a memory chunk.",
+        None,
+    )
     store = plugin.store()
     conversation = store.conversation("conv-1")
     assert conversation is not None and len(conversation["messages"]) == 8
@@ -143,8 +168,10 @@ def test_lexical_score_and_block_limits() -> None:
 
 def test_pruning_keeps_the_store_bounded(tmp_path: Path) -> None:
     store = MemoryStore(tmp_path / "m.db", max_rows=10, max_messages=30)
-    ids = [store.add_turn("c", f"user says something long enough {i} " * 3, f"assistant replies {i} " * 5).memory_id
-           for i in range(25)]
+    ids = [
+        store.add_turn("c", f"user says something long enough {i} " * 3, f"assistant replies {i} " * 5).memory_id
+        for i in range(25)
+    ]
     stats = store.stats()
     assert stats["memories"] == 10 and stats["messages"] == 30
     assert [m["id"] for m in store.memories(limit=100)] == sorted(ids[-10:], reverse=True)
@@ -236,14 +263,20 @@ def test_conversation_routes() -> None:
     plugin = RecallPlugin()
     host = _host(plugin)
     routes: list[Route] = []
-    host.call("register_routes", register=lambda path, endpoint, methods: routes.append(
-        Route(path, endpoint, methods=methods)))
-    assert {r.path for r in routes} == {"/api/conversations", "/api/conversations/{conv_id}",
-                                        "/api/conversations/{conv_id}/export"}
+    host.call(
+        "register_routes",
+        register=lambda path, endpoint, methods: routes.append(Route(path, endpoint, methods=methods)),
+    )
+    assert {r.path for r in routes} == {
+        "/api/conversations",
+        "/api/conversations/{conv_id}",
+        "/api/conversations/{conv_id}/export",
+    }
     plugin._host = host
     client = TestClient(Starlette(routes=routes))
-    created = client.post("/api/conversations", json={"model_id": "llama3.2:1b", "title": "Plans",
-                                                      "system_prompt": "Be brief."})
+    created = client.post(
+        "/api/conversations", json={"model_id": "llama3.2:1b", "title": "Plans", "system_prompt": "Be brief."}
+    )
     assert created.status_code == 201
     conv = created.json()["conversation_id"]
     assert len(conv) == 32
@@ -253,8 +286,7 @@ def test_conversation_routes() -> None:
     assert [m["role"] for m in got["messages"]] == ["user", "assistant"] and got["title"] == "Plans"
     export = client.get(f"/api/conversations/{conv}/export").json()
     assert export["markdown"].startswith("# Plans") and "## Assistant\n\nShip the release" in export["markdown"]
-    assert client.get(f"/api/conversations/{conv}/export?format=md").headers["content-type"].startswith(
-        "text/markdown")
+    assert client.get(f"/api/conversations/{conv}/export?format=md").headers["content-type"].startswith("text/markdown")
     assert client.post("/api/conversations", content=b"[1]").status_code == 400
     assert client.delete(f"/api/conversations/{conv}").json() == {"deleted": conv}
     assert client.get(f"/api/conversations/{conv}").status_code == 404

@@ -18,8 +18,9 @@ ARCHETYPES = TESTS / "fixtures" / "archetypes"
 class Replay:
     """Answers external commands from recorded outputs; any other command is a missing tool."""
 
-    def __init__(self, *, nvidia: str | None = None, rocm: str | None = None,
-                 sysctl: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *, nvidia: str | None = None, rocm: str | None = None, sysctl: dict[str, str] | None = None
+    ) -> None:
         self.nvidia, self.rocm, self.sysctl = nvidia, rocm, sysctl or {}
 
     def __call__(self, argv: list[str], timeout: float) -> str | None:
@@ -42,22 +43,42 @@ def sysctl_recording(name: str) -> dict[str, str]:
     return out
 
 
-def replay(tmp_path: Path, *, nvidia: str | None = None, rocm: str | None = None, sysctl: str | None = None,
-           root: str | None = None, ram_gib: float = 64) -> HardwareSnapshot:
+def replay(
+    tmp_path: Path,
+    *,
+    nvidia: str | None = None,
+    rocm: str | None = None,
+    sysctl: str | None = None,
+    root: str | None = None,
+    ram_gib: float = 64,
+) -> HardwareSnapshot:
     """A snapshot from recorded tool outputs / a recorded file-system root (tests/fixtures/hardware)."""
-    runner = Replay(nvidia=(HARDWARE / "nvidia-smi" / nvidia).read_text() if nvidia else None,
-                    rocm=(HARDWARE / "rocm-smi" / rocm).read_text() if rocm else None,
-                    sysctl=sysctl_recording(sysctl) if sysctl else None)
+    runner = Replay(
+        nvidia=(HARDWARE / "nvidia-smi" / nvidia).read_text() if nvidia else None,
+        rocm=(HARDWARE / "rocm-smi" / rocm).read_text() if rocm else None,
+        sysctl=sysctl_recording(sysctl) if sysctl else None,
+    )
     vm = SimpleNamespace(total=int(ram_gib * GiB), available=int(ram_gib * GiB / 2))
-    return detect_hardware(runner=runner, sysfs_root=HARDWARE / "roots" / root if root else tmp_path,
-                           platform_name="Darwin" if sysctl else "Linux", vm=lambda: vm,
-                           swap=lambda: SimpleNamespace(total=0, used=0))
+    return detect_hardware(
+        runner=runner,
+        sysfs_root=HARDWARE / "roots" / root if root else tmp_path,
+        platform_name="Darwin" if sysctl else "Linux",
+        vm=lambda: vm,
+        swap=lambda: SimpleNamespace(total=0, used=0),
+    )
 
 
-def profile_set(name: str, profiles: dict[str, Any], *, version: int = 1, priority: int = 0,
-                source: str = "test") -> dict[str, Any]:
-    return {"schema_version": 1, "name": name, "version": version, "priority": priority, "source": source,
-            "profiles": profiles}
+def profile_set(
+    name: str, profiles: dict[str, Any], *, version: int = 1, priority: int = 0, source: str = "test"
+) -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "name": name,
+        "version": version,
+        "priority": priority,
+        "source": source,
+        "profiles": profiles,
+    }
 
 
 class SetsPlugin:

@@ -61,8 +61,12 @@ def server() -> Iterator[_Server]:
 
 
 def _curated(version: int, num_ctx: int = 12288) -> dict:
-    return profile_set("bundled", {"cpu-x86-16gb": {"common": {"num_ctx": num_ctx}}}, version=version,
-                       source="curated from community benches")
+    return profile_set(
+        "bundled",
+        {"cpu-x86-16gb": {"common": {"num_ctx": num_ctx}}},
+        version=version,
+        source="curated from community benches",
+    )
 
 
 def _cache_bytes(store: ProfileCache) -> bytes | None:
@@ -81,15 +85,28 @@ def test_good_download_updates_the_cache_and_wins_over_bundled(server: _Server, 
     assert names == [("bundled", 1), ("bundled", 2)]  # registered later: wins ties of priority
 
 
-@pytest.mark.parametrize(("payload", "why"), [
-    (b"{this is not json", "invalid JSON"),
-    (json.dumps({"schema_version": 1, "name": "bundled", "version": 9,
-                 "profiles": {"x": {"common": {"num_batch": "lots"}}}}).encode(), "profiles.x.common.num_batch"),
-    (json.dumps({**_curated(9), "schema_version": 7}).encode(), "schema_version 7 is not supported"),
-    (json.dumps(_curated(2)).encode(), "older than the cached 5"),
-])
-def test_bad_or_older_downloads_never_replace_a_good_cache(server: _Server, tmp_path: Path, payload: bytes,
-                                                           why: str) -> None:
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (b"{this is not json", "invalid JSON"),
+        (
+            json.dumps(
+                {
+                    "schema_version": 1,
+                    "name": "bundled",
+                    "version": 9,
+                    "profiles": {"x": {"common": {"num_batch": "lots"}}},
+                }
+            ).encode(),
+            "profiles.x.common.num_batch",
+        ),
+        (json.dumps({**_curated(9), "schema_version": 7}).encode(), "schema_version 7 is not supported"),
+        (json.dumps(_curated(2)).encode(), "older than the cached 5"),
+    ],
+)
+def test_bad_or_older_downloads_never_replace_a_good_cache(
+    server: _Server, tmp_path: Path, payload: bytes, why: str
+) -> None:
     store = ProfileCache(tmp_path / "archetypes")
     server.serve(_curated(5))
     assert store.refresh(server.url, timeout=5).status == "updated"
@@ -142,8 +159,9 @@ def test_staleness_follows_refresh_hours(server: _Server, tmp_path: Path) -> Non
     assert store.stale(24, now=checked + 25 * 3600)
 
 
-def test_startup_refreshes_a_stale_cache_and_swaps_the_registered_sets(server: _Server,
-                                                                       autotune_host_factory: Any) -> None:
+def test_startup_refreshes_a_stale_cache_and_swaps_the_registered_sets(
+    server: _Server, autotune_host_factory: Any
+) -> None:
     server.serve(_curated(bundled_set().version + 1, num_ctx=12288))
     config = Settings(backend="fake", archetypes={"url": server.url, "refresh_hours": 1, "timeout": 5})
     host = autotune_host_factory(BundledProfilesPlugin(), hardware=make_hardware(16), config=config)
@@ -169,4 +187,6 @@ def test_cache_dump_round_trips(tmp_path: Path, server: _Server) -> None:
     store.refresh(server.url, timeout=5)
     cached = store.cached()
     assert cached is not None and dump_profile_set(cached)["profiles"]["cpu-x86-16gb"]["common"]["num_ctx"] == {
-        "value": 12288, "source": "curated from community benches"}
+        "value": 12288,
+        "source": "curated from community benches",
+    }

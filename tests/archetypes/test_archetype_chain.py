@@ -18,20 +18,36 @@ from autotune_core.testing import make_hardware
 from autotune_plugins.archetypes.apply import AutoTunePlugin
 from autotune_plugins.archetypes.bundled import BundledProfilesPlugin
 
-RTX4090 = HardwareSnapshot(os="linux", cpu=CpuInfo(arch="x86_64"), ram_total_bytes=64 * GiB,
-                           ram_available_bytes=48 * GiB,
-                           gpus=[GpuInfo(vendor="nvidia", name="NVIDIA GeForce RTX 4090", memory_total_bytes=24 * GiB,
-                                         compute_capability="8.9")])
+RTX4090 = HardwareSnapshot(
+    os="linux",
+    cpu=CpuInfo(arch="x86_64"),
+    ram_total_bytes=64 * GiB,
+    ram_available_bytes=48 * GiB,
+    gpus=[
+        GpuInfo(vendor="nvidia", name="NVIDIA GeForce RTX 4090", memory_total_bytes=24 * GiB, compute_capability="8.9")
+    ],
+)
 
-BASE = profile_set("base", {
-    "nvidia-ada-24gb": {"common": {"num_batch": {"value": 1024, "source": "exact default"},
-                                   "num_ctx": {"value": 8192, "source": "exact ctx"}},
-                        "overlays": [{"model": "llama3.2*", "common": {"num_batch": {"value": 256,
-                                                                                     "source": "llama overlay"}}}]},
-    "nvidia-generic": {"matches": ["nvidia-*-24gb"],
-                       "common": {"num_batch": {"value": 4096, "source": "glob default"},
-                                  "kv_type": {"value": "q8_0", "source": "glob kv"}}},
-}, version=3)
+BASE = profile_set(
+    "base",
+    {
+        "nvidia-ada-24gb": {
+            "common": {
+                "num_batch": {"value": 1024, "source": "exact default"},
+                "num_ctx": {"value": 8192, "source": "exact ctx"},
+            },
+            "overlays": [{"model": "llama3.2*", "common": {"num_batch": {"value": 256, "source": "llama overlay"}}}],
+        },
+        "nvidia-generic": {
+            "matches": ["nvidia-*-24gb"],
+            "common": {
+                "num_batch": {"value": 4096, "source": "glob default"},
+                "kv_type": {"value": "q8_0", "source": "glob kv"},
+            },
+        },
+    },
+    version=3,
+)
 
 
 def _sets(*items: dict) -> list:
@@ -51,20 +67,27 @@ def test_chain_overlay_then_exact_then_glob_then_nothing() -> None:
 
 
 def test_backend_section_beats_common_and_bandwidth_key_beats_plain_id() -> None:
-    tiered = profile_set("tiered", {
-        "nvidia-ada-24gb-bw-high": {"common": {"num_batch": {"value": 2048, "source": "tier"}}},
-        "nvidia-ada-24gb": {"embedded": {"n_batch": {"value": 512, "source": "embedded section"}}},
-    })
+    tiered = profile_set(
+        "tiered",
+        {
+            "nvidia-ada-24gb-bw-high": {"common": {"num_batch": {"value": 2048, "source": "tier"}}},
+            "nvidia-ada-24gb": {"embedded": {"n_batch": {"value": 512, "source": "embedded section"}}},
+        },
+    )
     resolved = resolve(_sets(tiered), classify(RTX4090), section="embedded")
     assert resolved["num_batch"].value == 2048  # the more specific archetype key wins
-    common_only = resolve(_sets(profile_set("s", {"nvidia-ada-24gb": {
-        "common": {"num_batch": 128}, "embedded": {"n_batch": 512}}})), classify(RTX4090), section="embedded")
+    common_only = resolve(
+        _sets(profile_set("s", {"nvidia-ada-24gb": {"common": {"num_batch": 128}, "embedded": {"n_batch": 512}}})),
+        classify(RTX4090),
+        section="embedded",
+    )
     assert common_only["num_batch"].value == 512 and common_only["num_batch"].origin.section == "embedded"
 
 
 def test_higher_priority_set_wins_per_knob_and_the_loser_is_recorded() -> None:
-    third_party = profile_set("vendor-tuned", {"nvidia-ada-24gb": {"common": {"num_batch": 1536}}},
-                              priority=50, source="vendor lab")
+    third_party = profile_set(
+        "vendor-tuned", {"nvidia-ada-24gb": {"common": {"num_batch": 1536}}}, priority=50, source="vendor lab"
+    )
     resolved = resolve(_sets(BASE, third_party), classify(RTX4090), section=None)
     winner = resolved["num_batch"]
     assert (winner.value, winner.origin.set_name, winner.origin.source) == (1536, "vendor-tuned", "vendor lab")
@@ -77,8 +100,9 @@ def test_plan_trace_shows_every_applied_value_with_its_origin(autotune_host_fact
     plan = plan_request(host, "hello", model="llama3.2:1b")
     mine = {e.knob: e for e in plan.trace if e.plugin == "auto-tune"}
     assert mine["num_batch"].new == 256
-    assert mine["num_batch"].reason == ("archetype nvidia-ada-24gb (base v3, model overlay 'llama3.2*', common, "
-                                        "source: llama overlay)")
+    assert mine["num_batch"].reason == (
+        "archetype nvidia-ada-24gb (base v3, model overlay 'llama3.2*', common, source: llama overlay)"
+    )
     assert mine["num_ctx"].new == 8192 and "exact ctx" in mine["num_ctx"].reason
     assert mine["kv_type"].new == "q8_0" and "via profile nvidia-generic" in mine["kv_type"].reason
     assert plan.num_batch == 256 and plan.num_ctx == 8192
@@ -145,8 +169,9 @@ def test_bundled_profiles_apply_on_recorded_machines(tmp_path: Path, autotune_ho
 
 
 @pytest.mark.parametrize("snapshot_args", [{"root": "strix_halo_128gb"}, {"sysctl": "m2_pro_16gb"}])
-def test_bundled_profiles_reach_the_embedded_section(tmp_path: Path, snapshot_args: dict,
-                                                     autotune_host_factory: Any) -> None:
+def test_bundled_profiles_reach_the_embedded_section(
+    tmp_path: Path, snapshot_args: dict, autotune_host_factory: Any
+) -> None:
     from autotune_core.archetypes import profile_sets
 
     host = autotune_host_factory(BundledProfilesPlugin(), hardware=replay(tmp_path, **snapshot_args))

@@ -17,8 +17,9 @@ from autotune_core.host import PluginHost
 from autotune_plugins.archetypes.apply import AutoTunePlugin
 from autotune_plugins.archetypes.bundled import BundledProfilesPlugin
 
-VENDOR = profile_set("vendor", {"nvidia-ada-24gb": {"llamacpp": {"ubatch_size": 2048}}}, priority=50,
-                     source="vendor lab")
+VENDOR = profile_set(
+    "vendor", {"nvidia-ada-24gb": {"llamacpp": {"ubatch_size": 2048}}}, priority=50, source="vendor lab"
+)
 
 
 @pytest.fixture
@@ -38,10 +39,15 @@ def cli_for(monkeypatch: pytest.MonkeyPatch) -> Iterator:
     common.reset_host()
 
 
-def test_hardware_json_shows_archetype_and_every_override_with_origin(tmp_path: Path, cli_for,
-                                                                      autotune_host_factory: Any) -> None:
-    host = autotune_host_factory(BundledProfilesPlugin(), AutoTunePlugin(), SetsPlugin("vendor-plugin", VENDOR),
-                                 hardware=replay(tmp_path, nvidia="rtx4090.csv"))
+def test_hardware_json_shows_archetype_and_every_override_with_origin(
+    tmp_path: Path, cli_for, autotune_host_factory: Any
+) -> None:
+    host = autotune_host_factory(
+        BundledProfilesPlugin(),
+        AutoTunePlugin(),
+        SetsPlugin("vendor-plugin", VENDOR),
+        hardware=replay(tmp_path, nvidia="rtx4090.csv"),
+    )
     out = CliRunner().invoke(cli_for(host), ["hardware", "--json"])
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
@@ -57,9 +63,12 @@ def test_hardware_json_shows_archetype_and_every_override_with_origin(tmp_path: 
 
 
 def test_hardware_says_when_auto_tune_is_off(tmp_path: Path, cli_for, autotune_host_factory: Any) -> None:
-    host = autotune_host_factory(load_entrypoints=True, config={"plugins": {"disabled": ["auto-tune"]}},
-                                 hardware=replay(tmp_path, root="x86_cpu_only"),
-                                 env={"AUTOTUNE_LOAD_PLUGINS": "archetype-profiles,auto-tune"})
+    host = autotune_host_factory(
+        load_entrypoints=True,
+        config={"plugins": {"disabled": ["auto-tune"]}},
+        hardware=replay(tmp_path, root="x86_cpu_only"),
+        env={"AUTOTUNE_LOAD_PLUGINS": "archetype-profiles,auto-tune"},
+    )
     report = json.loads(CliRunner().invoke(cli_for(host), ["hardware", "--json"]).output)
     assert report["auto_tune"] == "disabled" and report["archetype"]["id"] == "cpu-x86-32gb"
     assert "nothing below is applied" in CliRunner().invoke(cli_for(host), ["hardware"]).output
@@ -87,8 +96,21 @@ def test_bench_merge_learn_end_to_end_on_the_fake_backend(tmp_path: Path, cli_fo
     host = autotune_host_factory(BundledProfilesPlugin(), hardware=replay(tmp_path, root="x86_cpu_only"))
     cli = cli_for(host)
     out = tmp_path / "bench.json"
-    ran = CliRunner().invoke(cli, ["bench", "--backend", "fake", "--model", "llama3.2:1b", "--submit-file",
-                                   str(out), "--budget", "20", "--no-learn"])
+    ran = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            "--backend",
+            "fake",
+            "--model",
+            "llama3.2:1b",
+            "--submit-file",
+            str(out),
+            "--budget",
+            "20",
+            "--no-learn",
+        ],
+    )
     assert ran.exit_code == 0, ran.output
     assert json.loads(out.read_text())["archetype"] == "cpu-x86-32gb"
     merged = tmp_path / "profile.json"

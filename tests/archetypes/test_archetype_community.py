@@ -25,18 +25,40 @@ from autotune_plugins.archetypes.submission import Contribution, HardwareSummary
 HW = HardwareSummary(os="linux", cpu="Test CPU", cpu_arch="x86_64", ram_gb=16.0)
 
 
-def contribution(speeds: dict[int, float], *, archetype: str = "cpu-x86-16gb", backend: str = "fake",
-                 seed: int = 0, section: str | None = None) -> Contribution:
-    runs = [RunResult(params={"num_batch": batch, "flash_attn": None, "kv_type": None}, ttft_ms=50.0 + seed,
-                      tokens_per_s=tps, completion_tokens=8) for batch, tps in speeds.items()]
-    return Contribution(archetype=archetype, hardware=HW, backend=backend, section=section, model="llama3.2:1b",
-                        runs=runs, autotune_version="0.1.0", timestamp=f"2026-08-25T10:00:{seed:02d}+00:00").with_id()
+def contribution(
+    speeds: dict[int, float],
+    *,
+    archetype: str = "cpu-x86-16gb",
+    backend: str = "fake",
+    seed: int = 0,
+    section: str | None = None,
+) -> Contribution:
+    runs = [
+        RunResult(
+            params={"num_batch": batch, "flash_attn": None, "kv_type": None},
+            ttft_ms=50.0 + seed,
+            tokens_per_s=tps,
+            completion_tokens=8,
+        )
+        for batch, tps in speeds.items()
+    ]
+    return Contribution(
+        archetype=archetype,
+        hardware=HW,
+        backend=backend,
+        section=section,
+        model="llama3.2:1b",
+        runs=runs,
+        autotune_version="0.1.0",
+        timestamp=f"2026-08-25T10:00:{seed:02d}+00:00",
+    ).with_id()
 
 
 def test_default_sweep_skips_quantized_v_without_flash_attention() -> None:
     sweep = default_sweep()
     assert len(sweep) == 9 and {"flash_attn": False, "kv_type": "q8_0"} not in [
-        {k: c[k] for k in ("flash_attn", "kv_type")} for c in sweep]
+        {k: c[k] for k in ("flash_attn", "kv_type")} for c in sweep
+    ]
 
 
 def test_bench_on_the_fake_backend_sweeps_only_what_the_backend_honours(autotune_host_factory: Any) -> None:
@@ -45,8 +67,9 @@ def test_bench_on_the_fake_backend_sweeps_only_what_the_backend_honours(autotune
     backend = host.backend("fake")
     assert isinstance(backend, FakeBackend)
     # kv_type and flash_attn are server settings on the fake: the 9 combinations collapse to 3 batch sizes
-    assert [r.params for r in result.runs] == [{"num_batch": b, "flash_attn": None, "kv_type": None}
-                                               for b in (256, 512, 1024)]
+    assert [r.params for r in result.runs] == [
+        {"num_batch": b, "flash_attn": None, "kv_type": None} for b in (256, 512, 1024)
+    ]
     assert [p.num_batch for p in backend.plans] == [256, 256, 512, 512, 1024, 1024]  # warm-up + measured
     assert all(p.max_tokens == 16 for p in backend.plans)  # max_tokens is capped at 16
     run = result.runs[0]
@@ -117,8 +140,9 @@ def test_merge_picks_the_best_rejects_outliers_conflicts_and_keeps_provenance(tm
     tampered = json.loads(subs[1].model_dump_json())
     tampered["runs"][0]["tokens_per_s"] = 9999
     (tmp_path / "tampered.json").write_text(json.dumps(tampered))
-    good, bad = load_contributions([*files, tmp_path / "bad.json", tmp_path / "broken.json",
-                                    tmp_path / "tampered.json"])
+    good, bad = load_contributions(
+        [*files, tmp_path / "bad.json", tmp_path / "broken.json", tmp_path / "tampered.json"]
+    )
     assert len(bad) == 3 and all(why.startswith("malformed") for _w, why in bad)
     report = merge(good, rejected=bad, name="community", version=4)
     reasons = {where: why for where, why in report.rejected}

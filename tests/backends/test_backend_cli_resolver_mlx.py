@@ -25,8 +25,9 @@ from autotune_plugins.backends.openai_compat import OpenAIPlugin
 
 def two_backend_host(fake_ollama: FakeOllama, fake_openai: FakeOpenAI, **extra: Any) -> PluginHost:
     """The real ollama and openai backends against the fake servers, no fake backend: resolving across them."""
-    settings = load_settings(overrides={"backends.ollama.url": fake_ollama.url,
-                                        "backends.openai.url": fake_openai.url, **extra}, env={})
+    settings = load_settings(
+        overrides={"backends.ollama.url": fake_ollama.url, "backends.openai.url": fake_openai.url, **extra}, env={}
+    )
     return PluginHost(config=settings, plugins=[OllamaPlugin(), OpenAIPlugin()], load_entrypoints=False)
 
 
@@ -49,8 +50,9 @@ async def test_resolver_across_two_backends(fake_ollama: FakeOllama, fake_openai
         await host.stop()
 
 
-def test_cli_backends_models_ps(fake_ollama: FakeOllama, fake_llama_server: FakeOpenAI,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_backends_models_ps(
+    fake_ollama: FakeOllama, fake_llama_server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AUTOTUNE_OLLAMA_URL", fake_ollama.url)
     monkeypatch.setenv("AUTOTUNE_OPENAI_URL", fake_llama_server.url)
     monkeypatch.setenv("AUTOTUNE_LOAD_PLUGINS", "ollama,openai")
@@ -89,8 +91,9 @@ def test_mlx_is_unavailable_off_apple_silicon_with_reason() -> None:
 
 def test_mlx_option_translation() -> None:
     backend = MLXBackend({})
-    request = ChatRequest(model="mlx-community/gemma", messages=[Message(role="user", content="hi")],
-                          temperature=0.3, stop=["END"])
+    request = ChatRequest(
+        model="mlx-community/gemma", messages=[Message(role="user", content="hi")], temperature=0.3, stop=["END"]
+    )
     body = backend.build_body(request, Plan(model="x", num_ctx=8192, sampling={"top_p": 0.9}), stream=True)
     assert body["max_tokens"] == DEFAULT_MAX_TOKENS  # the server's default (512) would cut answers
     assert body["temperature"] == 0.3 and body["top_p"] == 0.9 and body["stop"] == ["END"]
@@ -104,8 +107,9 @@ async def test_mlx_talks_to_an_openai_compatible_server(fake_openai: FakeOpenAI)
     backend = MLXBackend({"url": fake_openai.url, "timeout": 5})
     try:
         assert (await backend.available()).ok
-        result = await backend.chat(ChatRequest(model="llama-3.2-1b-instruct",
-                                                messages=[Message(role="user", content="hi")]), Plan(model="x"))
+        result = await backend.chat(
+            ChatRequest(model="llama-3.2-1b-instruct", messages=[Message(role="user", content="hi")]), Plan(model="x")
+        )
     finally:
         await backend.aclose()
     assert result.content == fake_openai.response_text

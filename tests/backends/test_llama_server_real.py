@@ -42,9 +42,27 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "LD_LIBRARY_PATH": f"{links}:{folder}"}
-    proc = subprocess.Popen([str(folder / "llama-server"), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-                             "-c", "2048", "-np", "1", "-t", "2", "--no-webui"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            str(folder / "llama-server"),
+            "-m",
+            str(gguf),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "-c",
+            "2048",
+            "-np",
+            "1",
+            "-t",
+            "2",
+            "--no-webui",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

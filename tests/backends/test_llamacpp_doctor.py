@@ -28,8 +28,12 @@ from autotune_plugins.backends.llamacpp.runner import CRASH_ENV  # noqa: E402
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch) -> click.Group:
     monkeypatch.delenv(CRASH_ENV, raising=False)
-    host = PluginHost(config=Settings(backend_order=["llamacpp"]), plugins=[LlamaCppPlugin()],
-                      load_entrypoints=False, hardware=make_hardware())
+    host = PluginHost(
+        config=Settings(backend_order=["llamacpp"]),
+        plugins=[LlamaCppPlugin()],
+        load_entrypoints=False,
+        hardware=make_hardware(),
+    )
     monkeypatch.setattr(common, "_host", host)
 
     @click.group()
@@ -46,8 +50,9 @@ def _engine_check(cli: click.Group) -> tuple[int, dict[str, str]]:
     return out.exit_code, checks["engine llamacpp"]
 
 
-def test_doctor_probes_the_engine_and_reports_a_broken_build_with_the_fix(cli: click.Group,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_doctor_probes_the_engine_and_reports_a_broken_build_with_the_fix(
+    cli: click.Group, monkeypatch: pytest.MonkeyPatch
+) -> None:
     code, check = _engine_check(cli)
     assert check["status"] == "ok" and "one token" in check["detail"]
     monkeypatch.setenv(CRASH_ENV, "at_load:SIGILL")  # what a -march=native build does on a CPU lacking AVX-512

@@ -29,8 +29,9 @@ def backend() -> Iterator[LlamaCppBackend]:
 
 
 def req(*messages: Message, **kw: object) -> ChatRequest:
-    return ChatRequest(model=MODEL, messages=[SYSTEM, *messages], max_tokens=kw.pop("max_tokens", 8),
-                       temperature=0, **kw)  # type: ignore[arg-type]
+    return ChatRequest(
+        model=MODEL, messages=[SYSTEM, *messages], max_tokens=kw.pop("max_tokens", 8), temperature=0, **kw
+    )  # type: ignore[arg-type]
 
 
 def user(text: str) -> Message:
@@ -67,13 +68,16 @@ async def test_reload_only_when_a_load_knob_changes(backend: LlamaCppBackend) ->
 
 async def test_prefix_reuse_across_turns(backend: LlamaCppBackend) -> None:
     first = await backend.chat(req(user("What is the capital of France?")), Plan(model=MODEL, num_ctx=1024))
-    turn2 = req(user("What is the capital of France?"), Message(role="assistant", content=first.content),
-                user("And of Spain?"))
+    turn2 = req(
+        user("What is the capital of France?"), Message(role="assistant", content=first.content), user("And of Spain?")
+    )
     second = await backend.chat(turn2, Plan(model=MODEL, num_ctx=1024))
     assert second.usage.prompt_tokens > first.usage.prompt_tokens
     assert second.usage.cached_tokens is not None and second.usage.cached_tokens >= first.usage.prompt_tokens - 1
-    other = await backend.chat(ChatRequest(model=MODEL, messages=[user("Completely different start.")],
-                                           max_tokens=2, temperature=0), Plan(model=MODEL, num_ctx=1024))
+    other = await backend.chat(
+        ChatRequest(model=MODEL, messages=[user("Completely different start.")], max_tokens=2, temperature=0),
+        Plan(model=MODEL, num_ctx=1024),
+    )
     assert (other.usage.cached_tokens or 0) <= 4  # only "<bos><start_of_turn>user\\n" can match
 
 

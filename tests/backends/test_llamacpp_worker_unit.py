@@ -20,15 +20,23 @@ from autotune_plugins.backends.llamacpp.protocol import (
 
 
 def test_frames_survive_any_split_and_several_per_read() -> None:
-    frames = json_frame({"ev": "loaded", "id": 3, "text": "héllo ✓"}) + token_frame(7, "wörld", 12.5) \
-        + token_frame(7, "", 13.0) + json_frame({"ev": "done", "id": 7})
+    frames = (
+        json_frame({"ev": "loaded", "id": 3, "text": "héllo ✓"})
+        + token_frame(7, "wörld", 12.5)
+        + token_frame(7, "", 13.0)
+        + json_frame({"ev": "done", "id": 7})
+    )
     for step in (1, 3, 7, len(frames)):
         buffer = FrameBuffer()
         out = []
         for start in range(0, len(frames), step):
-            out.extend(buffer.feed(frames[start:start + step]))
-        assert out == [("json", {"ev": "loaded", "id": 3, "text": "héllo ✓"}), ("token", (7, 12.5, "wörld")),
-                       ("token", (7, 13.0, "")), ("json", {"ev": "done", "id": 7})]
+            out.extend(buffer.feed(frames[start : start + step]))
+        assert out == [
+            ("json", {"ev": "loaded", "id": 3, "text": "héllo ✓"}),
+            ("token", (7, 12.5, "wörld")),
+            ("token", (7, 13.0, "")),
+            ("json", {"ev": "done", "id": 7}),
+        ]
 
 
 def test_nonsense_on_the_wire_is_a_protocol_error() -> None:

@@ -57,7 +57,8 @@ async def test_chat_uses_native_api_and_maps_timings(fake_ollama: FakeOllama) ->
 
 
 async def test_plan_knobs_ollama_cannot_take_are_never_sent_and_client_options_pass_verbatim(
-        fake_ollama: FakeOllama) -> None:
+    fake_ollama: FakeOllama,
+) -> None:
     backend = backend_for(fake_ollama)
     p = plan(num_ctx=4096, kv_type="q8_0", flash_attn=True, parallel=2, num_keep=24, keep_alive=600)
     reconcile_plan(p, backend.capabilities(), backend="ollama")
@@ -65,8 +66,14 @@ async def test_plan_knobs_ollama_cannot_take_are_never_sent_and_client_options_p
     assert any("OLLAMA_KV_CACHE_TYPE" in a for a in p.advice)
     assert any("OLLAMA_FLASH_ATTENTION" in a for a in p.advice)
     assert any("OLLAMA_NUM_PARALLEL" in a for a in p.advice)
-    client_options = {"f16_kv": False, "flash_attn": True, "kv_cache_type": "q8_0", "mirostat": 2, "low_vram": True,
-                      "num_thread": 2}
+    client_options = {
+        "f16_kv": False,
+        "flash_attn": True,
+        "kv_cache_type": "q8_0",
+        "mirostat": 2,
+        "low_vram": True,
+        "num_thread": 2,
+    }
     try:
         await backend.chat(req(options=client_options, temperature=0.2), p)
     finally:
@@ -75,8 +82,16 @@ async def test_plan_knobs_ollama_cannot_take_are_never_sent_and_client_options_p
     # the client's own options reach Ollama as sent (it ignores the ones it no longer knows, as it would
     # without autotune); autotune's own option names (kv_cache_type, read by kv-precision) are not forwarded,
     # and the plan adds only what Ollama honours per request
-    assert body["options"] == {"f16_kv": False, "flash_attn": True, "mirostat": 2, "low_vram": True,
-                               "num_thread": 2, "temperature": 0.2, "num_ctx": 4096, "num_keep": 24}
+    assert body["options"] == {
+        "f16_kv": False,
+        "flash_attn": True,
+        "mirostat": 2,
+        "low_vram": True,
+        "num_thread": 2,
+        "temperature": 0.2,
+        "num_ctx": 4096,
+        "num_keep": 24,
+    }
     assert body["keep_alive"] == 600
     assert sorted(fake_ollama.ignored_options) == ["f16_kv", "flash_attn", "low_vram", "mirostat"]  # the client's
     assert "flash_attn" not in body and "kv_type" not in body
@@ -169,23 +184,34 @@ async def test_stream_close_cancels_upstream(fake_ollama: FakeOllama) -> None:
 
 async def test_tools_round_trip(fake_ollama: FakeOllama) -> None:
     fake_ollama.set(tool_calls=[{"name": "get_weather", "arguments": {"city": "Paris"}}])
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     backend = backend_for(fake_ollama)
     try:
         result = await backend.chat(req(tools=tools), plan())
         assert result.finish_reason == "tool_calls"
         call = result.tool_calls[0]
         assert call.name == "get_weather" and call.arguments_dict() == {"city": "Paris"}
-        history = [*HELLO, Message(role="assistant", tool_calls=[call]),
-                   Message(role="tool", content="18C", name="get_weather", tool_call_id=call.id)]
+        history = [
+            *HELLO,
+            Message(role="assistant", tool_calls=[call]),
+            Message(role="tool", content="18C", name="get_weather", tool_call_id=call.id),
+        ]
         streamed = [c async for c in backend.stream_chat(req(messages=history, tools=tools), plan())]
     finally:
         await backend.aclose()
     second = chat_bodies(fake_ollama)[1]
     assert second["tools"] == tools
-    assert second["messages"][2]["tool_calls"] == [{"function": {"name": "get_weather",
-                                                                 "arguments": {"city": "Paris"}}}]
+    assert second["messages"][2]["tool_calls"] == [
+        {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    ]
     assert second["messages"][3]["tool_name"] == "get_weather"
     calls = [c for chunk in streamed for c in chunk.tool_calls]
     assert calls and calls[0].arguments_dict() == {"city": "Paris"}
@@ -194,10 +220,18 @@ async def test_tools_round_trip(fake_ollama: FakeOllama) -> None:
 
 async def test_wire_translation_of_request_fields(fake_ollama: FakeOllama) -> None:
     backend = backend_for(fake_ollama)
-    messages = [Message(role="developer", content="sys"),
-                Message(role="user", content="look", images=["data:image/png;base64,QUJD"])]
-    request = req(messages=messages, stop=["\n\n"], seed=7, temperature=0.1, think=False,
-                  response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}})
+    messages = [
+        Message(role="developer", content="sys"),
+        Message(role="user", content="look", images=["data:image/png;base64,QUJD"]),
+    ]
+    request = req(
+        messages=messages,
+        stop=["\n\n"],
+        seed=7,
+        temperature=0.1,
+        think=False,
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+    )
     body = backend.build_body(request, plan(sampling={"temperature": 0.7, "top_k": 20}, keep_alive=-5), stream=False)
     assert body["messages"][0]["role"] == "system"
     assert body["messages"][1]["images"] == ["QUJD"]
@@ -248,8 +282,7 @@ async def test_introspection(fake_ollama: FakeOllama) -> None:
 async def test_model_info_fallback_head_dims_and_per_layer_kv(fake_ollama_factory: Any) -> None:
     from fakes import FakeModel
 
-    model = FakeModel(name="hybrid:1b", block_count=4, head_count=8, head_count_kv=[2, 0, 2, 0],
-                      embedding_length=512)
+    model = FakeModel(name="hybrid:1b", block_count=4, head_count=8, head_count_kv=[2, 0, 2, 0], embedding_length=512)
     fake = fake_ollama_factory(models=[model])
     backend = backend_for(fake)
     try:
@@ -291,8 +324,15 @@ async def test_errors_are_mapped(fake_ollama: FakeOllama) -> None:
         await backend.aclose()
 
 
-@pytest.mark.parametrize("body", ["<html>captive portal</html>", [1, 2], {"message": "not an object", "done": True},
-                                  {"embeddings": 5, "message": {"content": 3, "tool_calls": "x"}, "done": True}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<html>captive portal</html>",
+        [1, 2],
+        {"message": "not an object", "done": True},
+        {"embeddings": 5, "message": {"content": 3, "tool_calls": "x"}, "done": True},
+    ],
+)
 async def test_an_answer_autotune_cannot_read_is_an_upstream_error(fake_ollama: FakeOllama, body: Any) -> None:
     """200 with the wrong body (a captive portal, a different server): the server's failure (502), not a crash."""
     backend = backend_for(fake_ollama)
@@ -333,6 +373,10 @@ async def test_timeout_and_refused(fake_ollama: FakeOllama) -> None:
 
 def test_tool_call_arguments_are_objects() -> None:
     backend = OllamaBackend({})
-    body = backend.build_body(req(messages=[Message(role="assistant", tool_calls=[
-        ToolCall(name="f", arguments='{"a": 1}')])]), plan(), stream=False, commit=False)
+    body = backend.build_body(
+        req(messages=[Message(role="assistant", tool_calls=[ToolCall(name="f", arguments='{"a": 1}')])]),
+        plan(),
+        stream=False,
+        commit=False,
+    )
     assert body["messages"][0]["tool_calls"][0]["function"]["arguments"] == {"a": 1}

@@ -56,8 +56,9 @@ async def test_probe_list_skips_dead_urls(fake_llama_server: FakeOpenAI) -> None
 async def test_chat_and_sse_stream_every_flavour(any_fake_openai: FakeOpenAI) -> None:
     backend = backend_for(any_fake_openai)
     try:
-        result = await backend.chat(req(any_fake_openai, max_tokens=20, seed=3, stop=["\n\n"]),
-                                    Plan(model=model_of(any_fake_openai)))
+        result = await backend.chat(
+            req(any_fake_openai, max_tokens=20, seed=3, stop=["\n\n"]), Plan(model=model_of(any_fake_openai))
+        )
         chunks = [c async for c in backend.stream_chat(req(any_fake_openai), Plan(model=model_of(any_fake_openai)))]
     finally:
         await backend.aclose()
@@ -75,8 +76,7 @@ async def test_llama_server_extras(fake_llama_server: FakeOpenAI) -> None:
     backend = backend_for(fake_llama_server)
     model = model_of(fake_llama_server)
     try:
-        plan = Plan(model=model, num_ctx=8192, kv_type="q8_0", flash_attn=True, num_batch=1024, num_keep=12,
-                    parallel=2)
+        plan = Plan(model=model, num_ctx=8192, kv_type="q8_0", flash_attn=True, num_batch=1024, num_keep=12, parallel=2)
         await backend.refresh()
         reconcile_plan(plan, backend.capabilities(), backend="openai")
         first = await backend.chat(req(fake_llama_server), plan)
@@ -125,8 +125,9 @@ async def test_lemonade_load_options(fake_lemonade: FakeOpenAI) -> None:
     try:
         await backend.chat(req(fake_lemonade), plan)
         await backend.chat(req(fake_lemonade), plan.model_copy())
-        await backend.chat(req(fake_lemonade), Plan(model=model, num_ctx=8192, kv_type="q8_0", flash_attn=True,
-                                                    num_batch=512))
+        await backend.chat(
+            req(fake_lemonade), Plan(model=model, num_ctx=8192, kv_type="q8_0", flash_attn=True, num_batch=512)
+        )
         loaded = await backend.loaded_models()
     finally:
         await backend.aclose()
@@ -158,8 +159,15 @@ async def test_tools_and_extra_fields_round_trip(fake_openai: FakeOpenAI) -> Non
     backend = backend_for(fake_openai)
     model = model_of(fake_openai)
     try:
-        result = await backend.chat(req(fake_openai, tools=tools, extra={"logit_bias": {"42": -5}, "user": "u1"},
-                                        response_format={"type": "json_object"}), Plan(model=model))
+        result = await backend.chat(
+            req(
+                fake_openai,
+                tools=tools,
+                extra={"logit_bias": {"42": -5}, "user": "u1"},
+                response_format={"type": "json_object"},
+            ),
+            Plan(model=model),
+        )
         chunks = [c async for c in backend.stream_chat(req(fake_openai, tools=tools), Plan(model=model))]
     finally:
         await backend.aclose()
@@ -210,8 +218,15 @@ def test_every_flavour_classifies_every_knob() -> None:
         assert set(KNOBS) <= set(caps.knobs), flavour
 
 
-@pytest.mark.parametrize("body", ["<html>captive portal</html>", [1, 2], {"choices": "x", "data": 3},
-                                  {"choices": [{"message": "text", "delta": 7}], "data": [{"embedding": 1}]}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<html>captive portal</html>",
+        [1, 2],
+        {"choices": "x", "data": 3},
+        {"choices": [{"message": "text", "delta": 7}], "data": [{"embedding": 1}]},
+    ],
+)
 async def test_an_answer_autotune_cannot_read_is_an_upstream_error(fake_llama_server: FakeOpenAI, body: Any) -> None:
     backend = backend_for(fake_llama_server)
     try:

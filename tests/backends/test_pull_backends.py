@@ -164,4 +164,3 @@ def test_cli_pull_refuses_what_it_cannot_read(monkeypatch: pytest.MonkeyPatch) -
     assert "hf.co/OWNER/REPO:QUANT" in result.output  # type: ignore[attr-defined]
     result = _cli(["pull", "owner/repo", "--file", "a.gguf", "--quant", "Q8_0"])
     assert result.exit_code == 2 and "not both" in result.output  # type: ignore[attr-defined]
-

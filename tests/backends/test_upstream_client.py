@@ -74,7 +74,7 @@ async def test_lines_arrive_whole_across_chunks_and_crlf() -> None:
     async def split(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert await read_request(reader) == b'{"stream": true}'
         writer.write(chunked_head())
-        for piece in (b'{"a": 1}\r\n{"b"', b': 2}\n', b"\n", b'{"c": 3}'):  # the last line has no newline
+        for piece in (b'{"a": 1}\r\n{"b"', b": 2}\n", b"\n", b'{"c": 3}'):  # the last line has no newline
             writer.write(chunk(piece))
             await writer.drain()
             await asyncio.sleep(0.01)
@@ -82,8 +82,11 @@ async def test_lines_arrive_whole_across_chunks_and_crlf() -> None:
         await writer.drain()
 
     server, url = await serve(split)
-    async with (server, UpstreamClient(url, 2.0) as client,
-                client.stream("POST", "/api/chat", json={"stream": True}) as response):
+    async with (
+        server,
+        UpstreamClient(url, 2.0) as client,
+        client.stream("POST", "/api/chat", json={"stream": True}) as response,
+    ):
         assert response.status_code == 200
         lines = [line async for line in response.aiter_lines()]
     assert lines == ['{"a": 1}', '{"b": 2}', "", '{"c": 3}']
@@ -102,8 +105,11 @@ async def test_an_endless_line_is_refused_not_buffered(monkeypatch: pytest.Monke
         await writer.drain()
 
     server, url = await serve(endless)
-    async with (server, UpstreamClient(url, 2.0, label="Ollama") as client,
-                client.stream("POST", "/api/chat", json={}) as response):
+    async with (
+        server,
+        UpstreamClient(url, 2.0, label="Ollama") as client,
+        client.stream("POST", "/api/chat", json={}) as response,
+    ):
         with pytest.raises(UpstreamError, match="longer than 1000 bytes"):
             async for _ in response.aiter_lines():
                 pass
@@ -117,8 +123,11 @@ async def test_upstream_dying_mid_stream_is_an_upstream_error() -> None:
         writer.transport.abort()
 
     server, url = await serve(dies)
-    async with (server, UpstreamClient(url, 2.0, label="Ollama") as client,
-                client.stream("POST", "/api/chat", json={}) as response):
+    async with (
+        server,
+        UpstreamClient(url, 2.0, label="Ollama") as client,
+        client.stream("POST", "/api/chat", json={}) as response,
+    ):
         seen = []
         with pytest.raises(UpstreamError, match=r"Ollama at .* failed"):
             async for line in response.aiter_lines():
@@ -154,8 +163,7 @@ async def test_error_bodies_are_read_bounded() -> None:
         await writer.drain()
 
     server, url = await serve(failing)
-    async with (server, UpstreamClient(url, 2.0) as client,
-                client.stream("POST", "/api/chat", json={}) as response):
+    async with server, UpstreamClient(url, 2.0) as client, client.stream("POST", "/api/chat", json={}) as response:
         assert response.status_code == 500
         assert len(await response.aread()) == _http.MAX_ERROR_BYTES
 

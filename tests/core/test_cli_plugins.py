@@ -21,8 +21,11 @@ from click.testing import CliRunner
 from autotune_core.cli import _build
 from autotune_core.cli.common import reset_host
 
-BUILTIN = sorted(ep.name for ep in metadata.entry_points(group="autotune")
-                 if ep.dist is not None and ep.dist.metadata["Name"] == "autotune")
+BUILTIN = sorted(
+    ep.name
+    for ep in metadata.entry_points(group="autotune")
+    if ep.dist is not None and ep.dist.metadata["Name"] == "autotune"
+)
 try:
     metadata.distribution("autotune-example-plugin")
     EXAMPLE = "max-context-cap"
@@ -35,8 +38,9 @@ def autotune_json(cfg: Path, **env: str) -> dict[str, dict[str, Any]]:
     """``autotune plugins list --json`` in a fresh process; plugins by name."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("AUTOTUNE_")}
     full.update({"AUTOTUNE_CONFIG": str(cfg), **env})
-    done = subprocess.run(["autotune", "plugins", "list", "--json"], env=full, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        ["autotune", "plugins", "list", "--json"], env=full, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert set(data) == {"plugins", "hook_order", "startup_ms"}
@@ -114,7 +118,8 @@ def test_list_json_hook_order_has_stages(cfg, cli):
     data = json.loads(cli("plugins", "list", "--json", AUTOTUNE_LOAD_PLUGINS="with-settings").output)
     assert data["hook_order"]["pre_request"] == [
         {"position": 1, "plugin": "core", "tryfirst": True, "trylast": False},
-        {"position": 2, "plugin": "with-settings", "tryfirst": False, "trylast": False}]
+        {"position": 2, "plugin": "with-settings", "tryfirst": False, "trylast": False},
+    ]
     assert len(data["hook_order"]) == 12  # every hook of the spec, plugin_status included
 
 
@@ -184,8 +189,13 @@ def test_info_shows_settings_schema_and_values(cfg, cli):
     data = json.loads(cli("plugins", "info", "with-settings", "--json").output)
     assert data["source"] == "config" and data["hooks"] == ["pre_request"]
     assert data["settings"] == {"limit": 7, "label": "x"}
-    assert data["settings_schema"][0] == {"key": "limit", "type": "int", "required": False, "default": 100,
-                                          "description": "the limit"}
+    assert data["settings_schema"][0] == {
+        "key": "limit",
+        "type": "int",
+        "required": False,
+        "default": 100,
+        "description": "the limit",
+    }
     text = cli("plugins", "info", "with-settings").output
     assert "settings ([plugins.with-settings] in the config file):" in text and "the limit" in text
 

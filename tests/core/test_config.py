@@ -57,10 +57,14 @@ def test_defaults_without_a_file(cfg):
 
 def test_file_then_environment_then_overrides(cfg):
     cfg.write_text('profile = "fast"\n[server]\nport = 9000\n[backends.ollama]\nurl = "http://a:1"\n')
-    settings = load_settings(env={"AUTOTUNE_PORT": "9100", "AUTOTUNE_OLLAMA_URL": "http://b:2"},
-                             overrides={"profile": "quality"})
-    assert (settings.server.port, settings.backends["ollama"]["url"], settings.profile) == (9100, "http://b:2",
-                                                                                             "quality")
+    settings = load_settings(
+        env={"AUTOTUNE_PORT": "9100", "AUTOTUNE_OLLAMA_URL": "http://b:2"}, overrides={"profile": "quality"}
+    )
+    assert (settings.server.port, settings.backends["ollama"]["url"], settings.profile) == (
+        9100,
+        "http://b:2",
+        "quality",
+    )
     assert "AUTOTUNE_PORT" in settings.source and str(cfg) in settings.source
 
 
@@ -87,14 +91,17 @@ def test_invalid_toml_names_the_file(cfg):
         load_settings(env={})
 
 
-@pytest.mark.parametrize("content, key, expectation", [
-    ("[server]\nport = 70000\n", "server.port", "less than or equal to 65535"),
-    ("[server]\nport = \"high\"\n", "server.port", "valid integer"),
-    ('profile = "turbo"\n', "profile", "expected one of fast, balanced, quality"),
-    ("colour = 1\n", "colour", "Extra inputs are not permitted"),
-    ("[plugins]\ndisabled = \"ctx-sizing\"\n", "plugins.disabled", "valid list"),
-    ("[server.models.llama3]\nprofil = \"fast\"\n", "server.models.llama3.profil", "Extra inputs"),
-])
+@pytest.mark.parametrize(
+    "content, key, expectation",
+    [
+        ("[server]\nport = 70000\n", "server.port", "less than or equal to 65535"),
+        ('[server]\nport = "high"\n', "server.port", "valid integer"),
+        ('profile = "turbo"\n', "profile", "expected one of fast, balanced, quality"),
+        ("colour = 1\n", "colour", "Extra inputs are not permitted"),
+        ('[plugins]\ndisabled = "ctx-sizing"\n', "plugins.disabled", "valid list"),
+        ('[server.models.llama3]\nprofil = "fast"\n', "server.models.llama3.profil", "Extra inputs"),
+    ],
+)
 def test_invalid_values_name_file_key_and_expectation(cfg, content, key, expectation):
     cfg.write_text(content)
     with pytest.raises(ConfigError) as info:
@@ -110,13 +117,16 @@ def test_plugin_sections_become_plugin_settings():
 
 
 def test_per_model_overrides():
-    settings = validate_settings({"server": {"models": {"gemma3:270m": {"profile": "fast",
-                                                                        "disabled": ["recall"]}}}}, "t")
+    settings = validate_settings(
+        {"server": {"models": {"gemma3:270m": {"profile": "fast", "disabled": ["recall"]}}}}, "t"
+    )
     assert settings.server.models["gemma3:270m"].disabled == ["recall"]
 
 
-@pytest.mark.parametrize("text, value", [("9000", 9000), ("true", True), ('"x y"', "x y"), ("plain", "plain"),
-                                         ('["a", "b"]', ["a", "b"]), ("1.5", 1.5)])
+@pytest.mark.parametrize(
+    "text, value",
+    [("9000", 9000), ("true", True), ('"x y"', "x y"), ("plain", "plain"), ('["a", "b"]', ["a", "b"]), ("1.5", 1.5)],
+)
 def test_parse_value_reads_toml_literals(text, value):
     assert parse_value(text) == value
 

@@ -21,8 +21,10 @@ HOOKS = sorted(name for name in dir(HOST.pm.hook) if not name.startswith("_"))
 def headings(page: str) -> dict[str, str]:
     """``### name(arg, ...)`` headings of a page, by hook name."""
     text = (DOCS / page).read_text()
-    return {m.group(1): m.group(0).lstrip("# ").strip() for m in re.finditer(r"^#{2,4} (\w+)\(([^)]*)\)\s*$", text,
-                                                                             re.MULTILINE)}
+    return {
+        m.group(1): m.group(0).lstrip("# ").strip()
+        for m in re.finditer(r"^#{2,4} (\w+)\(([^)]*)\)\s*$", text, re.MULTILINE)
+    }
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -61,8 +63,9 @@ def test_every_config_key_is_documented(key: str) -> None:
 @pytest.mark.parametrize("var", sorted(ENV_OVERRIDES))
 def test_every_environment_override_is_documented(var: str) -> None:
     text = (DOCS / "configuration.md").read_text()
-    assert re.search(rf"`{var}`\s*\|\s*`{re.escape(ENV_OVERRIDES[var])}`", text), \
+    assert re.search(rf"`{var}`\s*\|\s*`{re.escape(ENV_OVERRIDES[var])}`", text), (
         f"add `{var}` | `{ENV_OVERRIDES[var]}` to the environment table in docs/configuration.md"
+    )
 
 
 @pytest.mark.parametrize("page", ["architecture.md", "hooks.md", "writing-plugins.md", "configuration.md"])

@@ -18,15 +18,18 @@ def caps(num_ctx: KnobScope, can_tokenize: bool = True) -> Capabilities:
     return Capabilities(dialect="fake", can_tokenize=can_tokenize, knobs={"num_ctx": KnobSupport(scope=num_ctx)})
 
 
-@pytest.mark.parametrize(("scope", "can_tokenize", "estimate", "expected"), [
-    (KnobScope.SERVER_ENV, False, 10_000, False),  # nothing to ask
-    (KnobScope.PER_REQUEST, True, 10, True),  # the count sizes a per-request context
-    (KnobScope.AT_LOAD, True, 10, True),  # ... or the context of the next load
-    (KnobScope.SERVER_ENV, True, 10, False),  # fixed context, short prompt: cannot matter
-    (KnobScope.SERVER_ENV, True, EXACT_COUNT_FROM_TOKENS - 1, False),
-    (KnobScope.SERVER_ENV, True, EXACT_COUNT_FROM_TOKENS, True),  # long enough to come near the context
-    (KnobScope.UNSUPPORTED, True, 5_000, True),
-])
+@pytest.mark.parametrize(
+    ("scope", "can_tokenize", "estimate", "expected"),
+    [
+        (KnobScope.SERVER_ENV, False, 10_000, False),  # nothing to ask
+        (KnobScope.PER_REQUEST, True, 10, True),  # the count sizes a per-request context
+        (KnobScope.AT_LOAD, True, 10, True),  # ... or the context of the next load
+        (KnobScope.SERVER_ENV, True, 10, False),  # fixed context, short prompt: cannot matter
+        (KnobScope.SERVER_ENV, True, EXACT_COUNT_FROM_TOKENS - 1, False),
+        (KnobScope.SERVER_ENV, True, EXACT_COUNT_FROM_TOKENS, True),  # long enough to come near the context
+        (KnobScope.UNSUPPORTED, True, 5_000, True),
+    ],
+)
 def test_worth_counting(scope: KnobScope, can_tokenize: bool, estimate: int, expected: bool) -> None:
     assert worth_counting(caps(scope, can_tokenize), estimate) is expected
 

@@ -20,13 +20,18 @@ def fold(host: PluginHost, initial: int | None = None, plan: Plan | None = None)
 
 
 def test_stages_order_the_fold_whatever_the_registration_order(autotune_host_factory):
-    host = autotune_host_factory(Fixed("g", 1000, "guard"), Fixed("a", 3000, "adjust"), Fixed("s", 4096, "snap"),
-                                 Fixed("p", 3500, "propose"))
+    host = autotune_host_factory(
+        Fixed("g", 1000, "guard"), Fixed("a", 3000, "adjust"), Fixed("s", 4096, "snap"), Fixed("p", 3500, "propose")
+    )
     assert host.hook_order("choose_num_ctx") == ["p", "s", "a", "g"]
     result, plan = fold(host)
     assert result == Choice(1000, "g says 1000")
     assert [(e.plugin, e.old, e.new) for e in plan.steps("num_ctx")] == [
-        ("p", None, 3500), ("s", 3500, 4096), ("a", 4096, 3000), ("g", 3000, 1000)]
+        ("p", None, 3500),
+        ("s", 3500, 4096),
+        ("a", 4096, 3000),
+        ("g", 3000, 1000),
+    ]
 
 
 def test_default_stage_is_adjust(autotune_host_factory):
@@ -43,17 +48,22 @@ def test_default_stage_is_adjust(autotune_host_factory):
 
 
 def test_tryfirst_and_trylast_order_within_a_stage_and_lifo_otherwise(autotune_host_factory):
-    host = autotune_host_factory(Fixed("first", 1, "adjust", "tryfirst"), Fixed("x", 2, "adjust"),
-                                 Fixed("y", 3, "adjust"),
-                                 Fixed("last", 4, "adjust", "trylast"), Fixed("guard", None, "guard", "tryfirst"))
+    host = autotune_host_factory(
+        Fixed("first", 1, "adjust", "tryfirst"),
+        Fixed("x", 2, "adjust"),
+        Fixed("y", 3, "adjust"),
+        Fixed("last", 4, "adjust", "trylast"),
+        Fixed("guard", None, "guard", "tryfirst"),
+    )
     # within adjust: tryfirst, then the rest last-registered-first, then trylast; tryfirst never jumps a stage
     assert host.hook_order("choose_num_ctx") == ["first", "y", "x", "last", "guard"]
     assert fold(host)[0] == Choice(4, "last says 4")
 
 
 def test_none_keeps_the_proposal_and_is_not_traced(autotune_host_factory):
-    host = autotune_host_factory(Fixed("p", 2048, "propose"), Fixed("quiet", None, "adjust"),
-                                 Fixed("same", 2048, "snap"))
+    host = autotune_host_factory(
+        Fixed("p", 2048, "propose"), Fixed("quiet", None, "adjust"), Fixed("same", 2048, "snap")
+    )
     result, plan = fold(host)
     assert result is not None and result.value == 2048
     assert [e.plugin for e in plan.trace] == ["p"]  # "same" returned the same value: no trace entry
@@ -71,8 +81,9 @@ def test_a_failing_proposer_is_skipped_and_counted(autotune_host_factory):
 
 
 def test_a_failing_guard_keeps_the_most_conservative_value(autotune_host_factory):
-    host = autotune_host_factory(Boom("bad-guard", "guard"), Fixed("big", 8192, "adjust"),
-                                 Fixed("small", 2048, "propose"))
+    host = autotune_host_factory(
+        Boom("bad-guard", "guard"), Fixed("big", 8192, "adjust"), Fixed("small", 2048, "propose")
+    )
     result, plan = fold(host)
     assert result is not None and result.value == 2048
     last = plan.trace[-1]
@@ -92,8 +103,9 @@ def test_a_failing_guard_on_kv_type_keeps_the_smaller_type(autotune_host_factory
 
     host = autotune_host_factory(Boom("kv-guard", "guard", hook="choose_kv_type"), F16())
     plan = Plan(model="m")
-    result = host.fold("choose_kv_type", knob="kv_type", plan=plan, initial=Choice("q8_0", "start"),
-                       conservative=smaller_kv_type)
+    result = host.fold(
+        "choose_kv_type", knob="kv_type", plan=plan, initial=Choice("q8_0", "start"), conservative=smaller_kv_type
+    )
     assert result is not None and result.value == "q8_0"
 
 
@@ -146,8 +158,9 @@ def test_fold_positions_are_reported_per_plugin(autotune_host_factory):
 def test_skip_leaves_a_plugin_out_of_one_fold(autotune_host_factory):
     host = autotune_host_factory(Fixed("p", 4096, "propose"), Fixed("a", 1024, "adjust"))
     plan = Plan(model="m")
-    result = host.fold("choose_num_ctx", knob="num_ctx", plan=plan, initial=None, conservative=min,
-                       skip=frozenset({"a"}))
+    result = host.fold(
+        "choose_num_ctx", knob="num_ctx", plan=plan, initial=None, conservative=min, skip=frozenset({"a"})
+    )
     assert result is not None and result.value == 4096
 
 
@@ -168,7 +181,10 @@ def test_a_plugin_may_sit_at_two_stages_with_specname(autotune_host_factory):
     host = autotune_host_factory(Both(), Fixed("a", 6000, "adjust"))
     assert host.hook_order("choose_num_ctx") == ["both", "a", "both"]
     assert [(i.stage, i.tryfirst) for i in host.hook_impls("choose_num_ctx")] == [
-        ("propose", True), ("adjust", False), ("guard", False)]
+        ("propose", True),
+        ("adjust", False),
+        ("guard", False),
+    ]
     assert host.records["both"].fold_positions == {"choose_num_ctx": "propose #1, guard #3"}
     assert host.records["both"].hooks == ["choose_num_ctx"]
     assert fold(host)[0] == Choice(4096, "hard limit")

@@ -33,7 +33,12 @@ def test_the_marks_say_what_the_docs_say() -> None:
     assert KINDS["choose_num_ctx"].stages == STAGES == ("propose", "snap", "adjust", "guard")
     assert {"pre_request", "choose_num_ctx", "choose_kv_type", "post_response", "on_pressure"} == REQUEST_SCOPED
     assert {name for name, kind in KINDS.items() if kind.may_await} == {
-        "pre_request", "post_response", "on_pressure", "on_startup", "on_shutdown"}
+        "pre_request",
+        "post_response",
+        "on_pressure",
+        "on_startup",
+        "on_shutdown",
+    }
 
 
 @pytest.mark.parametrize("hook", SPECS)

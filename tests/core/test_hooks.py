@@ -19,8 +19,9 @@ HOOKS = sorted(name for name, obj in vars(hookspecs).items() if hasattr(obj, SPE
 
 
 def request(text: str = "hello", **fields: Any) -> ChatRequest:
-    return ChatRequest(model=fields.pop("model", "llama3.2:1b"), messages=[Message(role="user", content=text)],
-                       **fields)
+    return ChatRequest(
+        model=fields.pop("model", "llama3.2:1b"), messages=[Message(role="user", content=text)], **fields
+    )
 
 
 def test_hook_register_backends(autotune_host_factory):
@@ -82,8 +83,9 @@ def test_hook_register_routes(autotune_host_factory):
             register("/-/hello", lambda request: "hi", methods=["GET"])
 
     routes: list[tuple[str, list[str]]] = []
-    autotune_host_factory(Routes()).call("register_routes",
-                                         register=lambda path, endpoint, methods: routes.append((path, methods)))
+    autotune_host_factory(Routes()).call(
+        "register_routes", register=lambda path, endpoint, methods: routes.append((path, methods))
+    )
     assert routes == [("/-/hello", ["GET"])]
 
 

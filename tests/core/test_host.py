@@ -27,11 +27,17 @@ def fake_eps(monkeypatch: pytest.MonkeyPatch):
     return install
 
 
-def host(*plugins: object, env: dict[str, str] | None = None, config: Settings | None = None,
-         load_entrypoints: bool = True) -> PluginHost:
+def host(
+    *plugins: object, env: dict[str, str] | None = None, config: Settings | None = None, load_entrypoints: bool = True
+) -> PluginHost:
     """A bare PluginHost (entry points on, no fake backend): these tests are about discovery itself."""
-    return PluginHost(config=config or Settings(), plugins=plugins, env=env or {}, hardware=make_hardware(),
-                      load_entrypoints=load_entrypoints)
+    return PluginHost(
+        config=config or Settings(),
+        plugins=plugins,
+        env=env or {},
+        hardware=make_hardware(),
+        load_entrypoints=load_entrypoints,
+    )
 
 
 def test_discovery_order_core_then_sorted_entry_points_then_config_then_programmatic(fake_eps):
@@ -69,14 +75,17 @@ def test_blocked_entry_points_are_never_imported(fake_eps):
     assert h.records["fine"].status == "loaded"
 
 
-@pytest.mark.parametrize("env, loaded", [
-    ({}, {"core", "a", "b"}),
-    ({"AUTOTUNE_LOAD_PLUGINS": ""}, {"core"}),
-    ({"AUTOTUNE_LOAD_PLUGINS": "b"}, {"core", "b"}),
-    ({"AUTOTUNE_LOAD_PLUGINS": " a , b "}, {"core", "a", "b"}),
-    ({"AUTOTUNE_DISABLE_PLUGINS": "a,core"}, {"core", "b"}),  # core is essential: cannot be blocked
-    ({"AUTOTUNE_LOAD_PLUGINS": "a,b", "AUTOTUNE_DISABLE_PLUGINS": "a"}, {"core", "b"}),
-])
+@pytest.mark.parametrize(
+    "env, loaded",
+    [
+        ({}, {"core", "a", "b"}),
+        ({"AUTOTUNE_LOAD_PLUGINS": ""}, {"core"}),
+        ({"AUTOTUNE_LOAD_PLUGINS": "b"}, {"core", "b"}),
+        ({"AUTOTUNE_LOAD_PLUGINS": " a , b "}, {"core", "a", "b"}),
+        ({"AUTOTUNE_DISABLE_PLUGINS": "a,core"}, {"core", "b"}),  # core is essential: cannot be blocked
+        ({"AUTOTUNE_LOAD_PLUGINS": "a,b", "AUTOTUNE_DISABLE_PLUGINS": "a"}, {"core", "b"}),
+    ],
+)
 def test_allow_and_block_lists(fake_eps, env, loaded):
     fake_eps(ep("a", "core_helpers:ConfigLoaded"), ep("b", "core_helpers:WithSettings"))
     h = host(env=env)
@@ -246,8 +255,9 @@ def test_server_stack_limits_request_hooks():
 
 
 def test_trace_env_prints_each_call(capsys):
-    h = PluginHost(config=Settings(), plugins=[Recorder("traced")], env={"AUTOTUNE_TRACE_PLUGINS": "1"},
-                   load_entrypoints=False)
+    h = PluginHost(
+        config=Settings(), plugins=[Recorder("traced")], env={"AUTOTUNE_TRACE_PLUGINS": "1"}, load_entrypoints=False
+    )
     from autotune_core.plan import Plan
 
     h.call("pre_request", plan=Plan(model="m"))

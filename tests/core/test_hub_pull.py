@@ -42,8 +42,9 @@ def hub(data: dict[str, bytes], monkeypatch: pytest.MonkeyPatch) -> Iterator[Fak
 
 
 def _pull(hub: FakeHub, model: str, events: list[PullEvent] | None = None, **kw: str) -> object:
-    return pull_gguf(parse_ref(model, **kw), endpoint=hub.url, token=False,
-                     on_event=events.append if events is not None else None)
+    return pull_gguf(
+        parse_ref(model, **kw), endpoint=hub.url, token=False, on_event=events.append if events is not None else None
+    )
 
 
 def test_a_fresh_pull_lands_verified_in_the_data_dir(hub: FakeHub, data: dict[str, bytes]) -> None:
@@ -59,8 +60,11 @@ def test_a_fresh_pull_lands_verified_in_the_data_dir(hub: FakeHub, data: dict[st
     assert str(pull_dir()).startswith(os.environ["AUTOTUNE_DATA_DIR"])
     # what the Hub was asked: the listing (to pick the quant), HEAD /resolve, then the CDN
     asked = [(r.port, r.method, r.path) for r in hub.requests]
-    assert asked == [("hub", "GET", f"/api/models/{REPO}"), ("hub", "HEAD", f"/{REPO}/resolve/main/tiny-Q4_K_M.gguf"),
-                     ("cdn", "GET", f"/lfs/{sha}")]
+    assert asked == [
+        ("hub", "GET", f"/api/models/{REPO}"),
+        ("hub", "HEAD", f"/{REPO}/resolve/main/tiny-Q4_K_M.gguf"),
+        ("cdn", "GET", f"/lfs/{sha}"),
+    ]
     assert not list(path.parent.glob("*.part"))
     # progress: the bar's events carry the file's digest and reach the full size; the last word is success
     bar = [e for e in events if e.digest == f"sha256:{sha}" and e.total]
@@ -149,11 +153,14 @@ def test_a_file_name_cannot_leave_the_pull_cache(hub: FakeHub) -> None:
     assert not (pull_dir().parent / "escaped.gguf").exists()
 
 
-@pytest.mark.parametrize(("model", "kw", "message"), [
-    ("nobody/nothing", {}, "no repository nobody/nothing"),
-    (REPO, {"quant": "Q2_K"}, "no Q2_K file; quants there: Q4_K_M, Q8_0"),
-    (REPO, {"file": "absent-Q4_0.gguf"}, "has no file 'absent-Q4_0.gguf'"),
-])
+@pytest.mark.parametrize(
+    ("model", "kw", "message"),
+    [
+        ("nobody/nothing", {}, "no repository nobody/nothing"),
+        (REPO, {"quant": "Q2_K"}, "no Q2_K file; quants there: Q4_K_M, Q8_0"),
+        (REPO, {"file": "absent-Q4_0.gguf"}, "has no file 'absent-Q4_0.gguf'"),
+    ],
+)
 def test_hub_errors_are_explained(hub: FakeHub, model: str, kw: dict[str, str], message: str) -> None:
     with pytest.raises(PullError, match=message):
         _pull(hub, model, **kw)
@@ -162,8 +169,9 @@ def test_hub_errors_are_explained(hub: FakeHub, model: str, kw: dict[str, str], 
 def test_the_cli_pulls_and_keeps_the_token_on_the_hub(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
     reset_host()
-    result = CliRunner().invoke(_build(), ["pull", f"hf.co/{REPO}:Q8_0", "--endpoint", hub.url, "--json"],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        _build(), ["pull", f"hf.co/{REPO}:Q8_0", "--endpoint", hub.url, "--json"], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert shown["name"] == f"hf.co/{REPO}:Q8_0" and Path(shown["path"]).is_file()
@@ -191,9 +199,21 @@ def test_ctrl_c_during_a_pull_keeps_the_part_and_the_next_pull_continues(hub: Fa
     hub.add_repo("owner/big-GGUF", {"big-Q4_K_M.gguf": big})
     hub.stall_after = 12 << 20
     folder = pull_dir() / "owner/big-GGUF"
-    proc = subprocess.Popen([sys.executable, "-c", "from autotune_core.cli import main; main()", "pull",
-                             "owner/big-GGUF", "--endpoint", hub.url, "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from autotune_core.cli import main; main()",
+            "pull",
+            "owner/big-GGUF",
+            "--endpoint",
+            hub.url,
+            "-q",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not any(p.stat().st_size >= 10 << 20 for p in folder.glob("*.part")):

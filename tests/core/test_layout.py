@@ -12,9 +12,9 @@ import autotune_plugins
 CORE = Path(autotune_core.__file__).parent
 PLUGINS = Path(autotune_plugins.__file__).parent
 DOC = (Path(__file__).parents[2] / "docs" / "architecture.md").read_text()
-LAYOUT = DOC[DOC.index("## Layout"):]
-LAYOUT = LAYOUT[LAYOUT.index("```") + 3:]
-LAYOUT = LAYOUT[:LAYOUT.index("```")]
+LAYOUT = DOC[DOC.index("## Layout") :]
+LAYOUT = LAYOUT[LAYOUT.index("```") + 3 :]
+LAYOUT = LAYOUT[: LAYOUT.index("```")]
 LISTED = set(re.findall(r"[\w.]+/?", LAYOUT))
 
 
@@ -39,6 +39,9 @@ def test_the_plugins_install_under_their_own_name() -> None:
 
 
 def test_the_core_never_imports_a_plugin() -> None:
-    offenders = [str(p.relative_to(CORE)) for p in CORE.rglob("*.py")
-                 if re.search(r"^\s*(from|import) autotune_plugins", p.read_text(), re.MULTILINE)]
+    offenders = [
+        str(p.relative_to(CORE))
+        for p in CORE.rglob("*.py")
+        if re.search(r"^\s*(from|import) autotune_plugins", p.read_text(), re.MULTILINE)
+    ]
     assert offenders == []

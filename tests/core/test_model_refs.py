@@ -8,31 +8,38 @@ from autotune_core.errors import InvalidRequest
 from autotune_core.model_refs import ALIASES, HubRef, is_hub_ref, parse_ref, pick_file, quant_of
 
 
-@pytest.mark.parametrize(("name", "quant"), [
-    ("gemma-3-270m-it-Q8_0.gguf", "Q8_0"),
-    ("qwen2.5-0.5b-instruct-q4_k_m.gguf", "Q4_K_M"),
-    ("Qwen3-0.6B-Q8_0.gguf", "Q8_0"),
-    ("Llama-3.2-1B-Instruct-IQ4_XS.gguf", "IQ4_XS"),
-    ("gemma-3-270m-it-UD-Q4_K_XL.gguf", "UD-Q4_K_XL"),
-    ("model-BF16.gguf", "BF16"),
-    ("sub/dir/model-f16.gguf", "F16"),
-    ("model.gguf", None),
-])
+@pytest.mark.parametrize(
+    ("name", "quant"),
+    [
+        ("gemma-3-270m-it-Q8_0.gguf", "Q8_0"),
+        ("qwen2.5-0.5b-instruct-q4_k_m.gguf", "Q4_K_M"),
+        ("Qwen3-0.6B-Q8_0.gguf", "Q8_0"),
+        ("Llama-3.2-1B-Instruct-IQ4_XS.gguf", "IQ4_XS"),
+        ("gemma-3-270m-it-UD-Q4_K_XL.gguf", "UD-Q4_K_XL"),
+        ("model-BF16.gguf", "BF16"),
+        ("sub/dir/model-f16.gguf", "F16"),
+        ("model.gguf", None),
+    ],
+)
 def test_quant_of_reads_the_tag_in_a_file_name(name: str, quant: str | None) -> None:
     assert quant_of(name) == quant
 
 
 def test_the_accepted_forms() -> None:
-    assert parse_ref("hf.co/ggml-org/gemma-3-270m-it-GGUF:Q8_0") == HubRef("ggml-org/gemma-3-270m-it-GGUF",
-                                                                           quant="Q8_0")
+    assert parse_ref("hf.co/ggml-org/gemma-3-270m-it-GGUF:Q8_0") == HubRef(
+        "ggml-org/gemma-3-270m-it-GGUF", quant="Q8_0"
+    )
     assert parse_ref("https://huggingface.co/Qwen/Qwen3-0.6B-GGUF") == HubRef("Qwen/Qwen3-0.6B-GGUF")
     assert parse_ref("Qwen/Qwen2.5-0.5B-Instruct-GGUF", quant="q4_k_m").quant == "Q4_K_M"
     assert parse_ref("owner/repo", file="x-Q4_0.gguf").file == "x-Q4_0.gguf"
     assert parse_ref("owner/repo:x-Q4_0.gguf").file == "x-Q4_0.gguf"
     assert parse_ref("hf.co/owner/repo:latest") == HubRef("owner/repo")
     alias = parse_ref("Gemma3-270M-IT")
-    assert (alias.repo, alias.file, alias.alias) == (ALIASES["gemma3-270m-it"].repo, ALIASES["gemma3-270m-it"].file,
-                                                     "gemma3-270m-it")
+    assert (alias.repo, alias.file, alias.alias) == (
+        ALIASES["gemma3-270m-it"].repo,
+        ALIASES["gemma3-270m-it"].file,
+        "gemma3-270m-it",
+    )
 
 
 def test_ollama_names_and_hub_names_are_told_apart() -> None:
@@ -43,11 +50,14 @@ def test_ollama_names_and_hub_names_are_told_apart() -> None:
     assert parse_ref("owner/repo", quant="Q8_0").ollama_name == "hf.co/owner/repo:Q8_0"
 
 
-@pytest.mark.parametrize(("args", "fragment"), [
-    (("not a repo",), "cannot read"),
-    (("owner/repo:Q8_0",), None),
-    (("owner/repo",), None),
-])
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("not a repo",), "cannot read"),
+        (("owner/repo:Q8_0",), None),
+        (("owner/repo",), None),
+    ],
+)
 def test_bad_forms_say_what_is_accepted(args: tuple[str], fragment: str | None) -> None:
     if fragment is None:
         parse_ref(*args)

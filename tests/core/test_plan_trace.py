@@ -12,8 +12,9 @@ def test_compact_trace_orders_knobs_and_keeps_each_chain() -> None:
     plan.record("ctx-buckets", "num_ctx", 2048, 4096, "bucket")
     plan.record("os-tuner", "os.nice", None, "applied", "not a summarised knob")
     plan.record("keep-alive", "keep_alive", None, -1.0, "pinned")
-    assert plan.compact_trace() == ("num_ctx=ctx-sizing>2048,ctx-buckets>4096;kv_type=kv-precision>q8_0;"
-                                    "keep_alive=keep-alive>-1.0")
+    assert plan.compact_trace() == (
+        "num_ctx=ctx-sizing>2048,ctx-buckets>4096;kv_type=kv-precision>q8_0;keep_alive=keep-alive>-1.0"
+    )
 
 
 def test_compact_trace_is_header_safe_and_bounded() -> None:

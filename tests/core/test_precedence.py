@@ -44,17 +44,29 @@ def fold(host: PluginHost, plan: Plan) -> Choice[Any] | None:
 
 
 def test_client_pins_read_every_knob_the_client_can_set() -> None:
-    pins = client_pins(request(options={"num_ctx": 8192, "num_batch": 256, "num_keep": 4, "num_thread": 3,
-                                        "kv_cache_type": "Q8_0"}, keep_alive="5m", max_tokens=64))
+    pins = client_pins(
+        request(
+            options={"num_ctx": 8192, "num_batch": 256, "num_keep": 4, "num_thread": 3, "kv_cache_type": "Q8_0"},
+            keep_alive="5m",
+            max_tokens=64,
+        )
+    )
     assert {knob: pin.value for knob, pin in pins.items()} == {
-        "num_ctx": 8192, "num_batch": 256, "num_keep": 4, "num_thread": 3, "kv_type": "q8_0", "keep_alive": 300.0,
-        "max_tokens": 64}
+        "num_ctx": 8192,
+        "num_batch": 256,
+        "num_keep": 4,
+        "num_thread": 3,
+        "kv_type": "q8_0",
+        "keep_alive": 300.0,
+        "max_tokens": 64,
+    }
     assert pins["keep_alive"].sent == "5m" and pins["kv_type"].origin == "options.kv_cache_type"
     assert pins["num_ctx"].describe() == "client asked 8192 (options.num_ctx)"
 
 
-@pytest.mark.parametrize("bad", [{"num_ctx": "big"}, {"num_ctx": True}, {"num_ctx": -1}, {"num_ctx": 1.5},
-                                 {"kv_type": "q9"}])
+@pytest.mark.parametrize(
+    "bad", [{"num_ctx": "big"}, {"num_ctx": True}, {"num_ctx": -1}, {"num_ctx": 1.5}, {"kv_type": "q9"}]
+)
 def test_values_autotune_cannot_read_are_not_pinned(bad: dict[str, Any]) -> None:
     assert client_pins(request(options=bad)) == {}  # passed through for the server (or kv-precision) to judge
     assert client_pins(request(keep_alive="10 minutes")) == {}
@@ -78,15 +90,17 @@ def test_lowers_knows_which_way_is_safer() -> None:
 
 
 def test_a_pinned_knob_keeps_its_value_and_traces_every_proposal(autotune_host_factory: Any) -> None:
-    host = autotune_host_factory(Fixed("sizing", 1536, "propose"), Fixed("buckets", 2048, "snap"),
-                                 Fixed("ceiling", 4096, "adjust"))
+    host = autotune_host_factory(
+        Fixed("sizing", 1536, "propose"), Fixed("buckets", 2048, "snap"), Fixed("ceiling", 4096, "adjust")
+    )
     plan = pinned()
     result = fold(host, plan)
     assert result is not None and result.value == 8192
     kept = [(e.plugin, e.proposed, e.new) for e in plan.steps("num_ctx") if e.kept]
     assert kept == [("sizing", 1536, 8192), ("buckets", 2048, 8192), ("ceiling", 4096, 8192)]
-    assert "1536 proposed (sizing says 1536); client asked 8192 (options.num_ctx): kept" in \
-        [e.reason for e in plan.trace]
+    assert "1536 proposed (sizing says 1536); client asked 8192 (options.num_ctx): kept" in [
+        e.reason for e in plan.trace
+    ]
     assert plan.warnings == [] and "sizing~1536" in plan.compact_trace()
 
 
@@ -96,8 +110,9 @@ def test_only_a_safety_choice_lowers_a_pin_and_it_warns(autotune_host_factory: A
     assert plan.warnings == []
     plan = pinned()
     assert fold(autotune_host_factory(Guard(2048, safety=True)), plan).value == 2048  # type: ignore[union-attr]
-    assert plan.warnings == ["num_ctx lowered from 8192 (client asked 8192 (options.num_ctx)) to 2048 by guard: "
-                             "would not fit"]
+    assert plan.warnings == [
+        "num_ctx lowered from 8192 (client asked 8192 (options.num_ctx)) to 2048 by guard: would not fit"
+    ]
     plan = pinned()
     assert fold(autotune_host_factory(Guard(16384, safety=True)), plan).value == 8192  # type: ignore[union-attr]  never raised
 
@@ -129,13 +144,15 @@ def test_kv_fold_pin_lowered_for_safety(autotune_host_factory: Any) -> None:
             return Choice("q4_0", "tight", safety=True)
 
     plan = pinned("kv_type", "f16")
-    result = autotune_host_factory(KvGuard()).fold("choose_kv_type", knob="kv_type", plan=plan, initial=None,
-                                                   conservative=smaller_kv_type)
+    result = autotune_host_factory(KvGuard()).fold(
+        "choose_kv_type", knob="kv_type", plan=plan, initial=None, conservative=smaller_kv_type
+    )
     assert result is not None and result.value == "q4_0" and "kv_type lowered from f16" in plan.warnings[0]
 
 
 def test_pipeline_pins_before_the_hooks_and_plan_shows_the_clients_values(
-        autotune_host_factory: Any, autotune_plan: Any) -> None:
+    autotune_host_factory: Any, autotune_plan: Any
+) -> None:
     seen: dict[str, Any] = {}
 
     class Peek:
@@ -150,11 +167,15 @@ def test_pipeline_pins_before_the_hooks_and_plan_shows_the_clients_values(
     plan = autotune_plan(host, request(options={"num_ctx": 3000, "num_keep": 7}, max_tokens=50))
     assert seen == {"num_ctx": 3000} and (plan.num_ctx, plan.num_keep, plan.max_tokens) == (3000, 7, 50)
     assert {v["knob"]: (v["asked"], v["sent"], v["kept"]) for v in plan.client_values()} == {
-        "num_ctx": (3000, 3000, True), "num_keep": (7, 7, True), "max_tokens": (50, 50, True)}
+        "num_ctx": (3000, 3000, True),
+        "num_keep": (7, 7, True),
+        "max_tokens": (50, 50, True),
+    }
 
 
 def test_a_prompt_larger_than_the_clients_context_goes_as_asked_with_a_warning(
-        autotune_host_factory: Any, autotune_plan: Any) -> None:
+    autotune_host_factory: Any, autotune_plan: Any
+) -> None:
     host = autotune_host_factory()
     long = request(options={"num_ctx": 64}, messages=[Message(role="user", content="word " * 400)])
     plan = autotune_plan(host, long)

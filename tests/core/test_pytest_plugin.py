@@ -60,9 +60,11 @@ def test_model_architecture_default(model_architecture):
     assert model_architecture is LLAMA_1B
 
 
-@pytest.mark.parametrize("model_architecture, expected", [("gemma3:270m", GEMMA_270M), ("llama", LLAMA_1B),
-                                                          (GEMMA_270M, GEMMA_270M)],
-                         indirect=["model_architecture"])
+@pytest.mark.parametrize(
+    "model_architecture, expected",
+    [("gemma3:270m", GEMMA_270M), ("llama", LLAMA_1B), (GEMMA_270M, GEMMA_270M)],
+    indirect=["model_architecture"],
+)
 def test_model_architecture_parametrized(model_architecture, expected):
     assert isinstance(model_architecture, ModelInfo) and model_architecture is expected
 
@@ -96,8 +98,9 @@ def test_factory_ignores_the_developers_environment(autotune_host_factory, monke
 
 
 def test_factory_settings_merge_over_the_configs(autotune_host_factory):
-    host = autotune_host_factory(config={"plugins": {"mine": {"a": 1}, "other": {"b": 2}}},
-                                 settings={"mine": {"a": 3}, "new": {"c": 4}})
+    host = autotune_host_factory(
+        config={"plugins": {"mine": {"a": 1}, "other": {"b": 2}}}, settings={"mine": {"a": 3}, "new": {"c": 4}}
+    )
     assert host.config.plugins.settings == {"mine": {"a": 3}, "other": {"b": 2}, "new": {"c": 4}}
     assert host.config.backend == "fake"
 
@@ -139,8 +142,22 @@ def test_plan_helper_rejects_unknown_models(autotune_host, autotune_plan):
 def test_the_example_plugins_own_suite_passes_with_these_fixtures():
     """The contrib package's tests use only these fixtures; run them as its author would."""
     pytest.importorskip("autotune_example_plugin", reason="pip install ./contrib/autotune-example-plugin")
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider",
-                           str(ROOT / "contrib/autotune-example-plugin")], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT / "contrib/autotune-example-plugin")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-o",
+            "addopts=",
+            "-p",
+            "no:cacheprovider",
+            str(ROOT / "contrib/autotune-example-plugin"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT / "contrib/autotune-example-plugin",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert " passed" in done.stdout

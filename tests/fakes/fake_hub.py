@@ -150,6 +150,7 @@ class FakeHub:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
+
         async def shutdown() -> None:
             for server in self._servers:
                 server.close()
@@ -204,11 +205,21 @@ class FakeHub:
 
         return serve
 
-    async def _send(self, writer: asyncio.StreamWriter, method: str, status: int, reason: str,
-                    headers: list[tuple[str, str]], body: bytes, *, cut: int | None = None) -> bool:
+    async def _send(
+        self,
+        writer: asyncio.StreamWriter,
+        method: str,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        cut: int | None = None,
+    ) -> bool:
         headers = [*headers, ("Content-Length", str(len(body)))]
-        payload = _head(status, reason, headers) + (b"" if method == "HEAD" else body[: cut if cut is not None
-                                                                                      else len(body)])
+        payload = _head(status, reason, headers) + (
+            b"" if method == "HEAD" else body[: cut if cut is not None else len(body)]
+        )
         writer.write(payload)
         await writer.drain()
         return cut is None
@@ -216,10 +227,18 @@ class FakeHub:
     def _json(self, status: int, obj: Any, extra: list[tuple[str, str]] | None = None) -> tuple[int, list[Any], bytes]:
         return status, [("Content-Type", "application/json; charset=utf-8"), *(extra or [])], json.dumps(obj).encode()
 
-    async def _answer(self, kind: str, method: str, path: str, query: str, headers: dict[str, str],
-                      writer: asyncio.StreamWriter) -> bool:
-        reasons = {200: "OK", 206: "Partial Content", 302: "Found", 401: "Unauthorized", 404: "Not Found",
-                   416: "Range Not Satisfiable", 503: "Service Unavailable"}
+    async def _answer(
+        self, kind: str, method: str, path: str, query: str, headers: dict[str, str], writer: asyncio.StreamWriter
+    ) -> bool:
+        reasons = {
+            200: "OK",
+            206: "Partial Content",
+            302: "Found",
+            401: "Unauthorized",
+            404: "Not Found",
+            416: "Range Not Satisfiable",
+            503: "Service Unavailable",
+        }
         if kind == "cdn":
             return await self._cdn(method, path, headers, writer, reasons)
         info = _INFO.match(path)
@@ -250,13 +269,25 @@ class FakeHub:
             if blobs:
                 sibling.update(size=len(data), blobId=self._hashes(data)[1])
                 if self._is_lfs(name):
-                    sibling["lfs"] = {"sha256": self._sha(data), "size": len(data),
-                                      "pointerSize": 134}
+                    sibling["lfs"] = {"sha256": self._sha(data), "size": len(data), "pointerSize": 134}
             siblings.append(sibling)
-        return self._json(200, {"_id": "0" * 24, "id": repo, "modelId": repo, "author": repo.split("/")[0],
-                                "sha": found.commit, "private": False, "gated": False, "disabled": False,
-                                "library_name": "gguf", "tags": ["gguf"], "siblings": siblings,
-                                "lastModified": "2026-01-01T00:00:00.000Z"})
+        return self._json(
+            200,
+            {
+                "_id": "0" * 24,
+                "id": repo,
+                "modelId": repo,
+                "author": repo.split("/")[0],
+                "sha": found.commit,
+                "private": False,
+                "gated": False,
+                "disabled": False,
+                "library_name": "gguf",
+                "tags": ["gguf"],
+                "siblings": siblings,
+                "lastModified": "2026-01-01T00:00:00.000Z",
+            },
+        )
 
     def _is_lfs(self, name: str) -> bool:
         return name.endswith(".gguf") and name not in self.regular
@@ -273,24 +304,52 @@ class FakeHub:
             sha = self._sha(data)
             pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n"
             body = f"Found. Redirecting to {self.cdn_url}/lfs/{sha}".encode()
-            return 302, [("Location", f"{self.cdn_url}/lfs/{sha}?download=true&X-Amz-Signature=fake"),
-                         ("ETag", f'"{git_blob_id(pointer.encode())}"'), ("X-Linked-Etag", f'"{sha}"'),
-                         ("X-Linked-Size", str(len(data))), commit, ("Content-Type", "text/plain")], body
-        return 200, [("ETag", f'"{self._hashes(data)[1]}"'), commit, ("Accept-Ranges", "bytes"),
-                     ("Content-Type", "application/octet-stream")], data
+            return (
+                302,
+                [
+                    ("Location", f"{self.cdn_url}/lfs/{sha}?download=true&X-Amz-Signature=fake"),
+                    ("ETag", f'"{git_blob_id(pointer.encode())}"'),
+                    ("X-Linked-Etag", f'"{sha}"'),
+                    ("X-Linked-Size", str(len(data))),
+                    commit,
+                    ("Content-Type", "text/plain"),
+                ],
+                body,
+            )
+        return (
+            200,
+            [
+                ("ETag", f'"{self._hashes(data)[1]}"'),
+                commit,
+                ("Accept-Ranges", "bytes"),
+                ("Content-Type", "application/octet-stream"),
+            ],
+            data,
+        )
 
-    async def _cdn(self, method: str, path: str, headers: dict[str, str], writer: asyncio.StreamWriter,
-                   reasons: dict[int, str]) -> bool:
+    async def _cdn(
+        self, method: str, path: str, headers: dict[str, str], writer: asyncio.StreamWriter, reasons: dict[int, str]
+    ) -> bool:
         sha = path.removeprefix("/lfs/")
         data = self.by_sha.get(sha)
         if data is None:
             return await self._send(writer, method, 404, "Not Found", [("Content-Type", "text/plain")], b"NoSuchKey")
-        if self.corrupt and any(self._sha(f) == sha for repo in self.repos.values()
-                                for name, f in repo.files.items() if name in self.corrupt):
+        if self.corrupt and any(
+            self._sha(f) == sha
+            for repo in self.repos.values()
+            for name, f in repo.files.items()
+            if name in self.corrupt
+        ):
             data = bytes(b ^ 0x5A for b in data)
         if method == "GET" and self.cut_times <= 0 and self.status_after_cut is not None:
-            return await self._send(writer, method, self.status_after_cut, "Service Unavailable",
-                                    [("Content-Type", "text/plain")], b"try later")
+            return await self._send(
+                writer,
+                method,
+                self.status_after_cut,
+                "Service Unavailable",
+                [("Content-Type", "text/plain")],
+                b"try later",
+            )
         if method == "GET" and self.cdn_delay > 0:
             await asyncio.sleep(self.cdn_delay)
         common = [("ETag", f'"{sha}"'), ("Accept-Ranges", "bytes"), ("Content-Type", "application/octet-stream")]
@@ -300,8 +359,9 @@ class FakeHub:
             start = int(match[1])
             end = int(match[2]) if match[2] else len(data) - 1
             if start >= len(data):
-                return await self._send(writer, method, 416, reasons[416],
-                                        [("Content-Range", f"bytes */{len(data)}")], b"")
+                return await self._send(
+                    writer, method, 416, reasons[416], [("Content-Range", f"bytes */{len(data)}")], b""
+                )
             status, body = 206, data[start : end + 1]
             common.append(("Content-Range", f"bytes {start}-{end}/{len(data)}"))
         cut = None

@@ -76,9 +76,7 @@ __all__ = [
 ]
 
 
-class FakeOpenAI(
-    LlamaServerRoutes, LMStudioRoutes, VLLMRoutes, LemonadeRoutes, OpenAIRoutes, ModelState, FakeServer
-):
+class FakeOpenAI(LlamaServerRoutes, LMStudioRoutes, VLLMRoutes, LemonadeRoutes, OpenAIRoutes, ModelState, FakeServer):
     """Fake OpenAI-compatible server. Constructor kwargs (besides the common knobs of :class:`FakeServer`):
 
     * ``flavour``: one of :data:`FLAVOURS` (default "generic").
@@ -141,9 +139,7 @@ class FakeOpenAI(
         self.load_seconds = load_seconds
         self.loading = loading
         self.metrics = metrics
-        self.report_cached_tokens = (
-            flavour != "lmstudio" if report_cached_tokens is None else report_cached_tokens
-        )
+        self.report_cached_tokens = flavour != "lmstudio" if report_cached_tokens is None else report_cached_tokens
         first = self.models[0]
         self.model_path = model_path or f"/models/{first.name.split('/')[-1]}-{first.quantization_level}.gguf"
         self.build_info = build_info

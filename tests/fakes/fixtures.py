@@ -94,8 +94,6 @@ def fake_lemonade(fake_openai_factory: Callable[..., FakeOpenAI]) -> FakeOpenAI:
 
 
 @pytest.fixture(params=FLAVOURS)
-def any_fake_openai(
-    request: pytest.FixtureRequest, fake_openai_factory: Callable[..., FakeOpenAI]
-) -> FakeOpenAI:
+def any_fake_openai(request: pytest.FixtureRequest, fake_openai_factory: Callable[..., FakeOpenAI]) -> FakeOpenAI:
     """Parametrised over every flavour (lmstudio and lemonade JIT-load their first model on use)."""
     return fake_openai_factory(request.param)

@@ -62,9 +62,7 @@ class HTTPLoop:
         def run() -> None:
             asyncio.set_event_loop(loop)
             try:
-                self._server = loop.run_until_complete(
-                    asyncio.start_server(self._serve_conn, sock=sock, limit=1 << 20)
-                )
+                self._server = loop.run_until_complete(asyncio.start_server(self._serve_conn, sock=sock, limit=1 << 20))
             except BaseException as exc:  # pragma: no cover - start-up failure is reported to start()
                 errors.append(exc)
                 ready.set()
@@ -143,9 +141,7 @@ class HTTPLoop:
         length = int(headers.get("content-length", "0") or "0")
         return await reader.readexactly(length) if length > 0 else b""
 
-    async def _one_request(
-        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> bool:
+    async def _one_request(self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         try:
             text = head[:-4].decode("latin-1")
             request_line, *header_lines = text.split("\r\n")

@@ -50,9 +50,7 @@ class OllamaNativeRoutes:
                 reason = "unload"
             else:
                 shift = body.get("shift")
-                _, loaded_now = self._schedule(
-                    model, opts, keep_alive, True if shift is None else bool(shift)
-                )
+                _, loaded_now = self._schedule(model, opts, keep_alive, True if shift is None else bool(shift))
                 await self._load_wait(loaded_now)
                 reason = "load"
             obj: dict[str, Any] = {"model": name_out, "created_at": _ts()}
@@ -272,9 +270,7 @@ class OllamaNativeRoutes:
         )
 
     def _kv_bytes_per_elem(self) -> float:
-        return {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 1.0625, "q4_0": 0.5625}.get(
-            self.kv_cache_type, 2.0
-        )
+        return {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 1.0625, "q4_0": 0.5625}.get(self.kv_cache_type, 2.0)
 
     async def _api_ps(self, req: Request) -> Response:
         self._expire()

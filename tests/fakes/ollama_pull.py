@@ -33,8 +33,9 @@ _NAME = re.compile(r"^[\w][\w.\-/]*(:[\w][\w.\-]*)?$")
 def default_registry() -> dict[str, FakeModel]:
     """What the fake registry can serve: Ollama library names and a Hugging Face GGUF (hf.co/...)."""
     return {
-        "qwen2.5:0.5b": dataclasses.replace(GEMMA3_270M, name="qwen2.5:0.5b", architecture="qwen2",
-                                            parameter_size="494M", size=397_821_319),
+        "qwen2.5:0.5b": dataclasses.replace(
+            GEMMA3_270M, name="qwen2.5:0.5b", architecture="qwen2", parameter_size="494M", size=397_821_319
+        ),
         "hf.co/ggml-org/gemma-3-270m-it-GGUF:Q8_0": GEMMA3_270M.renamed("hf.co/ggml-org/gemma-3-270m-it-GGUF:Q8_0"),
     }
 
@@ -47,8 +48,11 @@ class OllamaPullRoutes:
     """Mixin of :class:`fakes.fake_ollama.FakeOllama`: ``/api/pull``."""
 
     def _layers(self, model: FakeModel) -> list[tuple[str, int]]:
-        return [(_digest(model.name + "/model"), model.size), (_digest(model.name + "/template"), 1_400),
-                (_digest(model.name + "/params"), 77)]
+        return [
+            (_digest(model.name + "/model"), model.size),
+            (_digest(model.name + "/template"), 1_400),
+            (_digest(model.name + "/params"), 77),
+        ]
 
     def _pull_lines(self, name: str) -> tuple[list[dict[str, Any]], FakeModel | None, str | None]:
         """(progress objects, the model brought in, the error that ends the pull)."""

@@ -84,9 +84,7 @@ class OllamaScheduler:
         if options is None:
             return {}
         if not isinstance(options, dict):
-            raise OllamaError(
-                400, "json: cannot unmarshal options into Go struct field of type map[string]any"
-            )
+            raise OllamaError(400, "json: cannot unmarshal options into Go struct field of type map[string]any")
         types = dict(_OPTION_TYPES)
         if self.is_v030:
             types.update(_V030_OPTION_TYPES)
@@ -282,6 +280,4 @@ class OllamaScheduler:
         if "completion" not in model.capabilities:
             raise OllamaError(400, f'"{model.name}" does not support {what}')
         if tools and "tools" not in model.capabilities:
-            raise OllamaError(
-                400, f"registry.ollama.ai/library/{self._canonical(model.name)} does not support tools"
-            )
+            raise OllamaError(400, f"registry.ollama.ai/library/{self._canonical(model.name)} does not support tools")

@@ -25,9 +25,7 @@ class OllamaV1Routes:
 
     def _v1_error(self, status: int, message: str) -> Response:
         kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
-        return json_response(
-            {"error": {"message": message, "type": kind, "param": None, "code": None}}, status
-        )
+        return json_response({"error": {"message": message, "type": kind, "param": None, "code": None}}, status)
 
     def _v1_options(self, body: dict[str, Any], allowed: frozenset[str]) -> dict[str, Any]:
         for key in body:
@@ -128,15 +126,10 @@ class OllamaV1Routes:
             await self._load_wait(loaded_now)
         except OllamaError as exc:
             return self._v1_error(exc.status, exc.message)
-        texts = [
-            x if isinstance(x, str) else " ".join(map(str, x)) if isinstance(x, list) else str(x)
-            for x in inputs
-        ]
+        texts = [x if isinstance(x, str) else " ".join(map(str, x)) if isinstance(x, list) else str(x) for x in inputs]
         vectors = [self._vector(t, body.get("dimensions")) for t in texts]
         n_tokens = sum(len(pieces(t)) for t in texts)
-        return json_response(
-            embeddings_body(str(body.get("model")), vectors, n_tokens, body.get("encoding_format"))
-        )
+        return json_response(embeddings_body(str(body.get("model")), vectors, n_tokens, body.get("encoding_format")))
 
     async def _v1_models(self, req: Request) -> Response:
         return json_response(

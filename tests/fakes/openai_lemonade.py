@@ -95,9 +95,7 @@ class LemonadeRoutes:
         managed = [f for f in flags if f in _LEMONADE_MANAGED_FLAGS]
         if managed:
             return json_response(
-                self.error_body(
-                    400, f"llamacpp_args may not contain {managed[0]}: it is managed by Lemonade"
-                ),
+                self.error_body(400, f"llamacpp_args may not contain {managed[0]}: it is managed by Lemonade"),
                 status=400,
             )
         if body.get("pinned"):

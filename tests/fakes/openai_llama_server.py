@@ -84,9 +84,7 @@ class LlamaServerRoutes:
     async def _ls_metrics(self, req: Request) -> Response:
         if not self.metrics:
             return json_response(
-                self.error_body(
-                    501, "This server does not support metrics endpoint. Start it with `--metrics`"
-                ),
+                self.error_body(501, "This server does not support metrics endpoint. Start it with `--metrics`"),
                 status=501,
             )
         st = self.stats

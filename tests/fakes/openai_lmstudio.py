@@ -29,13 +29,7 @@ class LMStudioRoutes:
     def _bits(quant: str) -> int:
         q = quant.upper()
         return (
-            16
-            if q.startswith(("F16", "BF16"))
-            else 32
-            if q.startswith("F32")
-            else int(q[1])
-            if q[1:2].isdigit()
-            else 4
+            16 if q.startswith(("F16", "BF16")) else 32 if q.startswith("F32") else int(q[1]) if q[1:2].isdigit() else 4
         )
 
     async def _lms_models(self, req: Request) -> Response:
@@ -100,9 +94,7 @@ class LMStudioRoutes:
         unknown = [k for k in body if k not in _LMSTUDIO_LOAD_KEYS]
         if unknown:
             keys = ", ".join(f"'{k}'" for k in unknown)
-            return self._lms_error(
-                400, f"Unrecognized key(s) in object: {keys}", "unrecognized_keys", unknown[0]
-            )
+            return self._lms_error(400, f"Unrecognized key(s) in object: {keys}", "unrecognized_keys", unknown[0])
         m = self.find_model(body.get("model"))
         if m is None:
             return self._lms_error(404, f"Model not found: {body.get('model')}", "model_not_found", "model")
@@ -141,7 +133,5 @@ class LMStudioRoutes:
         iid = body.get("instance_id")
         m = self.find_model(iid)
         if m is None or not self._unload(m.name, "api"):
-            return self._lms_error(
-                404, f"No model found with instance ID '{iid}'", "model_not_found", "instance_id"
-            )
+            return self._lms_error(404, f"No model found with instance ID '{iid}'", "model_not_found", "instance_id")
         return json_response({"instance_id": iid})

@@ -210,9 +210,7 @@ class OpenAIRoutes:
         if stop is not None and not (
             isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(x, str) for x in stop))
         ):
-            raise ApiError(
-                400, self.error_body(400, "Invalid type for 'stop': expected a string or an array")
-            )
+            raise ApiError(400, self.error_body(400, "Invalid type for 'stop': expected a string or an array"))
         messages = body.get("messages")
         if isinstance(messages, list) and not all(isinstance(m, dict) and "role" in m for m in messages):
             raise ApiError(400, self.error_body(400, "Invalid 'messages': each message needs a 'role'"))
@@ -246,9 +244,7 @@ class OpenAIRoutes:
             body = self._body(req)
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
-                raise ApiError(
-                    400, self.error_body(400, "'messages' is required and must be a non-empty array")
-                )
+                raise ApiError(400, self.error_body(400, "'messages' is required and must be a non-empty array"))
             self._validate(body)
             inst = await self._instance_for(body.get("model"), body)
         except ApiError as exc:
@@ -321,9 +317,7 @@ class OpenAIRoutes:
             return json_response(exc.body, status=exc.status)
         if isinstance(raw, str) or (isinstance(raw, list) and raw and all(isinstance(x, int) for x in raw)):
             raw = [raw]
-        texts = [
-            x if isinstance(x, str) else " ".join(map(str, x)) if isinstance(x, list) else str(x) for x in raw
-        ]
+        texts = [x if isinstance(x, str) else " ".join(map(str, x)) if isinstance(x, list) else str(x) for x in raw]
         dims = body.get("dimensions")
         vectors = []
         for t in texts:
@@ -335,9 +329,7 @@ class OpenAIRoutes:
             vectors.append(vec)
         n_tokens = sum(len(pieces(t)) for t in texts)
         model = body.get("model") if isinstance(body.get("model"), str) else inst.model.name
-        return json_response(
-            embeddings_body(model or inst.model.name, vectors, n_tokens, body.get("encoding_format"))
-        )
+        return json_response(embeddings_body(model or inst.model.name, vectors, n_tokens, body.get("encoding_format")))
 
     async def _models(self, req: Request) -> Response:
         f = self.flavour

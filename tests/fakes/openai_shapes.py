@@ -160,9 +160,7 @@ def completion_events(result: OpenAIResult, chunks: list[str], include_usage: bo
     return sse_events(objs)
 
 
-def embeddings_body(
-    model: str, vectors: list[list[float]], n_tokens: int, encoding_format: Any
-) -> dict[str, Any]:
+def embeddings_body(model: str, vectors: list[list[float]], n_tokens: int, encoding_format: Any) -> dict[str, Any]:
     data = []
     for i, vec in enumerate(vectors):
         emb: Any = vec

@@ -159,9 +159,7 @@ class ModelState:
         if inst is None:
             return False
         self.unloads += 1
-        self.load_events.append(
-            {"model": name, "kind": "unload", "config": dict(inst.config), "reason": reason}
-        )
+        self.load_events.append({"model": name, "kind": "unload", "config": dict(inst.config), "reason": reason})
         return True
 
     def _expire(self) -> None:
@@ -216,9 +214,7 @@ class ModelState:
         inst = self.instances.get(m.name)
         if inst is None:
             ttl = body.get("ttl") if self.flavour == "lmstudio" else None
-            ttl_s = (
-                float(ttl) if isinstance(ttl, int | float) and not isinstance(ttl, bool) and ttl > 0 else None
-            )
+            ttl_s = float(ttl) if isinstance(ttl, int | float) and not isinstance(ttl, bool) and ttl > 0 else None
             inst = self._load(m, self._default_config(m), jit=True, ttl=ttl_s)
             await self._sleep_load()
         inst.last_used = time.time()

@@ -258,9 +258,7 @@ class FakeServer(HTTPLoop):
         d = float(self.chunk_delay)
         return [(0.0 if i == 0 else d, p) for i, p in enumerate(payloads)]
 
-    def apply_stream_failures(
-        self, stream: StreamResponse, error_event: bytes | None = None
-    ) -> StreamResponse:
+    def apply_stream_failures(self, stream: StreamResponse, error_event: bytes | None = None) -> StreamResponse:
         """Apply ``fail_mid_stream_after`` / ``error_mid_stream_after`` to a built stream; ``error_event`` is
         the in-band error payload (default: :meth:`stream_error_event`)."""
         if self.fail_mid_stream_after is not None:
@@ -286,9 +284,7 @@ class FakeServer(HTTPLoop):
         """Decide the answer: configured tool calls (when tools were offered), else ``response_text`` cut by
         ``stop`` strings, ``max_tokens`` and the room left in the context."""
         if self.tool_calls and tools_offered:
-            calls = [
-                {"name": c["name"], "arguments": dict(c.get("arguments") or {})} for c in self.tool_calls
-            ]
+            calls = [{"name": c["name"], "arguments": dict(c.get("arguments") or {})} for c in self.tool_calls]
             return Output("", [], calls, "tool_calls")
         text = self.text_for(body)
         if json_mode:

@@ -30,16 +30,28 @@ from autotune_plugins.prefix_protect import PrefixProtectPlugin
 
 #: plugin name -> class, for the ten optimizations
 OPTIMIZATIONS: dict[str, type] = {
-    "ctx-sizing": CtxSizingPlugin, "ctx-buckets": CtxBucketsPlugin, "kv-precision": KVPrecisionPlugin,
-    "live-pressure": LivePressurePlugin, "noswap-guard": NoSwapGuardPlugin, "model-fit": ModelFitPlugin,
-    "prefix-protect": PrefixProtectPlugin, "keep-alive": KeepAlivePlugin, "flash-attention": FlashAttentionPlugin,
+    "ctx-sizing": CtxSizingPlugin,
+    "ctx-buckets": CtxBucketsPlugin,
+    "kv-precision": KVPrecisionPlugin,
+    "live-pressure": LivePressurePlugin,
+    "noswap-guard": NoSwapGuardPlugin,
+    "model-fit": ModelFitPlugin,
+    "prefix-protect": PrefixProtectPlugin,
+    "keep-alive": KeepAlivePlugin,
+    "flash-attention": FlashAttentionPlugin,
     "prefill-batch": PrefillBatchPlugin,
 }
 
 
-def make_host(*names: str, settings: dict[str, dict[str, Any]] | None = None, profile: str = "balanced",
-              hardware: HardwareSnapshot | None = None, disabled: list[str] | None = None,
-              env: dict[str, str] | None = None, plugins: list[object] | None = None) -> PluginHost:
+def make_host(
+    *names: str,
+    settings: dict[str, dict[str, Any]] | None = None,
+    profile: str = "balanced",
+    hardware: HardwareSnapshot | None = None,
+    disabled: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    plugins: list[object] | None = None,
+) -> PluginHost:
     """The shipped host (pytest_plugin.make_host) holding the named optimization plugins (all ten when none named)."""
     # registered in name order, as entry points are, so pluggy's order matches production
     chosen = plugins if plugins is not None else [OPTIMIZATIONS[n]() for n in sorted(names or OPTIMIZATIONS)]
@@ -57,12 +69,23 @@ def set_scope(host: PluginHost, knob: str, scope: KnobScope, how: str = "") -> N
     backend = fake(host)
     knobs = dict(backend.caps.knobs)
     knobs[knob] = KnobSupport(scope=scope, reloads=scope is KnobScope.AT_LOAD, how=how)
-    backend.caps = Capabilities(dialect=backend.caps.dialect, knobs=knobs, can_tokenize=backend.caps.can_tokenize,
-                                can_embed=backend.caps.can_embed, prefix_cache=backend.caps.prefix_cache)
+    backend.caps = Capabilities(
+        dialect=backend.caps.dialect,
+        knobs=knobs,
+        can_tokenize=backend.caps.can_tokenize,
+        can_embed=backend.caps.can_embed,
+        prefix_cache=backend.caps.prefix_cache,
+    )
 
 
-def chat(text: str = "Hello, how are you?", *, model: str = "llama3.2:1b", system: str | None = None,
-         history: list[tuple[str, str]] | None = None, **fields: Any) -> ChatRequest:
+def chat(
+    text: str = "Hello, how are you?",
+    *,
+    model: str = "llama3.2:1b",
+    system: str | None = None,
+    history: list[tuple[str, str]] | None = None,
+    **fields: Any,
+) -> ChatRequest:
     messages = [Message(role="system", content=system)] if system else []
     for user, assistant in history or []:
         messages += [Message(role="user", content=user), Message(role="assistant", content=assistant)]
@@ -100,17 +123,31 @@ def run(host: PluginHost, request: ChatRequest) -> tuple[Plan, ChatResult]:
     return asyncio.run(go())
 
 
-def context(host: PluginHost, *, model: ModelInfo | None = None, pressure: Pressure | None = None,
-            loaded: dict[str, int | None] | None = None, profile: str = "balanced") -> HookContext:
+def context(
+    host: PluginHost,
+    *,
+    model: ModelInfo | None = None,
+    pressure: Pressure | None = None,
+    loaded: dict[str, int | None] | None = None,
+    profile: str = "balanced",
+) -> HookContext:
     backend = fake(host)
-    return HookContext(host=host, hardware=host.hardware, capabilities=backend.capabilities(), backend_name="fake",
-                       profile=get_profile(profile), model=model, pressure=pressure or Pressure(),
-                       loaded=loaded or {})
+    return HookContext(
+        host=host,
+        hardware=host.hardware,
+        capabilities=backend.capabilities(),
+        backend_name="fake",
+        profile=get_profile(profile),
+        model=model,
+        pressure=pressure or Pressure(),
+        loaded=loaded or {},
+    )
 
 
 def result(prompt_tokens: int, cached: int | None = None) -> ChatResult:
-    return ChatResult(model="m", content="ok", usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=2,
-                                                           cached_tokens=cached))
+    return ChatResult(
+        model="m", content="ok", usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=2, cached_tokens=cached)
+    )
 
 
 def pressure(tier: str = "normal", ram: float = 50.0, **kw: Any) -> Pressure:

@@ -56,8 +56,7 @@ def test_conversation_reloads_only_on_first_turn() -> None:
     history: list[tuple[str, str]] = []
     system = "You are a careful assistant. " * 40
     for turn in range(10):
-        p, _ = run(host, chat(f"Question number {turn}: what next?", system=system, history=history,
-                              max_tokens=32))
+        p, _ = run(host, chat(f"Question number {turn}: what next?", system=system, history=history, max_tokens=32))
         history.append((f"Question number {turn}: what next?", "A short answer with a few words in it. " * 3))
     backend = fake(host)
     assert backend.loads == 1 and backend.reloads == 0

@@ -76,11 +76,15 @@ def test_invalid_settings_name_the_key() -> None:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(words=st.integers(min_value=0, max_value=2500), max_tokens=st.integers(min_value=1, max_value=40000),
-       model_max=st.sampled_from([2048, 4096, 8192, 32768, 40960, 131072]),
-       profile=st.sampled_from(["fast", "balanced", "quality"]))
+@given(
+    words=st.integers(min_value=0, max_value=2500),
+    max_tokens=st.integers(min_value=1, max_value=40000),
+    model_max=st.sampled_from([2048, 4096, 8192, 32768, 40960, 131072]),
+    profile=st.sampled_from(["fast", "balanced", "quality"]),
+)
 def test_property_fits_prompt_and_output_when_possible_never_above_model_max(
-        words: int, max_tokens: int, model_max: int, profile: str) -> None:
+    words: int, max_tokens: int, model_max: int, profile: str
+) -> None:
     """Whole default stack (sizing → buckets → pressure → guard) on a roomy machine."""
     host = make_host(profile=profile)
     info = ModelInfo(**{**LLAMA_1B.model_dump(), "name": f"prop-{model_max}", "context_length": model_max})

@@ -15,8 +15,18 @@ from autotune_core.testing import make_hardware
 
 pytestmark = pytest.mark.embedded
 
-MINE = ("ctx-sizing", "ctx-buckets", "kv-precision", "live-pressure", "noswap-guard", "model-fit", "prefix-protect",
-        "keep-alive", "flash-attention", "prefill-batch")
+MINE = (
+    "ctx-sizing",
+    "ctx-buckets",
+    "kv-precision",
+    "live-pressure",
+    "noswap-guard",
+    "model-fit",
+    "prefix-protect",
+    "keep-alive",
+    "flash-attention",
+    "prefill-batch",
+)
 
 
 def _host() -> PluginHost:

@@ -34,9 +34,16 @@ async def _answers(host: PluginHost) -> tuple[list[str], list[int | None]]:
     texts, contexts = [], []
     try:
         for prompt in PROMPTS:
-            request = ChatRequest(model="gemma3-270m", kind="completion", prompt=prompt,
-                                  messages=[Message(role="user", content=prompt)], max_tokens=24,
-                                  temperature=0.0, seed=1, options={"num_ctx": 1024})
+            request = ChatRequest(
+                model="gemma3-270m",
+                kind="completion",
+                prompt=prompt,
+                messages=[Message(role="user", content=prompt)],
+                max_tokens=24,
+                temperature=0.0,
+                seed=1,
+                options={"num_ctx": 1024},
+            )
             prepared = await pipeline.prepare(request)
             contexts.append(prepared.plan.num_ctx)
             texts.append((await pipeline.run(prepared)).content)

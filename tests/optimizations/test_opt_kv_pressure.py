@@ -59,8 +59,7 @@ def pressured(tier: str, ram: float) -> tuple[object, object]:
 
 
 def test_tiers_applied_after_snapping_and_snapped_down() -> None:
-    expected = {"normal": (4096, "f16"), "moderate": (3072, "f16"), "high": (3072, "q8_0"),
-                "critical": (2048, "q8_0")}
+    expected = {"normal": (4096, "f16"), "moderate": (3072, "f16"), "high": (3072, "q8_0"), "critical": (2048, "q8_0")}
     for tier, ram in (("normal", 50), ("moderate", 81), ("high", 89), ("critical", 95)):
         _, p = pressured(tier, ram)
         assert (p.num_ctx, p.kv_type) == expected[tier], tier

@@ -19,14 +19,32 @@ from autotune_core.testing import GEMMA_270M, LLAMA_1B, make_hardware
 from autotune_plugins.model_fit import assess
 
 #: an 8B llama-shaped model: 32 layers × 8 KV heads × 128 dims → 128 KiB/token at f16
-LLAMA_8B = ModelInfo(name="llama3.1:8b", architecture="llama", block_count=32, head_count=32, head_count_kv=8,
-                     key_length=128, value_length=128, embedding_length=4096, context_length=131072,
-                     quantization="Q4_K_M", size_bytes=int(4.9 * GiB), parameter_count=8_030_000_000)
+LLAMA_8B = ModelInfo(
+    name="llama3.1:8b",
+    architecture="llama",
+    block_count=32,
+    head_count=32,
+    head_count_kv=8,
+    key_length=128,
+    value_length=128,
+    embedding_length=4096,
+    context_length=131072,
+    quantization="Q4_K_M",
+    size_bytes=int(4.9 * GiB),
+    parameter_count=8_030_000_000,
+)
 
 
 def guarded(available_gib: float, *, profile: str = "quality", at_load_kv: bool = True, **kw: object) -> object:
-    host = make_host("ctx-sizing", "ctx-buckets", "kv-precision", "noswap-guard", profile=profile,
-                     hardware=make_hardware(ram_gib=64, available_gib=available_gib), **kw)  # type: ignore[arg-type]
+    host = make_host(
+        "ctx-sizing",
+        "ctx-buckets",
+        "kv-precision",
+        "noswap-guard",
+        profile=profile,
+        hardware=make_hardware(ram_gib=64, available_gib=available_gib),
+        **kw,
+    )  # type: ignore[arg-type]
     if at_load_kv:
         set_scope(host, "kv_type", KnobScope.AT_LOAD)
     return host
@@ -105,11 +123,16 @@ def test_discrete_gpu_budget_is_free_vram() -> None:
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(available=st.floats(min_value=5.0, max_value=20.0), words=st.integers(min_value=1, max_value=3000),
-       max_tokens=st.integers(min_value=1, max_value=30000), profile=st.sampled_from(["fast", "balanced", "quality"]),
-       model=st.sampled_from([LLAMA_8B, LLAMA_1B, GEMMA_270M]))
-def test_property_kv_never_exceeds_budget_when_anything_fits(available: float, words: int, max_tokens: int,
-                                                             profile: str, model: ModelInfo) -> None:
+@given(
+    available=st.floats(min_value=5.0, max_value=20.0),
+    words=st.integers(min_value=1, max_value=3000),
+    max_tokens=st.integers(min_value=1, max_value=30000),
+    profile=st.sampled_from(["fast", "balanced", "quality"]),
+    model=st.sampled_from([LLAMA_8B, LLAMA_1B, GEMMA_270M]),
+)
+def test_property_kv_never_exceeds_budget_when_anything_fits(
+    available: float, words: int, max_tokens: int, profile: str, model: ModelInfo
+) -> None:
     host = guarded(available, profile=profile)
     try:
         p = plan(host, chat("word " * words, max_tokens=max_tokens), info=model)

@@ -27,8 +27,7 @@ def cli(monkeypatch: pytest.MonkeyPatch) -> click.Group:
 
 
 def test_plan_prints_every_step_advice_and_wire_options(cli: click.Group) -> None:
-    out = CliRunner().invoke(cli, ["plan", "llama3.2:1b", "-m", "hello", "--system", "Be brief.", "--max-tokens",
-                                   "64"])
+    out = CliRunner().invoke(cli, ["plan", "llama3.2:1b", "-m", "hello", "--system", "Be brief.", "--max-tokens", "64"])
     assert out.exit_code == 0, out.output
     for plugin in ("ctx-sizing", "ctx-buckets", "noswap-guard", "kv-precision", "keep-alive", "prefix-protect"):
         assert plugin in out.output
@@ -38,9 +37,18 @@ def test_plan_prints_every_step_advice_and_wire_options(cli: click.Group) -> Non
 
 def test_plan_json_and_file_bodies(cli: click.Group, tmp_path: Path) -> None:
     body = tmp_path / "req.json"
-    body.write_text(json.dumps({"model": "llama3.2:1b", "messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "hello"}]}], "max_tokens": 100}))
+    body.write_text(
+        json.dumps(
+            {
+                "model": "llama3.2:1b",
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": [{"type": "text", "text": "hello"}]},
+                ],
+                "max_tokens": 100,
+            }
+        )
+    )
     out = CliRunner().invoke(cli, ["plan", "llama3.2:1b", "--file", str(body), "--json"])
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)

@@ -43,14 +43,27 @@ def test_num_keep_recapped_after_the_final_num_ctx() -> None:
     assert "re-capped" in steps(p, "prefix-protect", "num_keep")[-1]
 
 
-def post(plugin: PrefixProtectPlugin, host: object, p: Plan, reported: int, cached: int | None = None,
-         prefix_cache: bool = True) -> None:
+def post(
+    plugin: PrefixProtectPlugin,
+    host: object,
+    p: Plan,
+    reported: int,
+    cached: int | None = None,
+    prefix_cache: bool = True,
+) -> None:
     ctx = context(host)  # type: ignore[arg-type]
     ctx.capabilities = ctx.capabilities.model_copy(update={"prefix_cache": prefix_cache})
     request = chat("x")
     plugin.pre_request(ctx, request, p)
-    asyncio.run(host.acall("post_response", ctx=ctx, request=request, plan=p,  # type: ignore[attr-defined]
-                           result=result(reported, cached)))
+    asyncio.run(
+        host.acall(
+            "post_response",
+            ctx=ctx,
+            request=request,
+            plan=p,  # type: ignore[attr-defined]
+            result=result(reported, cached),
+        )
+    )
 
 
 def test_truncation_flagged_with_counter_and_warning(caplog: pytest.LogCaptureFixture) -> None:
@@ -154,8 +167,7 @@ def test_flash_attention_at_load_and_required_for_quantized_v() -> None:
     set_scope(host, "flash_attn", KnobScope.AT_LOAD)
     set_scope(host, "kv_type", KnobScope.AT_LOAD)
     assert plan(host, chat()).flash_attn is True
-    off = make_host("flash-attention", "kv-precision", profile="fast",
-                    settings={"flash-attention": {"enable": False}})
+    off = make_host("flash-attention", "kv-precision", profile="fast", settings={"flash-attention": {"enable": False}})
     set_scope(off, "flash_attn", KnobScope.AT_LOAD)
     set_scope(off, "kv_type", KnobScope.AT_LOAD)
     p = plan(off, chat())
@@ -173,8 +185,9 @@ def test_flash_attention_auto_asks_only_where_a_gpu_runs_it() -> None:
     assert p.flash_attn is None and "CPU-only" in steps(p, "flash-attention")[0]
     gpu = make_host("flash-attention")
     set_scope(gpu, "flash_attn", KnobScope.AT_LOAD)
-    gpu.hardware = gpu.hardware.model_copy(update={"gpus": [GpuInfo(vendor="nvidia", name="RTX 4090",
-                                                                        memory_total_bytes=24 * 2**30)]})
+    gpu.hardware = gpu.hardware.model_copy(
+        update={"gpus": [GpuInfo(vendor="nvidia", name="RTX 4090", memory_total_bytes=24 * 2**30)]}
+    )
     assert plan(gpu, chat()).flash_attn is True
 
 

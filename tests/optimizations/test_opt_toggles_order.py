@@ -25,8 +25,13 @@ def test_all_ten_load_from_entry_points_by_default(autotune_host_factory: Any) -
 def test_fold_order() -> None:
     host = make_host()
     assert host.hook_order("choose_num_ctx") == ["ctx-sizing", "ctx-buckets", "live-pressure", "noswap-guard"]
-    assert host.hook_order("choose_kv_type") == ["kv-precision", "live-pressure", "noswap-guard",
-                                                 "flash-attention", "prefix-protect"]
+    assert host.hook_order("choose_kv_type") == [
+        "kv-precision",
+        "live-pressure",
+        "noswap-guard",
+        "flash-attention",
+        "prefix-protect",
+    ]
     assert host.hook_order("pre_request")[-1] == "prefix-protect"  # after compression changed the messages
     stages = {name: host.records[name].fold_positions for name in MINE}
     assert stages["ctx-sizing"]["choose_num_ctx"].startswith("propose")
@@ -72,12 +77,14 @@ def test_disabled_plugin_is_absent_and_its_effect_gone(name: str, via: str, auto
 
 
 def test_disable_everything_leaves_a_plain_request(autotune_host_factory: Any) -> None:
-    host = autotune_host_factory(load_entrypoints=True,
-                                 config=Settings(backend="fake", plugins=PluginsConfig(disabled=MINE)), env={})
+    host = autotune_host_factory(
+        load_entrypoints=True, config=Settings(backend="fake", plugins=PluginsConfig(disabled=MINE)), env={}
+    )
     assert not any(host.enabled(name) for name in MINE)
     p = plan(host, chat("hi", system="Be brief."))
     assert not [e for e in p.trace if e.plugin in MINE]
-    bare = autotune_host_factory(load_entrypoints=True, config=Settings(backend="fake"),
-                                 env={"AUTOTUNE_LOAD_PLUGINS": ""})
+    bare = autotune_host_factory(
+        load_entrypoints=True, config=Settings(backend="fake"), env={"AUTOTUNE_LOAD_PLUGINS": ""}
+    )
     p = plan(bare, chat("hi", system="Be brief."))
     assert (p.num_ctx, p.kv_type, p.num_keep, p.num_batch, p.keep_alive, p.flash_attn) == (None,) * 6

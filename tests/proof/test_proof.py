@@ -98,9 +98,23 @@ def test_proof_command_writes_its_files(fake_ollama: Any, tmp_path: Any, monkeyp
     monkeypatch.setenv("AUTOTUNE_OLLAMA_URL", fake_ollama.url)
     cli_common.reset_host()
     out = tmp_path / "proof.json"
-    result = CliRunner().invoke(_build(), ["proof", "--quick", "--backend", "ollama", "--model", "llama3.2:1b",
-                                           "--scenario", "short", "--json", str(out), "--markdown",
-                                           str(tmp_path / "proof.md")])
+    result = CliRunner().invoke(
+        _build(),
+        [
+            "proof",
+            "--quick",
+            "--backend",
+            "ollama",
+            "--model",
+            "llama3.2:1b",
+            "--scenario",
+            "short",
+            "--json",
+            str(out),
+            "--markdown",
+            str(tmp_path / "proof.md"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "autotune / plain" in result.output and "short chats" in result.output
     assert json.loads(out.read_text())["model"] == "llama3.2:1b"
@@ -115,8 +129,13 @@ def test_proof_quick_on_the_embedded_model(tmp_path: Any) -> None:
     out = tmp_path / "proof.json"
     env = {**os.environ, "AUTOTUNE_BACKEND": "llamacpp"}
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", "from autotune_core.cli import main; main()", "proof", "--quick",
-                           "--json", str(out)], env=env, capture_output=True, text=True, timeout=880)
+    proc = subprocess.run(
+        [sys.executable, "-c", "from autotune_core.cli import main; main()", "proof", "--quick", "--json", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=880,
+    )
     took = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     data = json.loads(out.read_text())

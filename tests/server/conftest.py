@@ -144,8 +144,9 @@ class SlowFake(FakeBackend):
         return await super().embed(model, inputs)
 
 
-def fake_host(*plugins: object, fake: dict[str, Any] | None = None, backend: type[FakeBackend] | None = None,
-              **server: Any) -> PluginHost:
+def fake_host(
+    *plugins: object, fake: dict[str, Any] | None = None, backend: type[FakeBackend] | None = None, **server: Any
+) -> PluginHost:
     """The shipped host (pytest_plugin.make_host) with ``[server]`` settings and the fake backend's settings."""
     config = settings(**server)
     if fake:
@@ -158,10 +159,17 @@ def live_factory() -> Iterator[Callable[..., LiveServer]]:
     """``make(*plugins, fake={...FakeBackend settings}, keepalive_interval=.., **[server] settings)``."""
     made: list[LiveServer] = []
 
-    def make(*plugins: object, fake: dict[str, Any] | None = None, keepalive_interval: float = 5.0,
-             host: PluginHost | None = None, backend: type[FakeBackend] | None = None, **server: Any) -> LiveServer:
-        live = serve(host or fake_host(*plugins, fake=fake, backend=backend, **server),
-                     keepalive_interval=keepalive_interval)
+    def make(
+        *plugins: object,
+        fake: dict[str, Any] | None = None,
+        keepalive_interval: float = 5.0,
+        host: PluginHost | None = None,
+        backend: type[FakeBackend] | None = None,
+        **server: Any,
+    ) -> LiveServer:
+        live = serve(
+            host or fake_host(*plugins, fake=fake, backend=backend, **server), keepalive_interval=keepalive_interval
+        )
         made.append(live)
         return live
 

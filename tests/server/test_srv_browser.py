@@ -25,9 +25,19 @@ from autotune_plugins.recall import RecallPlugin
 pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--host-resolver-rules=MAP evil.test 127.0.0.1", "--virtual-time-budget=10000", "--dump-dom")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--host-resolver-rules=MAP evil.test 127.0.0.1",
+    "--virtual-time-budget=10000",
+    "--dump-dom",
+)
 REPLY = "browser-ok-42"
 
 #: each call's outcome as one line of text in #out; a blocked fetch rejects with TypeError
@@ -94,8 +104,10 @@ class PageServer:
                 body = self.page if found else b"not found"
                 status = b"200 OK" if found else b"404 Not Found"
                 self.served += found
-                conn.sendall(b"HTTP/1.1 %s\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: %d\r\n"
-                             b"Connection: close\r\nCache-Control: no-store\r\n\r\n%s" % (status, len(body), body))
+                conn.sendall(
+                    b"HTTP/1.1 %s\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: %d\r\n"
+                    b"Connection: close\r\nCache-Control: no-store\r\n\r\n%s" % (status, len(body), body)
+                )
 
     def stop(self) -> None:
         self.stopping = True
@@ -116,14 +128,20 @@ def dump_dom(url: str) -> str:
     """The page's DOM once its fetches settled (virtual time waits for the network), from a fresh profile."""
     assert CHROMIUM is not None
     with tempfile.TemporaryDirectory(prefix="autotune-chromium-") as profile:
-        done = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", url], capture_output=True,
-                              timeout=60, env={**os.environ, "HOME": profile})
+        done = subprocess.run(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", url],
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "HOME": profile},
+        )
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
     return done.stdout.decode()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install -y chromium); "
-                                             "the real-browser CORS test needs it")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium is not installed (Debian: apt-get install -y chromium); the real-browser CORS test needs it",
+)
 def test_a_browser_page_from_a_local_origin_works_and_a_foreign_one_is_blocked(autotune: LiveServer) -> None:
     pages = PageServer((PAGE % {"base": autotune.url}).encode())
     try:

@@ -66,8 +66,15 @@ def test_foreign_host_is_refused_on_every_route_with_the_doors_error_shape(guard
     ollama_error = post_chat(guarded, "/api/chat", Host=host)
     assert ollama_error.status_code == 403 and set(ollama_error.json()) == {"error"}
     assert "allowed_hosts" in ollama_error.json()["error"]
-    for method, path in (("GET", "/api/conversations"), ("POST", "/api/conversations"), ("GET", "/metrics"),
-                         ("GET", "/-/plugins"), ("GET", "/health"), ("GET", "/v1/models"), ("GET", "/api/tags")):
+    for method, path in (
+        ("GET", "/api/conversations"),
+        ("POST", "/api/conversations"),
+        ("GET", "/metrics"),
+        ("GET", "/-/plugins"),
+        ("GET", "/health"),
+        ("GET", "/v1/models"),
+        ("GET", "/api/tags"),
+    ):
         refused = httpx.request(method, guarded.url + path, headers={"Host": host}, timeout=5)
         assert refused.status_code == 403, path
         assert "access-control-allow-origin" not in refused.headers
@@ -75,8 +82,9 @@ def test_foreign_host_is_refused_on_every_route_with_the_doors_error_shape(guard
     assert conversations(guarded) == []  # the refused POST created nothing
 
 
-@pytest.mark.parametrize("name", ["localhost", "127.0.0.1", "127.0.0.2", "[::1]", "app.localhost", "LocalHost",
-                                  "localhost."])
+@pytest.mark.parametrize(
+    "name", ["localhost", "127.0.0.1", "127.0.0.2", "[::1]", "app.localhost", "LocalHost", "localhost."]
+)
 def test_loopback_hosts_pass(guarded: LiveServer, name: str) -> None:
     response = post_chat(guarded, "/v1/chat/completions", Host=f"{name}:{port(guarded)}")
     assert response.status_code == 200, response.text
@@ -93,8 +101,14 @@ def test_the_machines_name_and_the_address_it_arrived_on_pass(guarded: LiveServe
 def test_allowed_hosts_config_exact_suffix_and_any(tmp_path: Path) -> None:
     live = recall_server(tmp_path, allowed_hosts=["mybox.lan", "*.home.arpa"])
     try:
-        for name, status in (("mybox.lan", 200), ("MYBOX.LAN:8765", 200), ("nas.home.arpa", 200),
-                             ("home.arpa", 403), ("mybox.lan.evil.example", 403), ("evil.example", 403)):
+        for name, status in (
+            ("mybox.lan", 200),
+            ("MYBOX.LAN:8765", 200),
+            ("nas.home.arpa", 200),
+            ("home.arpa", 403),
+            ("mybox.lan.evil.example", 403),
+            ("evil.example", 403),
+        ):
             assert post_chat(live, "/v1/chat/completions", Host=name).status_code == status, name
     finally:
         live.stop(wait=False)
@@ -106,12 +120,20 @@ def test_allowed_hosts_config_exact_suffix_and_any(tmp_path: Path) -> None:
 
 
 def test_environment_lists_and_bad_entries() -> None:
-    settings = load_settings(Path("/nonexistent/config.toml"), env={
-        "AUTOTUNE_ALLOWED_HOSTS": "mybox.lan, *.home.arpa", "AUTOTUNE_ORIGINS": "chrome-extension://*,http://ui.lan"})
+    settings = load_settings(
+        Path("/nonexistent/config.toml"),
+        env={
+            "AUTOTUNE_ALLOWED_HOSTS": "mybox.lan, *.home.arpa",
+            "AUTOTUNE_ORIGINS": "chrome-extension://*,http://ui.lan",
+        },
+    )
     assert settings.server.allowed_hosts == ["mybox.lan", "*.home.arpa"]
     assert settings.server.allowed_origins == ["chrome-extension://*", "http://ui.lan"]
-    for server in ({"allowed_origins": ["evil.example"]}, {"allowed_hosts": ["http://mybox.lan/"]},
-                   {"allowed_hosts": ["a*b.lan"]}):
+    for server in (
+        {"allowed_origins": ["evil.example"]},
+        {"allowed_hosts": ["http://mybox.lan/"]},
+        {"allowed_hosts": ["a*b.lan"]},
+    ):
         with pytest.raises(ConfigError, match=r"server\.allowed_"):
             create_app(fake_host(**server), sampler=False)
 
@@ -123,8 +145,9 @@ def test_foreign_origin_is_refused_before_any_work(guarded: LiveServer) -> None:
     # the "simple" request a page can send without a preflight
     simple = {"Origin": EVIL, "Content-Type": "text/plain"}
     for path in ("/v1/chat/completions", "/api/chat", "/api/generate"):
-        response = httpx.post(guarded.url + path, content=b'{"model":"llama3.2:1b","prompt":"x","messages":[]}',
-                              headers=simple, timeout=5)
+        response = httpx.post(
+            guarded.url + path, content=b'{"model":"llama3.2:1b","prompt":"x","messages":[]}', headers=simple, timeout=5
+        )
         assert response.status_code == 403, path
         assert "access-control-allow-origin" not in response.headers
     error = post_chat(guarded, "/v1/chat/completions", Origin=EVIL).json()["error"]
@@ -139,14 +162,32 @@ def test_foreign_origin_is_refused_before_any_work(guarded: LiveServer) -> None:
 
 
 def test_foreign_preflight_is_refused(guarded: LiveServer) -> None:
-    response = httpx.options(guarded.url + "/v1/chat/completions", timeout=5, headers={
-        "Origin": EVIL, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"})
+    response = httpx.options(
+        guarded.url + "/v1/chat/completions",
+        timeout=5,
+        headers={
+            "Origin": EVIL,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
     assert response.status_code == 403 and "access-control-allow-origin" not in response.headers
 
 
-@pytest.mark.parametrize("origin", [LOCAL_UI, "http://127.0.0.1:5173", "https://localhost", "http://[::1]:8080",
-                                    "http://0.0.0.0:3000", "app://obsidian.md", "tauri://localhost",
-                                    "vscode-webview://1abc", "file://"])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        LOCAL_UI,
+        "http://127.0.0.1:5173",
+        "https://localhost",
+        "http://[::1]:8080",
+        "http://0.0.0.0:3000",
+        "app://obsidian.md",
+        "tauri://localhost",
+        "vscode-webview://1abc",
+        "file://",
+    ],
+)
 def test_default_local_origins_get_cors_headers(guarded: LiveServer, origin: str) -> None:
     response = post_chat(guarded, "/v1/chat/completions", Origin=origin)
     assert response.status_code == 200
@@ -167,8 +208,17 @@ def test_every_autotune_response_header_is_exposed_to_browsers() -> None:
     assert names <= exposed, f"add {sorted(names - exposed)} to guard.EXPOSED_HEADERS"
 
 
-@pytest.mark.parametrize("origin", ["http://localhost.evil.example", "http://127.0.0.2:3000", "null",
-                                    "chrome-extension://abcdef", "moz-extension://1234", "https://localhost.evil:1"])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://localhost.evil.example",
+        "http://127.0.0.2:3000",
+        "null",
+        "chrome-extension://abcdef",
+        "moz-extension://1234",
+        "https://localhost.evil:1",
+    ],
+)
 def test_look_alikes_extensions_and_null_are_refused_by_default(guarded: LiveServer, origin: str) -> None:
     assert post_chat(guarded, "/api/chat", Origin=origin).status_code == 403
 
@@ -177,8 +227,9 @@ def test_both_doors_and_the_plugin_route_answer_an_allowed_origin(guarded: LiveS
     ollama = post_chat(guarded, "/api/chat", Origin=LOCAL_UI)
     assert ollama.status_code == 200 and ollama.json()["message"]["content"]
     assert ollama.headers["access-control-allow-origin"] == LOCAL_UI
-    created = httpx.post(guarded.url + "/api/conversations", json={"title": "ui"}, headers={"Origin": LOCAL_UI},
-                         timeout=5)
+    created = httpx.post(
+        guarded.url + "/api/conversations", json={"title": "ui"}, headers={"Origin": LOCAL_UI}, timeout=5
+    )
     assert created.status_code == 201 and created.headers["access-control-allow-origin"] == LOCAL_UI
     listed = httpx.get(guarded.url + "/api/conversations", headers={"Origin": LOCAL_UI}, timeout=5)
     assert listed.headers["access-control-allow-origin"] == LOCAL_UI
@@ -190,8 +241,9 @@ def test_both_doors_and_the_plugin_route_answer_an_allowed_origin(guarded: LiveS
 
 def test_streams_carry_the_cors_headers_on_both_doors(guarded: LiveServer) -> None:
     for path, last in (("/v1/chat/completions", b"data: [DONE]"), ("/api/chat", b'"done":true')):
-        with httpx.stream("POST", guarded.url + path, json={**CHAT, "stream": True}, headers={"Origin": LOCAL_UI},
-                          timeout=5) as response:
+        with httpx.stream(
+            "POST", guarded.url + path, json={**CHAT, "stream": True}, headers={"Origin": LOCAL_UI}, timeout=5
+        ) as response:
             assert response.status_code == 200
             assert response.headers["access-control-allow-origin"] == LOCAL_UI
             body = response.read()
@@ -204,12 +256,21 @@ def test_no_origin_is_unaffected(guarded: LiveServer) -> None:
     assert "vary" not in response.headers
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat", "/api/conversations/abc", "/metrics",
-                                  "/v1/embeddings", "/anything/else"])
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/chat/completions", "/api/chat", "/api/conversations/abc", "/metrics", "/v1/embeddings", "/anything/else"],
+)
 def test_preflight_is_answered_for_every_route(guarded: LiveServer, path: str) -> None:
     requested = "authorization, content-type, x-stainless-os, x-stainless-retry-count, x-stainless-new-one"
-    response = httpx.options(guarded.url + path, timeout=5, headers={
-        "Origin": LOCAL_UI, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": requested})
+    response = httpx.options(
+        guarded.url + path,
+        timeout=5,
+        headers={
+            "Origin": LOCAL_UI,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": requested,
+        },
+    )
     assert response.status_code == 204
     assert response.headers["access-control-allow-origin"] == LOCAL_UI
     methods = {m.strip() for m in response.headers["access-control-allow-methods"].split(",")}
@@ -223,21 +284,35 @@ def test_preflight_is_answered_for_every_route(guarded: LiveServer, path: str) -
 
 
 def test_preflight_leaves_out_unknown_headers_and_answers_private_network(guarded: LiveServer) -> None:
-    response = httpx.options(guarded.url + "/api/chat", timeout=5, headers={
-        "Origin": LOCAL_UI, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type, x-evil", "Access-Control-Request-Private-Network": "true"})
+    response = httpx.options(
+        guarded.url + "/api/chat",
+        timeout=5,
+        headers={
+            "Origin": LOCAL_UI,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, x-evil",
+            "Access-Control-Request-Private-Network": "true",
+        },
+    )
     assert response.status_code == 204
     assert "x-evil" not in response.headers["access-control-allow-headers"]
     assert response.headers["access-control-allow-private-network"] == "true"
 
 
 def test_allowed_origins_config_wildcards_and_any(tmp_path: Path) -> None:
-    live = recall_server(tmp_path, allowed_origins=["chrome-extension://*", "https://*.example.com",
-                                                    "http://ui.lan:8080/"])
+    live = recall_server(
+        tmp_path, allowed_origins=["chrome-extension://*", "https://*.example.com", "http://ui.lan:8080/"]
+    )
     try:
-        for origin, status in (("chrome-extension://abcdef", 200), ("https://chat.example.com", 200),
-                               ("http://ui.lan:8080", 200), ("http://ui.lan:8081", 403), (LOCAL_UI, 200),
-                               ("https://example.com.evil.net", 403), ("moz-extension://1234", 403)):
+        for origin, status in (
+            ("chrome-extension://abcdef", 200),
+            ("https://chat.example.com", 200),
+            ("http://ui.lan:8080", 200),
+            ("http://ui.lan:8081", 403),
+            (LOCAL_UI, 200),
+            ("https://example.com.evil.net", 403),
+            ("moz-extension://1234", 403),
+        ):
             response = post_chat(live, "/v1/chat/completions", Origin=origin)
             assert response.status_code == status, origin
     finally:
@@ -283,22 +358,38 @@ def test_with_a_key_memory_routes_need_it_and_preflights_do_not(tmp_path: Path) 
     live = recall_server(tmp_path, api_key=KEY)
     try:
         auth = {"Authorization": f"Bearer {KEY}"}
-        for path in ("/api/conversations", "/api/conversations/abc", "/api/conversations/abc/export", "/metrics",
-                     "/-/plugins"):
+        for path in (
+            "/api/conversations",
+            "/api/conversations/abc",
+            "/api/conversations/abc/export",
+            "/metrics",
+            "/-/plugins",
+        ):
             refused = httpx.get(live.url + path, headers={"Origin": LOCAL_UI}, timeout=5)
             assert refused.status_code == 401, path
             assert refused.headers["access-control-allow-origin"] == LOCAL_UI  # the UI can read why
         assert httpx.post(live.url + "/api/conversations", json={}, timeout=5).status_code == 401
         assert httpx.get(live.url + "/api/conversations", headers=auth, timeout=5).status_code == 200
-        preflight = httpx.options(live.url + "/api/conversations", timeout=5, headers={
-            "Origin": LOCAL_UI, "Access-Control-Request-Method": "GET",
-            "Access-Control-Request-Headers": "authorization"})
+        preflight = httpx.options(
+            live.url + "/api/conversations",
+            timeout=5,
+            headers={
+                "Origin": LOCAL_UI,
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
         assert preflight.status_code == 204 and "authorization" in preflight.headers["access-control-allow-headers"]
         # the key does not replace the Host and Origin checks
-        assert httpx.get(live.url + "/api/conversations", headers={**auth, "Origin": EVIL}, timeout=5).status_code \
+        assert (
+            httpx.get(live.url + "/api/conversations", headers={**auth, "Origin": EVIL}, timeout=5).status_code == 403
+        )
+        assert (
+            httpx.get(
+                live.url + "/api/conversations", headers={**auth, "Host": "attacker.example"}, timeout=5
+            ).status_code
             == 403
-        assert httpx.get(live.url + "/api/conversations", headers={**auth, "Host": "attacker.example"},
-                         timeout=5).status_code == 403
+        )
     finally:
         live.stop(wait=False)
 

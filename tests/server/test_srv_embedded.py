@@ -50,8 +50,11 @@ def test_openai_non_streaming_and_streaming(embedded: tuple[LiveServer, str]) ->
     assert reply.choices[0].message.content
     assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 8
     assert "num_ctx=" in raw.headers["x-autotune-plan"]
-    chunks = list(client.chat.completions.create(model=model, messages=MSGS, max_tokens=8, temperature=0,
-                                                 stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=MSGS, max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.strip()
     assert text == reply.choices[0].message.content, "temperature 0: streamed and whole answers agree"
@@ -75,7 +78,8 @@ def test_errors_on_the_embedded_model(embedded: tuple[LiveServer, str]) -> None:
     live, model = embedded
     with pytest.raises(openai.NotFoundError) as missing:
         openai.OpenAI(base_url=live.url + "/v1", api_key="x", max_retries=0, timeout=30).chat.completions.create(
-            model="no-such-model", messages=MSGS, max_tokens=4)
+            model="no-such-model", messages=MSGS, max_tokens=4
+        )
     assert model in str(missing.value)
     with pytest.raises(ollama.ResponseError) as bad:
         ollama.Client(host=live.url, timeout=30).chat(model=model, messages=[{"role": "robot", "content": "x"}])
@@ -86,11 +90,19 @@ def test_a_client_hanging_up_stops_the_embedded_generation(embedded: tuple[LiveS
     """Non-streaming: the slot frees at once and the worker process stops at its next token, not at the end."""
     live, model = embedded
     backend: Any = live.host.backend("llamacpp")
-    body = json.dumps({"model": model, "max_tokens": 1500, "temperature": 0, "messages": [
-        {"role": "user", "content": "Count from 1 to 1000, one number per line."}]}).encode()
+    body = json.dumps(
+        {
+            "model": model,
+            "max_tokens": 1500,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
+        }
+    ).encode()
     sock = socket.create_connection(("127.0.0.1", int(live.url.rsplit(":", 1)[1])), timeout=10)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
     deadline = time.monotonic() + 30
     while not backend.engine.busy and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -38,8 +38,9 @@ def _live(**server: Any) -> LiveServer:
     config = settings(**server)
     config.backend_order = ["llamacpp", "fake"]
     config.backends["llamacpp"] = {"n_ctx": 512, "cancel_grace": 1.0, "crash_backoff": 0.0, "keep_alive": -1}
-    host = PluginHost(config=config, plugins=[LlamaCppPlugin(), FakeBackendPlugin()], load_entrypoints=False,
-                      hardware=make_hardware())
+    host = PluginHost(
+        config=config, plugins=[LlamaCppPlugin(), FakeBackendPlugin()], load_entrypoints=False, hardware=make_hardware()
+    )
     return serve(host, keepalive_interval=0.5)
 
 
@@ -52,8 +53,13 @@ def live(monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveServer]:
 
 
 def body(model: str = MODEL, *, stream: bool = False, max_tokens: int = 8, prompt: str = "Name one colour.") -> Any:
-    return {"model": model, "stream": stream, "max_tokens": max_tokens, "temperature": 0,
-            "messages": [{"role": "user", "content": prompt}]}
+    return {
+        "model": model,
+        "stream": stream,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": prompt}],
+    }
 
 
 def chat(live: LiveServer, **kw: Any) -> httpx.Response:
@@ -64,8 +70,10 @@ def chat(live: LiveServer, **kw: Any) -> httpx.Response:
 def sse(live: LiveServer, **kw: Any) -> tuple[int, list[Any]]:
     """(status, data events) of a streamed answer; ``"[DONE]"`` stays a string."""
     events: list[Any] = []
-    with live.client(timeout=60) as client, client.stream("POST", "/v1/chat/completions",
-                                                            json=body(stream=True, **kw)) as response:
+    with (
+        live.client(timeout=60) as client,
+        client.stream("POST", "/v1/chat/completions", json=body(stream=True, **kw)) as response,
+    ):
         for line in response.iter_lines():
             if line.startswith("data: "):
                 data = line[6:]
@@ -90,8 +98,9 @@ def recovered(live: LiveServer, monkeypatch: pytest.MonkeyPatch, crashed_pid: in
     live.wait_idle(timeout=5)
 
 
-def test_sigsegv_mid_stream_ends_the_stream_with_an_error_event(live: LiveServer,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sigsegv_mid_stream_ends_the_stream_with_an_error_event(
+    live: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(CRASH_ENV, "mid_stream")
     status, events = sse(live, max_tokens=16)
     assert status == 200
@@ -104,8 +113,9 @@ def test_sigsegv_mid_stream_ends_the_stream_with_an_error_event(live: LiveServer
     recovered(live, monkeypatch, None)
 
 
-def test_sigsegv_at_load_is_a_502_naming_the_signal_and_the_fix(live: LiveServer,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sigsegv_at_load_is_a_502_naming_the_signal_and_the_fix(
+    live: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(CRASH_ENV, "at_load")
     response = chat(live)
     assert response.status_code == 502
@@ -122,12 +132,12 @@ def test_a_worker_killed_with_sigkill_during_a_request(live: LiveServer, monkeyp
     pid = engine.pid
     assert pid is not None
     answer: dict[str, httpx.Response] = {}
-    thread = threading.Thread(target=lambda: answer.setdefault("r", chat(live, max_tokens=400,
-                                                                         prompt="Count from 1 to 500.")))
+    thread = threading.Thread(
+        target=lambda: answer.setdefault("r", chat(live, max_tokens=400, prompt="Count from 1 to 500."))
+    )
     thread.start()
     deadline = time.monotonic() + 30
-    while not (engine.busy and engine.worker is not None and engine.worker.tokens > 3) \
-            and time.monotonic() < deadline:
+    while not (engine.busy and engine.worker is not None and engine.worker.tokens > 3) and time.monotonic() < deadline:
         time.sleep(0.01)
     os.kill(pid, signal.SIGKILL)  # what the kernel's OOM killer does
     thread.join(timeout=30)
@@ -165,8 +175,9 @@ def _hung(live: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
     recovered(live, monkeypatch, None)
 
 
-def test_sigill_takes_the_backend_down_with_the_reason_in_health(live: LiveServer,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sigill_takes_the_backend_down_with_the_reason_in_health(
+    live: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(CRASH_ENV, "at_load:SIGILL")
     response = chat(live)
     assert response.status_code == 502 and "SIGILL" in response.json()["error"]["message"]

@@ -28,7 +28,7 @@ def test_upstream_failure_mid_stream_sse(live_factory: Any) -> None:
     live: LiveServer = live_factory(fake={"fail_after_chunks": 2})
     with httpx.Client(base_url=live.url, timeout=10) as client:
         text = client.post("/v1/chat/completions", json={**CHAT, "stream": True}).text
-    events = [block[len("data: "):] for block in text.split("\n\n") if block.startswith("data: ")]
+    events = [block[len("data: ") :] for block in text.split("\n\n") if block.startswith("data: ")]
     assert events[-1] == "[DONE]"
     error = json.loads(events[-2])["error"]
     assert error["type"] == "upstream_error" and "dropped" in error["message"]
@@ -65,8 +65,7 @@ def test_failure_before_the_first_chunk_keeps_its_status(live_factory: Any) -> N
 
 
 def test_slow_upstream_times_out_with_504_and_is_cancelled(live_factory: Any) -> None:
-    live: LiveServer = live_factory(backend=SlowFake, fake={"chat_delay": 5, "chunk_delay": 5},
-                                    upstream_timeout=0.2)
+    live: LiveServer = live_factory(backend=SlowFake, fake={"chat_delay": 5, "chunk_delay": 5}, upstream_timeout=0.2)
     with httpx.Client(base_url=live.url, timeout=10) as client:
         started = time.monotonic()
         plain = client.post("/v1/chat/completions", json=CHAT)
@@ -82,10 +81,12 @@ def test_slow_upstream_times_out_with_504_and_is_cancelled(live_factory: Any) ->
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
-def test_an_upstream_that_goes_silent_mid_stream_is_cut_off_after_upstream_timeout(live_factory: Any,
-                                                                                   path: str) -> None:
-    live: LiveServer = live_factory(backend=SlowFake, fake={"stall_after_chunks": 2, "stall_seconds": 30},
-                                    upstream_timeout=0.5)
+def test_an_upstream_that_goes_silent_mid_stream_is_cut_off_after_upstream_timeout(
+    live_factory: Any, path: str
+) -> None:
+    live: LiveServer = live_factory(
+        backend=SlowFake, fake={"stall_after_chunks": 2, "stall_seconds": 30}, upstream_timeout=0.5
+    )
     started = time.monotonic()
     text = httpx.post(live.url + path, json={**CHAT, "stream": True}, timeout=10).text
     assert time.monotonic() - started < 3
@@ -141,8 +142,10 @@ def _hang_up_after_sending(live: LiveServer, path: str, body: dict[str, Any]) ->
     """Send a whole request on a raw socket (the caller closes it without reading the answer)."""
     data = json.dumps(body).encode()
     sock = socket.create_connection(("127.0.0.1", int(live.url.rsplit(":", 1)[1])), timeout=5)
-    sock.sendall(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
+    sock.sendall(
+        b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data)
+    )
     return sock
 
 
@@ -153,17 +156,23 @@ def _until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
     return condition()
 
 
-@pytest.mark.parametrize(("path", "body"), [
-    ("/v1/chat/completions", CHAT), ("/api/chat", {**CHAT, "stream": False}),
-    ("/v1/embeddings", {"model": "llama3.2:1b", "input": "hi"}),
-    ("/api/embed", {"model": "llama3.2:1b", "input": "hi"}),
-])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", CHAT),
+        ("/api/chat", {**CHAT, "stream": False}),
+        ("/v1/embeddings", {"model": "llama3.2:1b", "input": "hi"}),
+        ("/api/embed", {"model": "llama3.2:1b", "input": "hi"}),
+    ],
+)
 def test_non_streaming_client_hanging_up_frees_its_slot_and_its_place_in_line(
-        live_factory: Any, path: str, body: dict[str, Any]) -> None:
+    live_factory: Any, path: str, body: dict[str, Any]
+) -> None:
     """uvicorn does not cancel a handler whose client left: the proxy must notice, or the slot stays held
     and the waiter behind it later makes an upstream call for nobody."""
-    live: LiveServer = live_factory(backend=SlowFake, fake={"chat_delay": 30, "embed_delay": 30},
-                                    max_concurrent=1, queue_timeout=30)
+    live: LiveServer = live_factory(
+        backend=SlowFake, fake={"chat_delay": 30, "embed_delay": 30}, max_concurrent=1, queue_timeout=30
+    )
     holder = _hang_up_after_sending(live, path, body)
     assert _until(lambda: live.state.queue.active == 1)
     waiter = _hang_up_after_sending(live, path, body)
@@ -174,8 +183,10 @@ def test_non_streaming_client_hanging_up_frees_its_slot_and_its_place_in_line(
     live.wait_idle(timeout=2)  # the slot is free and the line empty long before the 30 s upstream call
     assert live.fake.cancelled == 1  # the waiter never reached the upstream
     metrics = httpx.get(live.url + "/metrics", timeout=5).text
-    assert f'autotune_requests_total{{door="{"ollama" if path.startswith("/api") else "openai"}",' \
-           f'endpoint="{path}",status="499"}} 2' in metrics
+    assert (
+        f'autotune_requests_total{{door="{"ollama" if path.startswith("/api") else "openai"}",'
+        f'endpoint="{path}",status="499"}} 2' in metrics
+    )
     live.fake.settings.update(chat_delay=0, embed_delay=0)
     assert httpx.post(live.url + path, json=body, timeout=10).status_code == 200
 

@@ -22,8 +22,19 @@ from autotune_core.testing import make_hardware
 
 MODEL = "llama3.2:1b"
 #: every sampling field either door could carry
-SAMPLING = {"temperature", "top_p", "top_k", "min_p", "typical_p", "repeat_penalty", "repeat_last_n",
-            "presence_penalty", "frequency_penalty", "seed", "mirostat"}
+SAMPLING = {
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "typical_p",
+    "repeat_penalty",
+    "repeat_last_n",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "mirostat",
+}
 Door = tuple[str, Callable[..., dict[str, Any]]]
 
 
@@ -35,8 +46,12 @@ def ollama_body(stream: bool, options: dict[str, Any] | None = None, **extra: An
 
 
 def openai_body(stream: bool, options: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}], "stream": stream,
-                            "max_tokens": 16}
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say hi"}],
+        "stream": stream,
+        "max_tokens": 16,
+    }
     if options is not None:
         body["options"] = options  # the OpenAI SDK's extra_body={"options": {...}}
     return {**body, **extra}
@@ -50,12 +65,16 @@ def proxied(fake_ollama_factory: Callable[..., FakeOllama]) -> Iterator[Callable
     """Live servers on every entry point before a fake Ollama: fidelity end to end through the real backend."""
     made: list[LiveServer] = []
 
-    def make(*, ram_gib: float = 16, available_gib: float = 12, models: list[FakeModel] | None = None,
-             **config: Any) -> tuple[LiveServer, FakeOllama]:
+    def make(
+        *, ram_gib: float = 16, available_gib: float = 12, models: list[FakeModel] | None = None, **config: Any
+    ) -> tuple[LiveServer, FakeOllama]:
         fake = fake_ollama_factory(models=models)
         raw: dict[str, Any] = {"backend_order": ["ollama"], "backends": {"ollama": {"url": fake.url}}, **config}
-        host = PluginHost(config=validate_settings(raw, "<test>"), load_entrypoints=True,
-                          hardware=make_hardware(ram_gib, available_gib))
+        host = PluginHost(
+            config=validate_settings(raw, "<test>"),
+            load_entrypoints=True,
+            hardware=make_hardware(ram_gib, available_gib),
+        )
         live = serve(host)
         made.append(live)
         return live, fake
@@ -86,8 +105,9 @@ def sent(fake: FakeOllama) -> dict[str, Any]:
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 @pytest.mark.parametrize(("path", "build"), DOORS, ids=["ollama", "openai"])
-def test_explicit_num_ctx_reaches_ollama_unchanged(proxied: Any, path: str, build: Callable[..., dict[str, Any]],
-                                                   stream: bool) -> None:
+def test_explicit_num_ctx_reaches_ollama_unchanged(
+    proxied: Any, path: str, build: Callable[..., dict[str, Any]], stream: bool
+) -> None:
     live, fake = proxied()
     response, _ = call(live, path, build(stream, {"num_ctx": 8192, "num_batch": 256, "num_thread": 3}))
     options = sent(fake)["options"]
@@ -147,8 +167,9 @@ def test_per_model_config_pins_a_knob_and_the_client_still_wins(proxied: Any) ->
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 @pytest.mark.parametrize(("path", "build"), DOORS, ids=["ollama", "openai"])
-def test_a_guard_lowering_a_clients_num_ctx_says_so(proxied: Any, path: str, build: Callable[..., dict[str, Any]],
-                                                    stream: bool) -> None:
+def test_a_guard_lowering_a_clients_num_ctx_says_so(
+    proxied: Any, path: str, build: Callable[..., dict[str, Any]], stream: bool
+) -> None:
     # 2 GiB available: llama3.2:1b's weights (1.2 GiB) leave far too little for an f16 KV cache of 131072 tokens
     live, fake = proxied(ram_gib=4, available_gib=2.5)
     response, objects = call(live, path, build(stream, {"num_ctx": 131072}))
@@ -164,8 +185,11 @@ def test_a_guard_lowering_a_clients_num_ctx_says_so(proxied: Any, path: str, bui
 
 def test_api_show_tags_and_ps_pass_ollamas_json_through(proxied: Any) -> None:
     models = default_models()
-    models[0].extra_info = {"general.some_future_key": "kept", f"{models[0].architecture}.attention.key_length": 64,
-                            f"{models[0].architecture}.attention.value_length": 64}
+    models[0].extra_info = {
+        "general.some_future_key": "kept",
+        f"{models[0].architecture}.attention.key_length": 64,
+        f"{models[0].architecture}.attention.value_length": 64,
+    }
     live, fake = proxied(models=models)
     shown = httpx.post(live.url + "/api/show", json={"model": MODEL}, timeout=10).json()
     upstream = httpx.post(fake.url + "/api/show", json={"model": MODEL}, timeout=10).json()
@@ -183,6 +207,7 @@ def test_api_show_tags_and_ps_pass_ollamas_json_through(proxied: Any) -> None:
     ps = httpx.get(live.url + "/api/ps", timeout=10).json()["models"]
     upstream_ps = httpx.get(fake.url + "/api/ps", timeout=10).json()["models"]
     from_ollama = [entry for entry in ps if entry["autotune"] == {"backend": "ollama"}]
+
     def same(entry: dict[str, Any]) -> dict[str, Any]:  # expires_at is "now + keep-alive", different per call
         return {k: v for k, v in entry.items() if k not in ("autotune", "expires_at")}
 

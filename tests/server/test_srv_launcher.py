@@ -47,8 +47,9 @@ def test_start_is_idempotent_and_serves(fake_ollama: Any, monkeypatch: pytest.Mo
         kwargs = autotune_core.client_kwargs()
         assert kwargs == {"base_url": base + "/v1", "api_key": "k-123"}
         client = openai.OpenAI(**kwargs, max_retries=0, timeout=10)
-        reply = client.chat.completions.create(model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}],
-                                               max_tokens=8)
+        reply = client.chat.completions.create(
+            model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}], max_tokens=8
+        )
         assert reply.choices[0].message.content
         assert fake_ollama.requests_to("/api/chat"), "tuned calls use Ollama's native API"
         result = CliRunner().invoke(cli, ["status", "--port", str(port)])
@@ -74,7 +75,8 @@ def test_startup_summary_lists_plugins_in_hook_order(live_factory: Any) -> None:
     from conftest import Recorder
 
     live = live_factory(Recorder())
-    text = launcher.startup_summary(live.host, live.host.config, "127.0.0.1", 8765,
-                                    [("fake", True, ""), ("ollama", False, "connection refused")])
+    text = launcher.startup_summary(
+        live.host, live.host.config, "127.0.0.1", 8765, [("fake", True, ""), ("ollama", False, "connection refused")]
+    )
     assert "backend: fake" in text and "profile: balanced" in text
     assert "pre_request: core → recorder" in text and "✗ ollama  (connection refused)" in text

@@ -36,14 +36,28 @@ CHAT: list[tuple[str, dict[str, Any], str]] = [
     ("bad role", {"model": "llama3.2:1b", "messages": [{"role": "robot"}]}, "messages.0.role"),
     ("content wrong type", {"model": "llama3.2:1b", "messages": [{"role": "user", "content": 5}]}, "content"),
     ("stream wrong type", {"model": "llama3.2:1b", "messages": MSGS, "stream": "yes please"}, "stream"),
-    ("options wrong type", {"model": "llama3.2:1b", "messages": MSGS, "options": [1],
-                            "stream_options": [1]}, "options"),
+    (
+        "options wrong type",
+        {"model": "llama3.2:1b", "messages": MSGS, "options": [1], "stream_options": [1]},
+        "options",
+    ),
     ("tools wrong type", {"model": "llama3.2:1b", "messages": MSGS, "tools": "all"}, "tools"),
-    ("max_tokens wrong type", {"model": "llama3.2:1b", "messages": MSGS, "max_tokens": "many",
-                               "options": {"num_ctx": "big"}}, ""),
+    (
+        "max_tokens wrong type",
+        {"model": "llama3.2:1b", "messages": MSGS, "max_tokens": "many", "options": {"num_ctx": "big"}},
+        "",
+    ),
 ]
-PATHS = ["/v1/chat/completions", "/api/chat", "/api/generate", "/v1/completions", "/v1/embeddings", "/api/embed",
-         "/api/show", "/api/embeddings"]
+PATHS = [
+    "/v1/chat/completions",
+    "/api/chat",
+    "/api/generate",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/api/embed",
+    "/api/show",
+    "/api/embeddings",
+]
 
 
 @pytest.fixture
@@ -76,8 +90,9 @@ def test_malformed_json_on_every_endpoint(small: LiveServer, path: str, name: st
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
 @pytest.mark.parametrize(("name", "body", "field"), CHAT, ids=[c[0] for c in CHAT])
-def test_schema_errors_name_the_field(small: LiveServer, path: str, name: str, body: dict[str, Any],
-                                      field: str) -> None:
+def test_schema_errors_name_the_field(
+    small: LiveServer, path: str, name: str, body: dict[str, Any], field: str
+) -> None:
     response = httpx.post(small.url + path, json=body, timeout=10)
     assert response.status_code == 400, response.text
     check_shape(path, response)
@@ -90,8 +105,9 @@ def test_schema_errors_name_the_field(small: LiveServer, path: str, name: str, b
 @pytest.mark.parametrize("dimensions", [0, -1, 1.5])
 def test_embedding_dimensions_must_be_a_positive_integer(small: LiveServer, path: str, dimensions: Any) -> None:
     """A negative size would slice the vector from the end (v[:-1]): refused, never silently trimmed."""
-    response = httpx.post(small.url + path, json={"model": "llama3.2:1b", "input": "hi", "dimensions": dimensions},
-                          timeout=10)
+    response = httpx.post(
+        small.url + path, json={"model": "llama3.2:1b", "input": "hi", "dimensions": dimensions}, timeout=10
+    )
     assert response.status_code == 400, response.text
     check_shape(path, response)
     assert "dimensions" in json.dumps(response.json())
@@ -106,7 +122,7 @@ def test_oversized_body_by_content_length_and_by_streamed_bytes(small: LiveServe
 
     def chunks() -> Iterator[bytes]:  # chunked transfer: no Content-Length to trust
         for start in range(0, len(big), 8192):
-            yield big[start:start + 8192]
+            yield big[start : start + 8192]
 
     streamed = httpx.post(small.url + path, content=chunks(), timeout=10)
     assert streamed.status_code == 413
@@ -122,19 +138,42 @@ def test_unknown_routes_and_methods_are_typed(live: LiveServer) -> None:
     no_internal_errors(live)
 
 
-_scalar = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | \
-    st.text(max_size=8)
-_json = st.recursive(_scalar, lambda children: st.lists(children, max_size=3)
-                     | st.dictionaries(st.text(max_size=6), children, max_size=3), max_leaves=8)
-_field_values = st.fixed_dictionaries({}, optional={
-    "model": _json | st.just("llama3.2:1b"), "messages": _json | st.just(MSGS), "stream": _json,
-    "max_tokens": _json, "temperature": _json, "stop": _json, "tools": _json, "options": _json, "prompt": _json,
-    "format": _json, "keep_alive": _json, "stream_options": _json, "n": _json, "input": _json})
+_scalar = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+)
+_json = st.recursive(
+    _scalar,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=8,
+)
+_field_values = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": _json | st.just("llama3.2:1b"),
+        "messages": _json | st.just(MSGS),
+        "stream": _json,
+        "max_tokens": _json,
+        "temperature": _json,
+        "stop": _json,
+        "tools": _json,
+        "options": _json,
+        "prompt": _json,
+        "format": _json,
+        "keep_alive": _json,
+        "stream_options": _json,
+        "n": _json,
+        "input": _json,
+    },
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=_field_values, path=st.sampled_from(["/v1/chat/completions", "/api/chat", "/api/generate",
-                                                 "/v1/completions", "/v1/embeddings", "/api/embed"]))
+@given(
+    body=_field_values,
+    path=st.sampled_from(
+        ["/v1/chat/completions", "/api/chat", "/api/generate", "/v1/completions", "/v1/embeddings", "/api/embed"]
+    ),
+)
 def test_fuzzed_bodies_never_reach_the_catch_all(live: LiveServer, body: dict[str, Any], path: str) -> None:
     response = httpx.post(live.url + path, json=body, timeout=10)
     assert response.status_code < 500, response.text

@@ -69,19 +69,30 @@ def test_health(live: LiveServer) -> None:
     health = httpx.get(live.url + "/health", timeout=5).json()
     assert health["status"] == "ok"
     assert health["backends"] == [{"name": "fake", "available": True, "reason": "", "version": "fake-1"}]
-    assert health["queue"] == {"active": 0, "queued": 0, "max_concurrent": 2, "limit": 2, "max_queued": 16,
-                               "timeout_s": 120.0, "backend_slots": None}
+    assert health["queue"] == {
+        "active": 0,
+        "queued": 0,
+        "max_concurrent": 2,
+        "limit": 2,
+        "max_queued": 16,
+        "timeout_s": 120.0,
+        "backend_slots": None,
+    }
     assert "tier" in health["pressure"]
 
 
 def test_metrics_after_traffic(live_factory: Any) -> None:
     live: LiveServer = live_factory(Sizer(), Broken())
     with httpx.Client(base_url=live.url, timeout=10) as client:
-        first = client.post("/v1/chat/completions", json={"model": "llama3.2:1b", "messages": MSGS},
-                            headers={"X-Conversation-Id": "truncate-me"})
+        first = client.post(
+            "/v1/chat/completions",
+            json={"model": "llama3.2:1b", "messages": MSGS},
+            headers={"X-Conversation-Id": "truncate-me"},
+        )
         assert "num_ctx=sizer>2048" in first.headers["x-autotune-plan"]
-        client.post("/api/chat", json={"model": "llama3.2:1b", "messages": MSGS, "stream": True,
-                                       "options": {"num_ctx": 4096}})
+        client.post(
+            "/api/chat", json={"model": "llama3.2:1b", "messages": MSGS, "stream": True, "options": {"num_ctx": 4096}}
+        )
         client.post("/api/chat", json={"model": "nope", "messages": MSGS})
         live.wait_idle()
         text = client.get("/metrics").text
@@ -119,12 +130,19 @@ def test_plugins_endpoint_and_plugin_routes(live_factory: Any) -> None:
 def test_profile_and_conversation_headers(live_factory: Any) -> None:
     recorder = Recorder()
     live: LiveServer = live_factory(recorder)
-    response = httpx.post(live.url + "/api/chat", timeout=10,
-                          json={"model": "llama3.2:1b", "messages": MSGS, "stream": False},
-                          headers={"X-Autotune-Profile": "quality", "X-Conversation-Id": "c-1"})
+    response = httpx.post(
+        live.url + "/api/chat",
+        timeout=10,
+        json={"model": "llama3.2:1b", "messages": MSGS, "stream": False},
+        headers={"X-Autotune-Profile": "quality", "X-Conversation-Id": "c-1"},
+    )
     assert response.status_code == 200 and response.headers["x-autotune-profile"] == "quality"
     assert live.fake.plans[-1].profile == "quality" and recorder.requests[-1].conversation_id == "c-1"
     assert float(response.headers["x-autotune-overhead-ms"]) < 1000
-    bad = httpx.post(live.url + "/api/chat", json={"model": "llama3.2:1b", "messages": MSGS},
-                     headers={"X-Autotune-Profile": "turbo"}, timeout=10)
+    bad = httpx.post(
+        live.url + "/api/chat",
+        json={"model": "llama3.2:1b", "messages": MSGS},
+        headers={"X-Autotune-Profile": "turbo"},
+        timeout=10,
+    )
     assert bad.status_code == 400 and "fast, balanced, quality" in bad.json()["error"]

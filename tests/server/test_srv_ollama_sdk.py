@@ -30,8 +30,9 @@ def test_chat_streaming_by_default_and_non_streaming(live: LiveServer) -> None:
     whole = client.chat(model="llama3.2:1b", messages=MSGS)
     assert whole.message.content == REPLY and whole.done and whole.done_reason == "stop"
     # raw: streaming is the default when the client does not say
-    with httpx.stream("POST", live.url + "/api/chat", json={"model": "llama3.2:1b", "messages": MSGS},
-                      timeout=10) as response:
+    with httpx.stream(
+        "POST", live.url + "/api/chat", json={"model": "llama3.2:1b", "messages": MSGS}, timeout=10
+    ) as response:
         assert response.headers["content-type"].startswith("application/x-ndjson")
         assert len([line for line in response.iter_lines() if line]) > 2
     live.wait_idle()
@@ -41,8 +42,9 @@ def test_generate(live_factory: Any) -> None:
     recorder = Recorder()
     live = live_factory(recorder)
     client = sdk(live)
-    result = client.generate(model="llama3.2:1b", prompt="Why is the sky blue?", system="be brief",
-                             options={"num_predict": 9})
+    result = client.generate(
+        model="llama3.2:1b", prompt="Why is the sky blue?", system="be brief", options={"num_predict": 9}
+    )
     assert result.response == REPLY and result.done
     request = recorder.requests[-1]
     assert request.kind == "completion" and request.prompt == "Why is the sky blue?"
@@ -54,9 +56,13 @@ def test_generate(live_factory: Any) -> None:
 def test_options_and_keep_alive_map_into_the_request(live_factory: Any) -> None:
     recorder = Recorder()
     live = live_factory(recorder)
-    sdk(live).chat(model="llama3.2:1b", messages=MSGS, keep_alive="10m", format="json",
-                   options={"num_ctx": 4096, "temperature": 0.2, "top_k": 30, "seed": 1, "stop": ["x"],
-                            "num_batch": 256})
+    sdk(live).chat(
+        model="llama3.2:1b",
+        messages=MSGS,
+        keep_alive="10m",
+        format="json",
+        options={"num_ctx": 4096, "temperature": 0.2, "top_k": 30, "seed": 1, "stop": ["x"], "num_batch": 256},
+    )
     request = recorder.requests[-1]
     assert request.dialect == "ollama"
     assert request.keep_alive == "10m"
@@ -86,8 +92,7 @@ def test_ps_describes_a_loaded_model_as_tags_does(fake_ollama_factory: Any) -> N
     config = settings()
     config.backend_order = ["ollama"]
     config.backends["ollama"] = {"url": fake.url}
-    live = serve(PluginHost(config=config, plugins=[OllamaPlugin()], load_entrypoints=False,
-                            hardware=make_hardware()))
+    live = serve(PluginHost(config=config, plugins=[OllamaPlugin()], load_entrypoints=False, hardware=make_hardware()))
     try:
         client = sdk(live)
         model = fake.models[0].name
@@ -109,8 +114,7 @@ def test_show_leaves_out_what_the_backend_cannot_tell(fake_openai_factory: Any) 
     config = settings()
     config.backend_order = ["openai"]
     config.backends["openai"] = {"url": fake.url, "flavour": "generic"}
-    live = serve(PluginHost(config=config, plugins=[OpenAIPlugin()], load_entrypoints=False,
-                            hardware=make_hardware()))
+    live = serve(PluginHost(config=config, plugins=[OpenAIPlugin()], load_entrypoints=False, hardware=make_hardware()))
     try:
         shown = httpx.post(live.url + "/api/show", json={"model": fake.models[0].name}, timeout=10).json()
         assert "general.architecture" in shown["model_info"]
@@ -136,8 +140,9 @@ def test_errors_are_ollama_shaped(live: LiveServer) -> None:
     with pytest.raises(ollama.ResponseError) as streamed:
         list(client.chat(model="no-such-model", messages=MSGS, stream=True))
     assert streamed.value.status_code == 404
-    response = httpx.post(live.url + "/api/chat", json={"model": "llama3.2:1b", "messages": [{"role": "robot"}]},
-                          timeout=5)
+    response = httpx.post(
+        live.url + "/api/chat", json={"model": "llama3.2:1b", "messages": [{"role": "robot"}]}, timeout=5
+    )
     assert response.status_code == 400 and set(response.json()) == {"error"}
     assert "messages.0.role" in response.json()["error"]
     live.wait_idle()

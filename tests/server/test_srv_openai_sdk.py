@@ -19,8 +19,7 @@ MSGS: list[Any] = [{"role": "user", "content": "hi"}]
 
 
 def sdk(live: LiveServer, **kw: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=live.url + "/v1", api_key=kw.pop("api_key", "none"), timeout=10, max_retries=0,
-                         **kw)
+    return openai.OpenAI(base_url=live.url + "/v1", api_key=kw.pop("api_key", "none"), timeout=10, max_retries=0, **kw)
 
 
 class ToolBackend(FakeBackend):
@@ -31,8 +30,14 @@ class ToolBackend(FakeBackend):
     async def chat(self, request: ChatRequest, plan: Plan) -> ChatResult:
         if not request.tools:
             return await super().chat(request, plan)
-        return ChatResult(model=request.model, backend=self.name, content="", tool_calls=[self.CALL],
-                          finish_reason="tool_calls", usage=Usage(prompt_tokens=5, completion_tokens=3))
+        return ChatResult(
+            model=request.model,
+            backend=self.name,
+            content="",
+            tool_calls=[self.CALL],
+            finish_reason="tool_calls",
+            usage=Usage(prompt_tokens=5, completion_tokens=3),
+        )
 
     async def stream_chat(self, request: ChatRequest, plan: Plan):  # type: ignore[override]
         if not request.tools:
@@ -57,8 +62,9 @@ def test_chat_non_streaming(live: LiveServer) -> None:
 
 
 def test_chat_streaming_with_usage(live: LiveServer) -> None:
-    stream = sdk(live).chat.completions.create(model="llama3.2:1b", messages=MSGS, stream=True,
-                                               stream_options={"include_usage": True})
+    stream = sdk(live).chat.completions.create(
+        model="llama3.2:1b", messages=MSGS, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == REPLY
@@ -67,8 +73,11 @@ def test_chat_streaming_with_usage(live: LiveServer) -> None:
     assert finish == ["stop"]
     assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
     # as OpenAI: every other chunk carries "usage": null (the key present, the value null)
-    raw = httpx.post(live.url + "/v1/chat/completions", timeout=10, json={
-        "model": "llama3.2:1b", "messages": MSGS, "stream": True, "stream_options": {"include_usage": True}}).text
+    raw = httpx.post(
+        live.url + "/v1/chat/completions",
+        timeout=10,
+        json={"model": "llama3.2:1b", "messages": MSGS, "stream": True, "stream_options": {"include_usage": True}},
+    ).text
     events = [json.loads(block[6:]) for block in raw.split("\n\n") if block.startswith("data: {")]
     assert all("usage" in event for event in events)
     assert [event["usage"] is None for event in events] == [True] * (len(events) - 1) + [False]
@@ -79,8 +88,9 @@ def test_streaming_without_include_usage_has_no_usage_chunk(live: LiveServer) ->
     chunks = list(sdk(live).chat.completions.create(model="llama3.2:1b", messages=MSGS, stream=True))
     assert all(c.choices for c in chunks)
     assert all(c.usage is None for c in chunks)
-    raw = httpx.post(live.url + "/v1/chat/completions", timeout=10,
-                     json={"model": "llama3.2:1b", "messages": MSGS, "stream": True}).text
+    raw = httpx.post(
+        live.url + "/v1/chat/completions", timeout=10, json={"model": "llama3.2:1b", "messages": MSGS, "stream": True}
+    ).text
     assert '"usage"' not in raw
 
 
@@ -89,9 +99,16 @@ def test_fields_pass_through_into_chat_request(live_factory: Any) -> None:
     live = live_factory(recorder)
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
     sdk(live).chat.completions.create(
-        model="llama3.2:1b", messages=MSGS, stop=["END", "STOP"], seed=7, temperature=0.3, max_tokens=12,
-        response_format=fmt, extra_body={"custom_field": {"a": 1}, "top_k": 20},
-        extra_headers={"X-Conversation-Id": "conv-42", "X-Autotune-Profile": "fast"})
+        model="llama3.2:1b",
+        messages=MSGS,
+        stop=["END", "STOP"],
+        seed=7,
+        temperature=0.3,
+        max_tokens=12,
+        response_format=fmt,
+        extra_body={"custom_field": {"a": 1}, "top_k": 20},
+        extra_headers={"X-Conversation-Id": "conv-42", "X-Autotune-Profile": "fast"},
+    )
     request = recorder.requests[-1]
     assert request.dialect == "openai"
     assert request.stop == ["END", "STOP"] and request.seed == 7 and request.temperature == 0.3
@@ -116,9 +133,17 @@ def test_tools_and_tool_calls(live_factory: Any) -> None:
     deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     assert deltas and deltas[0].index == 0 and deltas[0].function.name == "get_weather"  # type: ignore[union-attr]
     # a follow-up turn with the tool result is accepted and normalised
-    history: Any = [*MSGS, {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    history: Any = [
+        *MSGS,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
     sdk(live).chat.completions.create(model="llama3.2:1b", messages=history)
     last = recorder.requests[-1].messages
     assert last[1].tool_calls[0].name == "get_weather" and last[2].tool_call_id == "call_1"
@@ -131,8 +156,11 @@ def test_legacy_completions(live_factory: Any) -> None:
     assert reply.choices[0].text == REPLY
     assert recorder.requests[-1].kind == "completion" and recorder.requests[-1].prompt == "def f("
     assert recorder.requests[-1].extra == {"suffix": "\n"}
-    text = "".join(c.choices[0].text for c in sdk(live).completions.create(
-        model="llama3.2:1b", prompt="x", stream=True) if c.choices)
+    text = "".join(
+        c.choices[0].text
+        for c in sdk(live).completions.create(model="llama3.2:1b", prompt="x", stream=True)
+        if c.choices
+    )
     assert text == REPLY
 
 

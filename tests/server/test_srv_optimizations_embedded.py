@@ -40,8 +40,9 @@ def test_a_conversation_is_tuned_and_never_reloads(tuned: LiveServer) -> None:
     headers = []
     for question in ("What is the capital of France?", "And of Italy?", "And of Spain?"):
         messages.append({"role": "user", "content": question})
-        raw = client.chat.completions.with_raw_response.create(model=model, messages=messages, max_tokens=10,
-                                                               temperature=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, messages=messages, max_tokens=10, temperature=0
+        )
         answer = raw.parse().choices[0].message.content
         assert answer and answer.strip()
         messages.append({"role": "assistant", "content": answer})

@@ -75,15 +75,22 @@ def test_a_pulled_real_gguf_answers_a_chat(hub: FakeHub) -> None:
     live = _live()
     try:
         with live.client(timeout=120.0) as client:
-            answer = client.post("/v1/completions", json={"model": "someone/gemma-3-270m-GGUF:Q4_K_M",
-                                                           "prompt": "1, 2, 3, 4,", "max_tokens": 4,
-                                                           "temperature": 0})
+            answer = client.post(
+                "/v1/completions",
+                json={
+                    "model": "someone/gemma-3-270m-GGUF:Q4_K_M",
+                    "prompt": "1, 2, 3, 4,",
+                    "max_tokens": 4,
+                    "temperature": 0,
+                },
+            )
             assert answer.status_code == 200, answer.text
             body = answer.json()
             assert body["model"] == "someone/gemma-3-270m-GGUF:Q4_K_M"
             assert body["choices"][0]["text"].strip() and body["usage"]["completion_tokens"] >= 1
-            missing = client.post("/v1/completions", json={"model": "hf.co/someone/never-pulled:Q8_0",
-                                                            "prompt": "x", "max_tokens": 1})
+            missing = client.post(
+                "/v1/completions", json={"model": "hf.co/someone/never-pulled:Q8_0", "prompt": "x", "max_tokens": 1}
+            )
             assert missing.status_code == 404 and missing.json()["error"]["type"] == "model_not_found"
     except httpx.HTTPError as exc:
         pytest.fail(f"the server did not answer: {exc}")

@@ -15,7 +15,6 @@ from autotune_core.server.queue import FairQueue
 MSGS: list[Any] = [{"role": "user", "content": "hi"}]
 
 
-
 async def test_a_lowered_cap_retires_freed_slots_and_a_raised_cap_lets_waiters_in() -> None:
     cap: list[int | None] = [None]
     queue = FairQueue(max_concurrent=3, max_queued=5, timeout=2, cap=lambda: cap[0])
@@ -38,6 +37,7 @@ async def test_a_lowered_cap_retires_freed_slots_and_a_raised_cap_lets_waiters_i
     assert queue.active == 3 and queue.limit == 3
     cap[0] = 0
     assert queue.limit == 1  # never below one slot
+
 
 async def test_fifo_handoff_and_no_barging() -> None:
     queue = FairQueue(max_concurrent=1, max_queued=5, timeout=2)
@@ -99,21 +99,28 @@ async def test_timeout_and_cancellation_leave_no_slot_behind() -> None:
 
 
 def test_fifty_concurrent_requests_against_a_small_queue(live_factory: Any) -> None:
-    live: LiveServer = live_factory(fake={"chat_delay": 0.05, "chunk_delay": 0.01}, backend=SlowFake,
-                                    max_concurrent=2, max_queued=6, queue_timeout=5)
+    live: LiveServer = live_factory(
+        fake={"chat_delay": 0.05, "chunk_delay": 0.01},
+        backend=SlowFake,
+        max_concurrent=2,
+        max_queued=6,
+        queue_timeout=5,
+    )
 
     async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=live.url, timeout=20,
-                                     limits=httpx.Limits(max_connections=60)) as client:
+        async with httpx.AsyncClient(base_url=live.url, timeout=20, limits=httpx.Limits(max_connections=60)) as client:
+
             async def one(i: int) -> httpx.Response:
                 if i % 3 == 0:
-                    return await client.post("/v1/chat/completions",
-                                             json={"model": "llama3.2:1b", "messages": MSGS, "stream": True})
+                    return await client.post(
+                        "/v1/chat/completions", json={"model": "llama3.2:1b", "messages": MSGS, "stream": True}
+                    )
                 if i % 3 == 1:
-                    return await client.post("/v1/chat/completions",
-                                             json={"model": "llama3.2:1b", "messages": MSGS, "stream": False})
-                return await client.post("/api/chat", json={"model": "llama3.2:1b", "messages": MSGS,
-                                                           "stream": False})
+                    return await client.post(
+                        "/v1/chat/completions", json={"model": "llama3.2:1b", "messages": MSGS, "stream": False}
+                    )
+                return await client.post("/api/chat", json={"model": "llama3.2:1b", "messages": MSGS, "stream": False})
+
             return await asyncio.gather(*(one(i) for i in range(50)))
 
     responses = asyncio.run(burst())
@@ -123,8 +130,9 @@ def test_fifty_concurrent_requests_against_a_small_queue(live_factory: Any) -> N
     assert rejected and len(rejected) < 50
     assert all(int(r.headers["retry-after"]) >= 1 for r in rejected)
     assert {r.json()["error"]["code"] for r in rejected if r.request.url.path.startswith("/v1")} <= {"queue_full"}
-    assert all(r.json()["message"]["content"] for r in responses
-               if r.status_code == 200 and r.request.url.path == "/api/chat")
+    assert all(
+        r.json()["message"]["content"] for r in responses if r.status_code == 200 and r.request.url.path == "/api/chat"
+    )
     streamed = [r for r in responses if r.status_code == 200 and r.headers["content-type"].startswith("text/event")]
     assert streamed and all(r.text.rstrip().endswith("data: [DONE]") for r in streamed)
     live.wait_idle()
@@ -156,7 +164,7 @@ def test_queued_stream_gets_keepalive_comments_then_answers(live_factory: Any) -
     assert second.rstrip().endswith("data: [DONE]") and '"content":" backend."' in second
     assert ": queued" not in first
     # the headers went out before the plan existed: the plan follows as comments, before the first event
-    comments = second[:second.index("data: ")]
+    comments = second[: second.index("data: ")]
     assert ": x-autotune-plan: " in comments and ": x-autotune-overhead-ms: " in comments
     live.wait_idle()
     assert live.state.metrics.overhead.count() == 2
@@ -164,8 +172,9 @@ def test_queued_stream_gets_keepalive_comments_then_answers(live_factory: Any) -
 
 def test_a_stream_that_waits_briefly_gets_real_headers_and_a_real_429(live_factory: Any) -> None:
     """Within one keep-alive interval nothing is committed: a slot brings the plan headers, a timeout a 429."""
-    live: LiveServer = live_factory(fake={"chunk_delay": 0.02}, keepalive_interval=5.0, max_concurrent=1,
-                                    queue_timeout=0.3)
+    live: LiveServer = live_factory(
+        fake={"chunk_delay": 0.02}, keepalive_interval=5.0, max_concurrent=1, queue_timeout=0.3
+    )
     _, served = two_streams(live)  # the first stream ends well within the wait
     assert served.status_code == 200 and "x-autotune-plan" in served.headers
     assert ": queued" not in served.text and served.text.rstrip().endswith("data: [DONE]")
@@ -178,12 +187,12 @@ def test_a_stream_that_waits_briefly_gets_real_headers_and_a_real_429(live_facto
 
 
 def test_queued_stream_times_out_in_band(live_factory: Any) -> None:
-    live: LiveServer = live_factory(fake={"chunk_delay": 0.1}, keepalive_interval=0.05, max_concurrent=1,
-                                    queue_timeout=0.15)
+    live: LiveServer = live_factory(
+        fake={"chunk_delay": 0.1}, keepalive_interval=0.05, max_concurrent=1, queue_timeout=0.15
+    )
     _, second = two_streams(live)
     assert '"code":"queue_timeout"' in second.text and second.text.rstrip().endswith("data: [DONE]")
     # counted as what it was, although the status line said 200
     assert live.state.metrics.queue_rejected.get({"reason": "queue_timeout"}) == 1
-    assert live.state.metrics.requests.get({"door": "openai", "endpoint": "/v1/chat/completions",
-                                            "status": "429"}) == 1
+    assert live.state.metrics.requests.get({"door": "openai", "endpoint": "/v1/chat/completions", "status": "429"}) == 1
     live.wait_idle()

@@ -55,17 +55,23 @@ def proxy(fake: FakeOpenAI, **server: Any) -> LiveServer:
     config = settings(**server)
     config.backend_order = ["openai"]
     config.backends["openai"] = {"url": fake.url}
-    return serve(PluginHost(config=config, plugins=[OpenAIPlugin()], load_entrypoints=False,
-                            hardware=make_hardware()))
+    return serve(PluginHost(config=config, plugins=[OpenAIPlugin()], load_entrypoints=False, hardware=make_hardware()))
 
 
 async def _send(url: str, count: int, stagger: float) -> list[httpx.Response]:
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=64)) as client:
+
         async def one(i: int) -> httpx.Response:
             await asyncio.sleep(i * stagger)
-            return await client.post("/v1/chat/completions", json={
-                "model": "llama-3.2-1b-instruct", "max_tokens": 4,
-                "messages": [{"role": "user", "content": f"req-{i}"}]})
+            return await client.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "llama-3.2-1b-instruct",
+                    "max_tokens": 4,
+                    "messages": [{"role": "user", "content": f"req-{i}"}],
+                },
+            )
+
         return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
@@ -137,8 +143,9 @@ def test_the_session_advisor_halves_what_the_server_really_lets_through(batching
     config = settings(max_queued=64)
     config.backend_order = ["openai"]
     config.backends["openai"] = {"url": batching.url}
-    live = serve(PluginHost(config=config, plugins=[OpenAIPlugin(), advisor], load_entrypoints=False,
-                            hardware=make_hardware()))
+    live = serve(
+        PluginHost(config=config, plugins=[OpenAIPlugin(), advisor], load_entrypoints=False, hardware=make_hardware())
+    )
     try:
         assert live.host.concurrency_base == 6
         for _ in range(30):  # RAM at 91 %: the advisor's first step is to halve the concurrency

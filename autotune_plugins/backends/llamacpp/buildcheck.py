@@ -51,8 +51,15 @@ def fingerprint() -> str | None:
 
 def probe(model_path: str, *, n_threads: int, timeout: float = 120.0) -> Verdict:
     """Load ``model_path`` and generate one token in a child process; classify how it ended."""
-    command = [sys.executable, "-m", "autotune_plugins.backends.llamacpp.worker", "--probe", model_path,
-               "--config", json.dumps({"n_threads": n_threads})]
+    command = [
+        sys.executable,
+        "-m",
+        "autotune_plugins.backends.llamacpp.worker",
+        "--probe",
+        model_path,
+        "--config",
+        json.dumps({"n_threads": n_threads}),
+    ]
     try:
         done = subprocess.run(command, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired:
@@ -64,8 +71,11 @@ def probe(model_path: str, *, n_threads: int, timeout: float = 120.0) -> Verdict
         # a fault signal is the build; anything else (an OOM kill, a stray SIGTERM) says nothing about it
         return Verdict(False, crash.message, conclusive=crash.signal in FAULTS)
     tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-    return Verdict(False, f"the one-token probe failed (exit {done.returncode}): {tail[0][:300]}. "
-                          f"If llama-cpp-python itself is broken: {REINSTALL}")
+    return Verdict(
+        False,
+        f"the one-token probe failed (exit {done.returncode}): {tail[0][:300]}. "
+        f"If llama-cpp-python itself is broken: {REINSTALL}",
+    )
 
 
 _verdicts: dict[str, Verdict] = {}

@@ -20,9 +20,12 @@ from autotune_core.messages import ModelEntry
 from autotune_core.model_refs import ALIASES, SUGGESTED_ALIAS
 
 #: said wherever the bundled Gemma 3 270M is listed or shown (autotune models, /api/show)
-BASE_NOTE = (f"base model (not instruction-tuned): it completes text but does not follow chat turns; meant for "
-             f"smoke tests. To chat, pull a small instruct GGUF: `autotune pull {SUGGESTED_ALIAS}` "
-             f"({ALIASES[SUGGESTED_ALIAS].repo})")
+BASE_NOTE = (
+    f"base model (not instruction-tuned): it completes text but does not follow chat turns; meant for "
+    f"smoke tests. To chat, pull a small instruct GGUF: `autotune pull {SUGGESTED_ALIAS}` "
+    f"({ALIASES[SUGGESTED_ALIAS].repo})"
+)
+
 
 @dataclass(frozen=True)
 class PulledModel:
@@ -34,8 +37,15 @@ class PulledModel:
     def entry(self, backend: str) -> ModelEntry:
         manifest = self.manifest
         digest = manifest.digest.split(":", 1)[-1]
-        return ModelEntry(name=self.name, backend=backend, size_bytes=manifest.size, quantization=manifest.quant,
-                          modified_at=manifest.pulled_at, digest=digest, aliases=list(self.aliases))
+        return ModelEntry(
+            name=self.name,
+            backend=backend,
+            size_bytes=manifest.size,
+            quantization=manifest.quant,
+            modified_at=manifest.pulled_at,
+            digest=digest,
+            aliases=list(self.aliases),
+        )
 
 
 def pulled_models(root: Path | None = None) -> list[PulledModel]:

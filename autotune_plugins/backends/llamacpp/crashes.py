@@ -42,15 +42,21 @@ def describe(returncode: int | None, *, before_first_token: bool, killed: str | 
         text = f"the llama.cpp worker {killed}; autotune killed it, and the next request starts a fresh one"
         return Crash("SIGKILL", text, before_first_token, time.time())
     if name in FAULTS and before_first_token:
-        text = (f"the llama.cpp worker crashed with {name} before its first token: llama-cpp-python was probably "
-                "built for CPU instructions this machine does not run (a native build on a VM that advertises "
-                f"AVX-512/AMX). Reinstall a portable build: {REINSTALL}")
+        text = (
+            f"the llama.cpp worker crashed with {name} before its first token: llama-cpp-python was probably "
+            "built for CPU instructions this machine does not run (a native build on a VM that advertises "
+            f"AVX-512/AMX). Reinstall a portable build: {REINSTALL}"
+        )
     elif name in FAULTS:
-        text = (f"the llama.cpp worker crashed with {name} in the middle of an answer (a bug in llama.cpp or in "
-                f"this model file); the next request starts a fresh worker. If it keeps happening: {REINSTALL}")
+        text = (
+            f"the llama.cpp worker crashed with {name} in the middle of an answer (a bug in llama.cpp or in "
+            f"this model file); the next request starts a fresh worker. If it keeps happening: {REINSTALL}"
+        )
     elif name == "SIGKILL":
-        text = ("the llama.cpp worker was killed with SIGKILL, most likely by the kernel's out-of-memory killer "
-                "(see `dmesg`): use a smaller model, a smaller context (num_ctx) or a quantized KV cache")
+        text = (
+            "the llama.cpp worker was killed with SIGKILL, most likely by the kernel's out-of-memory killer "
+            "(see `dmesg`): use a smaller model, a smaller context (num_ctx) or a quantized KV cache"
+        )
     elif name is not None:
         text = f"the llama.cpp worker was killed by {name}"
     else:
@@ -77,8 +83,10 @@ class CrashPolicy:
         if crash.signal == "SIGILL" and crash.before_first_token:
             self.down = f"down: the build cannot run on this CPU; {crash.message}"
         elif self.streak >= self.max_crashes:
-            self.down = (f"down after {self.streak} worker crashes in a row (restart autotune serve once fixed); "
-                         f"last: {crash.message}")
+            self.down = (
+                f"down after {self.streak} worker crashes in a row (restart autotune serve once fixed); "
+                f"last: {crash.message}"
+            )
         elif self.streak >= 2:
             self._retry_at = time.monotonic() + self.backoff * 2 ** (self.streak - 2)
 
@@ -92,8 +100,11 @@ class CrashPolicy:
             raise BackendCrashed(f"the embedded llama.cpp backend is {self.down}", signal=_sig(self.last))
         wait = self._retry_at - time.monotonic()
         if wait > 0 and self.last is not None:
-            raise BackendCrashed(f"the llama.cpp worker crashed {self.streak} times in a row; the next start is in "
-                                 f"{wait:.1f} s. Last: {self.last.message}", signal=self.last.signal)
+            raise BackendCrashed(
+                f"the llama.cpp worker crashed {self.streak} times in a row; the next start is in "
+                f"{wait:.1f} s. Last: {self.last.message}",
+                signal=self.last.signal,
+            )
 
     def reason(self) -> str | None:
         """What ``available()`` reports (None while the backend may serve)."""

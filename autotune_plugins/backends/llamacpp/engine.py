@@ -20,8 +20,14 @@ from autotune_core.modelinfo import ModelInfo
 
 #: GGML type ids (llama_cpp.GGML_TYPE_*), by the names autotune uses for KV types
 GGML_TYPES: dict[str, str] = {
-    "f32": "GGML_TYPE_F32", "f16": "GGML_TYPE_F16", "bf16": "GGML_TYPE_BF16", "q8_0": "GGML_TYPE_Q8_0",
-    "q5_1": "GGML_TYPE_Q5_1", "q5_0": "GGML_TYPE_Q5_0", "q4_1": "GGML_TYPE_Q4_1", "q4_0": "GGML_TYPE_Q4_0",
+    "f32": "GGML_TYPE_F32",
+    "f16": "GGML_TYPE_F16",
+    "bf16": "GGML_TYPE_BF16",
+    "q8_0": "GGML_TYPE_Q8_0",
+    "q5_1": "GGML_TYPE_Q5_1",
+    "q5_0": "GGML_TYPE_Q5_0",
+    "q4_1": "GGML_TYPE_Q4_1",
+    "q4_0": "GGML_TYPE_Q4_0",
     "iq4_nl": "GGML_TYPE_IQ4_NL",
 }
 UNQUANTIZED = frozenset({"f32", "f16", "bf16"})
@@ -111,9 +117,23 @@ def model_info_from(name: str, metadata: dict[str, Any], path: str) -> ModelInfo
     return info
 
 
-_FILE_TYPES = {"0": "F32", "1": "F16", "2": "Q4_0", "3": "Q4_1", "7": "Q8_0", "8": "Q5_0", "9": "Q5_1",
-               "10": "Q2_K", "12": "Q3_K_M", "14": "Q4_K_S", "15": "Q4_K_M", "16": "Q5_K_S", "17": "Q5_K_M",
-               "18": "Q6_K", "32": "BF16"}
+_FILE_TYPES = {
+    "0": "F32",
+    "1": "F16",
+    "2": "Q4_0",
+    "3": "Q4_1",
+    "7": "Q8_0",
+    "8": "Q5_0",
+    "9": "Q5_1",
+    "10": "Q2_K",
+    "12": "Q3_K_M",
+    "14": "Q4_K_S",
+    "15": "Q4_K_M",
+    "16": "Q5_K_S",
+    "17": "Q5_K_M",
+    "18": "Q6_K",
+    "32": "BF16",
+}
 
 
 def make_formatter(llama_cpp: Any, llm: Any, chat_template: str | None) -> Any:
@@ -130,8 +150,9 @@ def make_formatter(llama_cpp: Any, llm: Any, chat_template: str | None) -> Any:
     eos = llm._model.token_get_text(eos_id) if eos_id != -1 else ""
     bos = llm._model.token_get_text(bos_id) if bos_id != -1 else ""
     del vocab
-    return llama_chat_format.Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos,
-                                                 stop_token_ids=[eos_id])
+    return llama_chat_format.Jinja2ChatFormatter(
+        template=template, eos_token=eos, bos_token=bos, stop_token_ids=[eos_id]
+    )
 
 
 class Engine:
@@ -170,9 +191,17 @@ class Engine:
     def _load(self, params: LoadParams, name: str) -> Loaded:
         llama_cpp = import_llama()
         kwargs: dict[str, Any] = dict(
-            model_path=params.path, n_ctx=params.n_ctx, n_batch=params.n_batch, n_ubatch=params.n_ubatch,
-            n_threads=self.n_threads, n_threads_batch=self.n_threads, flash_attn=params.flash_attn,
-            swa_full=params.swa_full, verbose=self.verbose, n_gpu_layers=0)
+            model_path=params.path,
+            n_ctx=params.n_ctx,
+            n_batch=params.n_batch,
+            n_ubatch=params.n_ubatch,
+            n_threads=self.n_threads,
+            n_threads_batch=self.n_threads,
+            flash_attn=params.flash_attn,
+            swa_full=params.swa_full,
+            verbose=self.verbose,
+            n_gpu_layers=0,
+        )
         if params.kv_type != "f16":
             kind = getattr(llama_cpp, GGML_TYPES[params.kv_type])
             kwargs.update(type_k=kind, type_v=kind)
@@ -193,8 +222,15 @@ class Engine:
             llm.chat_handler = formatter.to_chat_handler()
         info = model_info_from(name, dict(llm.metadata), params.path)
         kv_lines = [line.strip() for line in lines if "llama_kv_cache: size" in line]
-        return Loaded(llm=llm, params=params, info=info, formatter=formatter, load_ms=load_ms,
-                      kv_bytes_measured=measured_kv_bytes(lines), kv_log=kv_lines)
+        return Loaded(
+            llm=llm,
+            params=params,
+            info=info,
+            formatter=formatter,
+            load_ms=load_ms,
+            kv_bytes_measured=measured_kv_bytes(lines),
+            kv_log=kv_lines,
+        )
 
     def unload_locked(self) -> bool:
         loaded, self.loaded = self.loaded, None
@@ -220,8 +256,9 @@ class Engine:
                 self._vocab[path] = llm
             return llm
 
-    def prompt_tokens(self, llm: Any, formatter: Any, messages: list[dict[str, Any]],
-                      tools: list[dict[str, Any]] | None) -> list[int]:
+    def prompt_tokens(
+        self, llm: Any, formatter: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> list[int]:
         """Exactly the tokens ``create_chat_completion`` will evaluate (same formatter, same tokenizer call)."""
         if formatter is None:
             text = "".join(f"{m.get('role')}: {m.get('content') or ''}\n" for m in messages)
@@ -234,9 +271,15 @@ class Engine:
     def embedder(self, path: str, n_ctx: int) -> Any:
         if self._embedder is None or self._embedder[0] != path:
             llama_cpp = import_llama()
-            llm = llama_cpp.Llama(model_path=path, embedding=True, n_ctx=n_ctx, n_threads=self.n_threads,
-                                  verbose=self.verbose, swa_full=False,
-                                  pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+            llm = llama_cpp.Llama(
+                model_path=path,
+                embedding=True,
+                n_ctx=n_ctx,
+                n_threads=self.n_threads,
+                verbose=self.verbose,
+                swa_full=False,
+                pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+            )
             self._embedder = (path, llm)
         return self._embedder[1]
 

@@ -46,7 +46,7 @@ def decode(payload: bytes | memoryview) -> Frame:
     kind = bytes(payload[:1])
     if kind == TOKEN_KIND:
         request_id, produced = TOKEN.unpack_from(payload, 1)
-        return "token", (request_id, produced, bytes(payload[1 + TOKEN.size:]).decode("utf-8", "replace"))
+        return "token", (request_id, produced, bytes(payload[1 + TOKEN.size :]).decode("utf-8", "replace"))
     if kind == JSON_KIND:
         message = json.loads(bytes(payload[1:]))
         if not isinstance(message, dict):
@@ -73,7 +73,7 @@ class FrameBuffer:
             end = start + HEADER.size + size
             if len(view) < end:
                 break
-            frames.append(decode(bytes(view[start + HEADER.size:end])))
+            frames.append(decode(bytes(view[start + HEADER.size : end])))
             start = end
         if start:
             del self._data[:start]

@@ -50,8 +50,11 @@ def error_event(request_id: int, exc: BaseException) -> dict[str, Any]:
         kind = "invalid_request"
     else:
         kind = "upstream"
-    message = exc.message if isinstance(exc, ContextOverflow | InvalidRequest) else \
-        f"llama.cpp failed: {type(exc).__name__}: {exc}"
+    message = (
+        exc.message
+        if isinstance(exc, ContextOverflow | InvalidRequest)
+        else f"llama.cpp failed: {type(exc).__name__}: {exc}"
+    )
     return {"ev": "error", "id": request_id, "kind": kind, "message": message[:2000]}
 
 
@@ -74,10 +77,20 @@ class Runner:
             test_crash("at_load")
             with self.engine.lock:
                 loaded, load_ms, reloaded = self.engine.ensure(params, str(msg.get("alias") or ""))
-                emit.event({"ev": "loaded", "id": request_id, "params": asdict(loaded.params),
-                            "info": loaded.info.model_dump(mode="json"), "load_ms": load_ms, "reloaded": reloaded,
-                            "kv_bytes_measured": loaded.kv_bytes_measured, "kv_log": loaded.kv_log,
-                            "loads": self.engine.loads, "reloads": self.engine.reloads})
+                emit.event(
+                    {
+                        "ev": "loaded",
+                        "id": request_id,
+                        "params": asdict(loaded.params),
+                        "info": loaded.info.model_dump(mode="json"),
+                        "load_ms": load_ms,
+                        "reloaded": reloaded,
+                        "kv_bytes_measured": loaded.kv_bytes_measured,
+                        "kv_log": loaded.kv_log,
+                        "loads": self.engine.loads,
+                        "reloads": self.engine.reloads,
+                    }
+                )
                 final = self._stream(request_id, loaded, msg, load_ms, reloaded, emit, cancelled)
         except Exception as exc:
             emit.event(error_event(request_id, exc))
@@ -87,8 +100,16 @@ class Runner:
         else:
             emit.event({"ev": "done", "id": request_id, "final": final})
 
-    def _stream(self, request_id: int, loaded: Loaded, msg: dict[str, Any], load_ms: float | None, reloaded: bool,
-                emit: Emit, cancelled: threading.Event) -> dict[str, Any] | None:
+    def _stream(
+        self,
+        request_id: int,
+        loaded: Loaded,
+        msg: dict[str, Any],
+        load_ms: float | None,
+        reloaded: bool,
+        emit: Emit,
+        cancelled: threading.Event,
+    ) -> dict[str, Any] | None:
         llm = loaded.llm
         messages, tools = msg["messages"], msg.get("tools") or None
         tokens = self.engine.prompt_tokens(llm, loaded.formatter, messages, tools)
@@ -130,11 +151,19 @@ class Runner:
         first = first or ended
         prompt_ms = (first - started) * 1000
         load = load_ms or 0.0
-        return {"finish_reason": finish, "first_token": sent > 0,
-                "usage": {"prompt_tokens": len(tokens), "completion_tokens": completion, "cached_tokens": cached},
-                "timings": {"load_ms": load, "prompt_ms": prompt_ms, "decode_ms": (ended - first) * 1000,
-                            "ttft_ms": load + prompt_ms, "total_ms": load + (ended - started) * 1000,
-                            "reloaded": reloaded}}
+        return {
+            "finish_reason": finish,
+            "first_token": sent > 0,
+            "usage": {"prompt_tokens": len(tokens), "completion_tokens": completion, "cached_tokens": cached},
+            "timings": {
+                "load_ms": load,
+                "prompt_ms": prompt_ms,
+                "decode_ms": (ended - first) * 1000,
+                "ttft_ms": load + prompt_ms,
+                "total_ms": load + (ended - started) * 1000,
+                "reloaded": reloaded,
+            },
+        }
 
     def embed(self, msg: dict[str, Any]) -> dict[str, Any]:
         llm = self.engine.embedder(str(msg["path"]), n_ctx=2048)
@@ -166,8 +195,12 @@ class Runner:
 
     def stats(self) -> dict[str, Any]:
         loaded = self.engine.loaded
-        return {"pid": os.getpid(), "rss_bytes": rss_bytes(), "loads": self.engine.loads,
-                "loaded": asdict(loaded.params) if loaded is not None else None}
+        return {
+            "pid": os.getpid(),
+            "rss_bytes": rss_bytes(),
+            "loads": self.engine.loads,
+            "loaded": asdict(loaded.params) if loaded is not None else None,
+        }
 
     def close(self) -> None:
         self.engine.close()

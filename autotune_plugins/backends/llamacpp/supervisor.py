@@ -55,8 +55,9 @@ class Sink:
 
     __slots__ = ("abandoned", "job", "keep_alive", "last", "loop", "queue", "tokens", "worker")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, worker: WorkerProcess, *, job: bool,
-                 keep_alive: float | None = None) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, worker: WorkerProcess, *, job: bool, keep_alive: float | None = None
+    ) -> None:
         self.loop = loop
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.worker = worker
@@ -78,13 +79,21 @@ class Sink:
 class WorkerProcess:
     """One worker process and the server's end of its socket."""
 
-    def __init__(self, config: dict[str, Any], on_frame: Callable[[WorkerProcess, Frame], None],
-                 on_eof: Callable[[WorkerProcess], None]) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        on_frame: Callable[[WorkerProcess, Frame], None],
+        on_eof: Callable[[WorkerProcess], None],
+    ) -> None:
         parent, child = socket.socketpair()
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", WORKER_MODULE, "--fd", str(child.fileno()), "--config", json.dumps(config)],
-                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True)
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                close_fds=True,
+            )
         except BaseException:
             parent.close()
             raise
@@ -217,6 +226,7 @@ class WorkerProcess:
 def reap(worker: WorkerProcess, limit: float = 5.0) -> None:
     """Wait for an ended worker on a thread (no zombie), SIGKILL after ``limit``; then close its socket on
     its loop (or here, when that loop is gone)."""
+
     def wait() -> None:
         _wait_quietly(worker.proc, limit)
         loop = worker.loop
@@ -236,8 +246,7 @@ _ERRORS: dict[str, type[Exception]] = {"context_overflow": ContextOverflow, "inv
 class Supervisor:
     """The worker's lifecycle as the backend sees it: counters, the loaded model, keep-alive, crashes."""
 
-    def __init__(self, config: dict[str, Any], *, cancel_grace: float, max_crashes: int,
-                 crash_backoff: float) -> None:
+    def __init__(self, config: dict[str, Any], *, cancel_grace: float, max_crashes: int, crash_backoff: float) -> None:
         self.config = config
         self.cancel_grace = cancel_grace
         self.crashes = CrashPolicy(max_crashes=max_crashes, backoff=crash_backoff)
@@ -351,8 +360,11 @@ class Supervisor:
         if time.monotonic() - sink.last < self.cancel_grace:  # it is still talking: look again later
             sink.loop.call_later(self.cancel_grace, self._overdue, request_id, sink)
             return
-        log.warning("llama.cpp worker pid %d did not stop within %.1f s of a cancel; killing it",
-                    sink.worker.pid, self.cancel_grace)
+        log.warning(
+            "llama.cpp worker pid %d did not stop within %.1f s of a cancel; killing it",
+            sink.worker.pid,
+            self.cancel_grace,
+        )
         sink.worker.killed = f"stopped answering (silent for {self.cancel_grace:g} s after a cancel)"
         sink.worker.kill()
 
@@ -402,10 +414,18 @@ class Supervisor:
                 self.reloads += 1
                 self.last_reload_ms = float(data["load_ms"])
         previous = self.loaded
-        load_ms = float(data["load_ms"]) if data.get("load_ms") is not None else \
-            (previous.load_ms if previous is not None else 0.0)
-        self.loaded = LoadedView(params=params, info=info, load_ms=load_ms,
-                                 kv_bytes_measured=data.get("kv_bytes_measured"), kv_log=list(data.get("kv_log") or []))
+        load_ms = (
+            float(data["load_ms"])
+            if data.get("load_ms") is not None
+            else (previous.load_ms if previous is not None else 0.0)
+        )
+        self.loaded = LoadedView(
+            params=params,
+            info=info,
+            load_ms=load_ms,
+            kv_bytes_measured=data.get("kv_bytes_measured"),
+            kv_log=list(data.get("kv_log") or []),
+        )
 
     def _job_finished(self, sink: Sink, *, ok: bool) -> None:
         if ok:

@@ -51,8 +51,11 @@ class Worker:
     def __init__(self, sock: socket.socket, config: dict[str, Any]) -> None:
         self.sock = sock
         self.emit = SocketEmit(sock)
-        self.runner = Runner(n_threads=int(config.get("n_threads") or 1), verbose=bool(config.get("verbose")),
-                             chat_template=config.get("chat_template"))
+        self.runner = Runner(
+            n_threads=int(config.get("n_threads") or 1),
+            verbose=bool(config.get("verbose")),
+            chat_template=config.get("chat_template"),
+        )
         self.jobs: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self.cancelled: dict[int, threading.Event] = {}
         self.flags_lock = threading.Lock()
@@ -136,8 +139,14 @@ def probe(path: str, config: dict[str, Any]) -> None:
     from .engine import import_llama
 
     test_crash("at_load")
-    llm = import_llama().Llama(model_path=path, n_ctx=256, n_batch=64, n_threads=int(config.get("n_threads") or 1),
-                               n_gpu_layers=0, verbose=False)
+    llm = import_llama().Llama(
+        model_path=path,
+        n_ctx=256,
+        n_batch=64,
+        n_threads=int(config.get("n_threads") or 1),
+        n_gpu_layers=0,
+        verbose=False,
+    )
     llm.create_completion("1, 2, 3,", max_tokens=1, temperature=0.0)
     print(json.dumps({"ok": True}))
 

@@ -12,11 +12,20 @@ from autotune_core.config import Settings
 from autotune_core.hardware import CpuInfo, GiB, GpuInfo, HardwareSnapshot
 from autotune_core.host import PluginHost
 
-ARC_B580 = HardwareSnapshot(os="linux", cpu=CpuInfo(arch="x86_64"), ram_total_bytes=32 * GiB,
-                            gpus=[GpuInfo(vendor="intel", name="Intel Arc B580", memory_total_bytes=12 * GiB)])
-RTX4090 = HardwareSnapshot(os="linux", cpu=CpuInfo(arch="x86_64"), ram_total_bytes=64 * GiB,
-                           gpus=[GpuInfo(vendor="nvidia", name="NVIDIA GeForce RTX 4090", memory_total_bytes=24 * GiB,
-                                         compute_capability="8.9")])
+ARC_B580 = HardwareSnapshot(
+    os="linux",
+    cpu=CpuInfo(arch="x86_64"),
+    ram_total_bytes=32 * GiB,
+    gpus=[GpuInfo(vendor="intel", name="Intel Arc B580", memory_total_bytes=12 * GiB)],
+)
+RTX4090 = HardwareSnapshot(
+    os="linux",
+    cpu=CpuInfo(arch="x86_64"),
+    ram_total_bytes=64 * GiB,
+    gpus=[
+        GpuInfo(vendor="nvidia", name="NVIDIA GeForce RTX 4090", memory_total_bytes=24 * GiB, compute_capability="8.9")
+    ],
+)
 
 
 @pytest.fixture(autouse=True)

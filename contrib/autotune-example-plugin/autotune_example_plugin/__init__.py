@@ -22,8 +22,9 @@ class MaxContextCapSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ceiling: int | None = Field(default=None, ge=256, description="largest num_ctx for every model; unset = no cap")
-    per_model: dict[str, Annotated[int, Field(ge=256)]] = Field(default_factory=dict,
-                                      description="per-model ceilings (model name -> tokens), override `ceiling`")
+    per_model: dict[str, Annotated[int, Field(ge=256)]] = Field(
+        default_factory=dict, description="per-model ceilings (model name -> tokens), override `ceiling`"
+    )
 
     def ceiling_for(self, model: str) -> int | None:
         return self.per_model.get(model, self.ceiling)
@@ -37,8 +38,9 @@ class MaxContextCapPlugin:
 
     @hookimpl
     @fold_stage("adjust")
-    def choose_num_ctx(self, ctx: HookContext, request: ChatRequest, plan: Plan,
-                       proposal: Choice[int] | None) -> Choice[int] | None:
+    def choose_num_ctx(
+        self, ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[int] | None
+    ) -> Choice[int] | None:
         settings = ctx.settings(MaxContextCapSettings)
         ceiling = settings.ceiling_for(request.model)
         if ceiling is None:

@@ -36,8 +36,9 @@ class Guard:
 
 
 def test_caps_a_larger_proposal_and_traces_it(autotune_host_factory, autotune_plan):
-    host = autotune_host_factory(Propose(16384), MaxContextCapPlugin(),
-                                 config={"plugins": {"max-context-cap": {"ceiling": 4096}}})
+    host = autotune_host_factory(
+        Propose(16384), MaxContextCapPlugin(), config={"plugins": {"max-context-cap": {"ceiling": 4096}}}
+    )
     plan = autotune_plan(host, "hello")
     assert plan.num_ctx == 4096
     step = plan.steps("num_ctx")[-1]
@@ -45,8 +46,9 @@ def test_caps_a_larger_proposal_and_traces_it(autotune_host_factory, autotune_pl
 
 
 def test_leaves_a_smaller_proposal_alone(autotune_host_factory, autotune_plan):
-    host = autotune_host_factory(Propose(2048), MaxContextCapPlugin(),
-                                 config={"plugins": {"max-context-cap": {"ceiling": 4096}}})
+    host = autotune_host_factory(
+        Propose(2048), MaxContextCapPlugin(), config={"plugins": {"max-context-cap": {"ceiling": 4096}}}
+    )
     plan = autotune_plan(host, "hello")
     assert plan.num_ctx == 2048
     assert [s.plugin for s in plan.steps("num_ctx")] == ["propose-fixed"]
@@ -66,26 +68,31 @@ def test_per_model_ceiling_overrides_global(autotune_host_factory, autotune_plan
 
 
 def test_guard_runs_after_the_cap(autotune_host_factory, autotune_plan):
-    host = autotune_host_factory(Guard(), MaxContextCapPlugin(), Propose(16384),
-                                 config={"plugins": {"max-context-cap": {"ceiling": 4096}}})
+    host = autotune_host_factory(
+        Guard(), MaxContextCapPlugin(), Propose(16384), config={"plugins": {"max-context-cap": {"ceiling": 4096}}}
+    )
     assert host.hook_order("choose_num_ctx") == ["propose-fixed", "max-context-cap", "halving-guard"]
     assert autotune_plan(host, "hello").num_ctx == 2048
 
 
 def test_a_prompt_longer_than_the_cap_is_refused_not_cut(autotune_host_factory, autotune_plan):
-    host = autotune_host_factory(Propose(16384), MaxContextCapPlugin(),
-                                 config={"plugins": {"max-context-cap": {"ceiling": 256}}})
+    host = autotune_host_factory(
+        Propose(16384), MaxContextCapPlugin(), config={"plugins": {"max-context-cap": {"ceiling": 256}}}
+    )
     long = ChatRequest(model="llama3.2:1b", messages=[Message(role="user", content="word " * 400)])
     with pytest.raises(ContextOverflow):
         autotune_plan(host, long)
 
 
-@pytest.mark.parametrize("settings, fragment", [
-    ({"ceiling": 10}, "plugins.max-context-cap.ceiling"),
-    ({"ceiling": "big"}, "plugins.max-context-cap.ceiling"),
-    ({"ceilin": 4096}, "plugins.max-context-cap.ceilin"),
-    ({"per_model": {"gemma3:270m": 100}}, "plugins.max-context-cap.per_model.gemma3:270m"),
-])
+@pytest.mark.parametrize(
+    "settings, fragment",
+    [
+        ({"ceiling": 10}, "plugins.max-context-cap.ceiling"),
+        ({"ceiling": "big"}, "plugins.max-context-cap.ceiling"),
+        ({"ceilin": 4096}, "plugins.max-context-cap.ceilin"),
+        ({"per_model": {"gemma3:270m": 100}}, "plugins.max-context-cap.per_model.gemma3:270m"),
+    ],
+)
 def test_invalid_settings_name_the_key(autotune_host_factory, settings, fragment):
     with pytest.raises(ConfigError) as info:
         autotune_host_factory(MaxContextCapPlugin(), config={"plugins": {"max-context-cap": settings}})
