@@ -197,7 +197,38 @@ def register(cli: click.Group) -> None:
             click.echo(f"unloaded {name} from {backend}")
 
 
+def _unload_via_server(model: str | None) -> list[tuple[str, str]] | None:
+    """With ``autotune serve`` running, free models through it (its embedded worker is its own, not ours): the
+    models its ``/api/ps`` lists, each by Ollama's empty ``/api/generate`` with ``keep_alive`` 0. None when
+    no server answers."""
+    import httpx
+
+    from ..server.launcher import connect_host, health
+
+    server = get_host().config.server
+    base = f"http://{connect_host(server.host)}:{server.port}"
+    if health(base, server.api_key) is None:
+        return None
+    headers = {"Authorization": f"Bearer {server.api_key}"} if server.api_key else {}
+    freed: list[tuple[str, str]] = []
+    with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
+        loaded = client.get("/api/ps").json().get("models") or []
+        for entry in loaded:
+            name = str(entry.get("name") or entry.get("model") or "")
+            if not name or (model is not None and not _same(name, model)):
+                continue
+            answer = client.post("/api/generate", json={"model": name, "keep_alive": 0})
+            if answer.status_code == 200 and answer.json().get("done_reason") == "unload":
+                freed.append((str((entry.get("autotune") or {}).get("backend") or "server"), name))
+            else:
+                click.echo(f"warning: the server could not unload {name}: {answer.text[:200]}", err=True)
+    return freed
+
+
 async def _unload(model: str | None) -> list[tuple[str, str]]:
+    via_server = await asyncio.to_thread(_unload_via_server, model)
+    if via_server is not None:
+        return via_server
     host = get_host()
     freed: list[tuple[str, str]] = []
     try:

@@ -6,6 +6,7 @@ So the ``ollama`` SDK, Open WebUI or Continue pointed at autotune work unchanged
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..durations import parse_duration
 from ..messages import ChatRequest
 from . import ollama_models as models
 from . import ollama_wire as wire
@@ -50,6 +52,9 @@ def routes(state: ServerState) -> list[Route]:
         return await handle(state, request, CHAT)
 
     async def generate(request: Request) -> Response:
+        model = await _unload_request(request)
+        if model is not None:  # Ollama's own way to free a model now: an empty prompt with keep_alive 0
+            return await _unload(state, model)
         return await handle(state, request, GENERATE)
 
     async def embed(request: Request) -> Response:
@@ -97,3 +102,43 @@ def routes(state: ServerState) -> list[Route]:
         Route("/api/embed", embed, methods=["POST"]),
         Route("/api/embeddings", embeddings, methods=["POST"]),
     ]
+
+
+#: an unload request is a few bytes; larger bodies are real generations and are read once, by ``handle``
+_UNLOAD_PEEK_BYTES = 64 * 1024
+
+
+async def _unload_request(request: Request) -> str | None:
+    """The model an ``/api/generate`` body asks to unload (no prompt, ``keep_alive`` 0), else None."""
+    declared = request.headers.get("content-length")
+    if declared is None or not declared.isdigit() or int(declared) > _UNLOAD_PEEK_BYTES:
+        return None
+    try:
+        data = json.loads(await request.body())  # cached by Starlette: handle() reads the same bytes again
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("prompt") or not isinstance(data.get("model"), str):
+        return None
+    keep_alive = data.get("keep_alive")
+    if keep_alive is None or isinstance(keep_alive, bool):
+        return None
+    try:
+        seconds = parse_duration(keep_alive)
+    except (TypeError, ValueError):
+        return None
+    return str(data["model"]) if seconds == 0 else None
+
+
+async def _unload(state: ServerState, model: str) -> Response:
+    """Free the model on whichever backend serves it (the embedded worker ends; Ollama gets keep_alive 0)."""
+    try:
+        backend, upstream = await state.resolve(model)
+        await backend.unload(upstream)
+    except Exception as exc:
+        return error_response(state, "ollama", "/api/generate", exc)
+    return ok(
+        state,
+        "ollama",
+        "/api/generate",
+        {"model": model, "created_at": wire.now_iso(), "response": "", "done": True, "done_reason": "unload"},
+    )
