@@ -24,8 +24,12 @@ def test_empty_generate_with_keep_alive_0_unloads(live: Any) -> None:
         assert answer.json()["done_reason"] == "unload" and answer.json()["done"] is True
         assert MODEL not in live.fake.loaded
         # keep_alive 0 with a prompt is a generation that unloads afterwards, not an unload request
-        assert client.post("/api/generate", json={"model": MODEL, "prompt": "hi", "keep_alive": "0s",
-                                                  "stream": False}).json()["done_reason"] != "unload"
+        assert (
+            client.post(
+                "/api/generate", json={"model": MODEL, "prompt": "hi", "keep_alive": "0s", "stream": False}
+            ).json()["done_reason"]
+            != "unload"
+        )
         missing = client.post("/api/generate", json={"model": "no-such-model", "keep_alive": 0})
         assert missing.status_code == 404 and "error" in missing.json()
 
