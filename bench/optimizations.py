@@ -33,6 +33,7 @@ from autotune_core.config import PluginsConfig, Settings
 from autotune_core.host import PluginHost
 from autotune_core.messages import ChatRequest, Message
 from autotune_core.pipeline import Pipeline
+from autotune_core.proof.scenarios import SHORT_PROMPTS
 from autotune_core.testing import LLAMA_1B, FakeBackendPlugin, make_hardware
 
 OPTIMIZATIONS = [
@@ -56,28 +57,8 @@ SYSTEM = (
     "You are a careful, friendly assistant for a small hardware shop. Answer in one or two short "
     "sentences, use plain words, never invent prices, and say so when you do not know. "
 ) * 7
-SHORT = [
-    "What is the capital of France?",
-    "Name a primary colour.",
-    "How many legs does a spider have?",
-    "What is 7 times 8?",
-    "Say hello in Spanish.",
-    "What is the boiling point of water in Celsius?",
-    "Name a planet in our solar system.",
-    "What colour is the sky on a clear day?",
-    "What is the opposite of cold?",
-    "How many days are in a week?",
-    "What do bees make?",
-    "Name a fruit that is yellow.",
-    "What is the largest ocean?",
-    "Which animal says moo?",
-    "What is 12 divided by 3?",
-    "Name a musical instrument with strings.",
-    "What season comes after winter?",
-    "What is frozen water called?",
-    "How many hours are in a day?",
-    "What gas do plants take in?",
-]
+#: the short chats `autotune proof` uses, and two more (one list for both, so the two measure the same prompts)
+SHORT = [*SHORT_PROMPTS, "How many hours are in a day?", "What gas do plants take in?"]
 TURNS = [
     "Hi! Do you sell screwdrivers?",
     "Which kind is best for small electronics?",
