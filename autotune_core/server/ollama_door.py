@@ -115,7 +115,7 @@ async def _unload_request(request: Request) -> str | None:
         return None
     try:
         data = json.loads(await request.body())  # cached by Starlette: handle() reads the same bytes again
-    except ValueError:
+    except (ValueError, RecursionError):  # not an unload request: handle() refuses it with the usual 400
         return None
     if not isinstance(data, dict) or data.get("prompt") or not isinstance(data.get("model"), str):
         return None
