@@ -120,11 +120,11 @@ async def _unload_request(request: Request) -> str | None:
     if not isinstance(data, dict) or data.get("prompt") or not isinstance(data.get("model"), str):
         return None
     keep_alive = data.get("keep_alive")
-    if keep_alive is None or isinstance(keep_alive, bool):
-        return None
+    if isinstance(keep_alive, bool) or not isinstance(keep_alive, str | int | float):
+        return None  # absent, or a shape the generate path refuses with its own 400
     try:
         seconds = parse_duration(keep_alive)
-    except (TypeError, ValueError):
+    except ValueError:
         return None
     return str(data["model"]) if seconds == 0 else None
 
