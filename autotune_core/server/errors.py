@@ -124,5 +124,13 @@ def dumps(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def with_warnings(out: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """autotune's note on a final answer or chunk (what a guard did to a client's value), under a key of its own
+    and only when there is one; both doors' clients (the ollama and openai SDKs) keep unknown fields."""
+    if warnings:
+        out["autotune"] = {"warnings": list(warnings)}
+    return out
+
+
 def door_for_path(path: str) -> Door:
     return "ollama" if path.startswith("/api/") else "openai"

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..messages import ChatRequest, ChatResult, Message, StreamChunk, Timings, ToolCall, Usage
-from .errors import SchemaError, dumps, schema_error
+from .errors import SchemaError, dumps, schema_error, with_warnings
 
 _ALLOW = ConfigDict(extra="allow")
 
@@ -261,13 +261,6 @@ def chat_response(result: ChatResult, model: str) -> dict[str, Any]:
         **timing_fields(result.usage, result.timings),
     }
     return with_warnings(out, result.warnings)
-
-
-def with_warnings(out: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
-    """autotune's note on a final answer, under a key of its own, only when it changed a client value."""
-    if warnings:
-        out["autotune"] = {"warnings": list(warnings)}
-    return out
 
 
 def generate_response(result: ChatResult, model: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..messages import ChatRequest, ChatResult, Message, StreamChunk, ToolCall, Usage
-from .errors import SchemaError, Unsupported, dumps, schema_error
+from .errors import SchemaError, Unsupported, dumps, schema_error, with_warnings
 
 _ALLOW = ConfigDict(extra="allow")
 
@@ -285,7 +285,7 @@ def chat_response(result: ChatResult, model: str) -> dict[str, Any]:
             message["content"] = None
     if result.thinking:
         message["reasoning_content"] = result.thinking
-    return _noted(
+    return with_warnings(
         {
             "id": new_id("chatcmpl"),
             "object": "chat.completion",
@@ -300,15 +300,8 @@ def chat_response(result: ChatResult, model: str) -> dict[str, Any]:
     )
 
 
-def _noted(out: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
-    """autotune's note (a client value a guard lowered) under a key of its own; SDKs keep unknown fields."""
-    if warnings:
-        out["autotune"] = {"warnings": list(warnings)}
-    return out
-
-
 def completion_response(result: ChatResult, model: str) -> dict[str, Any]:
-    return _noted(
+    return with_warnings(
         {
             "id": new_id("cmpl"),
             "object": "text_completion",
@@ -383,7 +376,7 @@ class ChatStreamEncoder:
             data["usage"] = usage_dict(usage)
         elif self.include_usage:
             data["usage"] = None
-        return b"data: " + dumps(_noted(data, warnings or [])) + b"\n\n"
+        return b"data: " + dumps(with_warnings(data, warnings or [])) + b"\n\n"
 
     def chunk(self, chunk: StreamChunk) -> bytes:
         if not chunk.tool_calls and chunk.thinking is None and not chunk.done:
