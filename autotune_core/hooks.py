@@ -113,10 +113,7 @@ class Hooks:
     def _each(self, hook: str, kwargs: dict[str, Any], skip: frozenset[str]) -> Iterator[tuple[HookImpl, Any]]:
         """Each implementation's raw result, in call order; failing ones are counted and skipped."""
         host = self._host
-        skipped = host.skipped_for(hook, skip, request=KINDS[hook].request)
-        for impl in host.hook_impls(hook):
-            if impl.plugin in skipped:
-                continue
+        for impl in host.runnable(hook, skip):
             try:
                 yield impl, host.invoke(impl, hook, kwargs)
             except Isolated:
@@ -185,12 +182,11 @@ class Hooks:
         pin = plan.pins.get(knob)
         proposal = Choice(pin.value, pin.describe()) if pin is not None else initial
         seen: list[Any] = [proposal.value] if proposal is not None else []
-        skipped = host.skipped_for(hook, skip, request=True)
-        for impl in host.hook_impls(hook):
-            if impl.plugin in skipped:
-                continue
+        kwargs["plan"] = plan
+        for impl in host.runnable(hook, skip):
             try:
-                result = host.invoke(impl, hook, {**kwargs, "plan": plan, "proposal": proposal})
+                kwargs["proposal"] = proposal
+                result = host.invoke(impl, hook, kwargs)
                 if result is not None and not isinstance(result, Choice):
                     host.record_failure(
                         impl.plugin, hook, TypeError(f"{hook} must return Choice or None, got {type(result).__name__}")

@@ -23,7 +23,7 @@ from .config import Settings, load_settings, validate_section
 from .context import Choice
 from .errors import AutotuneError, PluginError
 from .hookkinds import STAGES
-from .hooks import FOLDS, KINDS, Hooks, Isolated
+from .hooks import FOLDS, KINDS, REQUEST_SCOPED, Hooks, Isolated
 from .markers import PROJECT
 
 if TYPE_CHECKING:
@@ -146,7 +146,10 @@ class PluginHost:
         self._backends: dict[str, Backend] = {}
         self._settings_cache: dict[str, BaseModel] = {}
         self._settings_owner: dict[type[BaseModel], str] = {}
+        self._settings_by_model: dict[type[BaseModel], BaseModel] = {}
         self._impl_cache: dict[str, list[_Impl]] = {}
+        #: (hook, skip) -> the implementations that run: filled on first use, cleared with ``_impl_cache``
+        self._run_cache: dict[tuple[str, frozenset[str]], tuple[_Impl, ...]] = {}
         self._hardware = hardware
         self.pressure: Pressure | None = None
         self._concurrency_cap: tuple[int, str, str] | None = None
@@ -276,6 +279,7 @@ class PluginHost:
         record.hooks = sorted({caller.name for caller in self.pm.get_hookcallers(plugin) or []})
         self.records[name] = record
         self._impl_cache.clear()
+        self._run_cache.clear()
         self.plugin_settings(name)  # invalid settings are the user's to fix: fail loudly, naming the key
 
     def _collect_registrations(self) -> None:
@@ -342,21 +346,45 @@ class PluginHost:
             return skip | frozenset(name for name in self.records if name not in self.stack and name not in ESSENTIAL)
         return skip
 
+    def runnable(self, hook: str, skip: frozenset[str]) -> tuple[HookImpl, ...]:
+        """The implementations of ``hook`` that run, in call order, leaving out ``skip`` and, for a request
+        hook, the plugins outside the server's stack (cached per ``skip``: the request path asks every time)."""
+        key = (hook, skip)
+        cached = self._run_cache.get(key)
+        if cached is None:
+            skipped = self.skipped_for(hook, skip, request=hook in REQUEST_SCOPED)
+            cached = tuple(impl for impl in self._impls(hook) if impl.plugin not in skipped)
+            if len(self._run_cache) > 1024:  # per-model overrides give a bounded set of skips; stay bounded anyway
+                self._run_cache.clear()
+            self._run_cache[key] = cached
+        return cached
+
     def invoke(self, impl: HookImpl, hook: str, kwargs: dict[str, Any]) -> Any:
         """Call one implementation with the arguments it asks for. A failure other than a deliberate
         refusal (:class:`AutotuneError`) is counted and raised as :class:`~autotune_core.hooks.Isolated`."""
-        args = {name: kwargs[name] for name in impl.argnames if name in kwargs}
-        started = time.perf_counter() if self.trace_hooks else 0.0
+        if self.trace_hooks:
+            return self._invoke_traced(impl, hook, kwargs)
         try:
-            result = impl.function(**args)
+            # pluggy checked at registration that every name is one of the spec's, and the facade passes them all
+            return impl.function(*[kwargs[name] for name in impl.argnames])
         except AutotuneError:
             raise
         except Exception as exc:
             self.record_failure(impl.plugin, hook, exc)
             raise Isolated from exc
-        if self.trace_hooks:
-            took = (time.perf_counter() - started) * 1000
-            print(f"autotune: {hook} -> {impl.plugin} ({took:.3f} ms) = {result!r}"[:300], file=sys.stderr)
+
+    def _invoke_traced(self, impl: HookImpl, hook: str, kwargs: dict[str, Any]) -> Any:
+        """``AUTOTUNE_TRACE_PLUGINS=1``: each call with its time and result on stderr."""
+        started = time.perf_counter()
+        try:
+            result = impl.function(*[kwargs[name] for name in impl.argnames])
+        except AutotuneError:
+            raise
+        except Exception as exc:
+            self.record_failure(impl.plugin, hook, exc)
+            raise Isolated from exc
+        took = (time.perf_counter() - started) * 1000
+        print(f"autotune: {hook} -> {impl.plugin} ({took:.3f} ms) = {result!r}"[:300], file=sys.stderr)
         return result
 
     def record_failure(self, plugin: str, hook: str, exc: BaseException) -> None:
@@ -457,6 +485,9 @@ class PluginHost:
     def settings_of(self, model: type[S]) -> S:
         """The validated settings whose model is ``model`` (``ctx.settings(CtxSizingSettings)``), typed.
         Called in hooks on every request, so the owner of each model is remembered."""
+        found = self._settings_by_model.get(model)
+        if found is not None:
+            return found  # type: ignore[return-value]
         owner = self._settings_owner.get(model)
         if owner is None:
             owner = next(
@@ -470,9 +501,10 @@ class PluginHost:
             if owner is None:
                 raise PluginError(f"no enabled plugin declares Settings = {model.__name__}")
             self._settings_owner[model] = owner
-        found = self.plugin_settings(owner)
-        assert isinstance(found, model)
-        return found
+        settings = self.plugin_settings(owner)
+        assert isinstance(settings, model)
+        self._settings_by_model[model] = settings
+        return settings
 
     def enabled(self, name: str) -> bool:
         record = self.records.get(name)

@@ -6,6 +6,7 @@ Nobody should have to guess why a request got the context it got: every change g
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -15,7 +16,11 @@ from .messages import Message
 from .precedence import Pin, lowers
 
 
-class TraceEntry(BaseModel):
+@dataclass(slots=True)
+class TraceEntry:
+    """One decision. A plain dataclass, not a model: a request records a dozen of them, and pydantic still
+    dumps them with the plan (``autotune plan --json``)."""
+
     plugin: str
     knob: str
     old: Any = None
@@ -115,7 +120,7 @@ class Plan(BaseModel):
 
     def record(self, plugin: str, knob: str, old: Any, new: Any, reason: str) -> None:
         """Append one decision to the trace."""
-        self.trace.append(TraceEntry(plugin=plugin, knob=knob, old=old, new=new, reason=reason))
+        self.trace.append(TraceEntry(plugin, knob, old, new, reason))
 
     def set(self, plugin: str, knob: str, value: Any, reason: str, *, safety: bool = False) -> bool:
         """Change a knob and record it; a no-op change is not recorded. Returns whether it changed.

@@ -12,7 +12,7 @@ prompt, flagged ``swap_risk`` with advice).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,6 +41,33 @@ def fmt_bytes(value: int) -> str:
     return f"{value / GiB:.2f} GiB" if abs(value) >= GiB // 4 else f"{value / 2**20:.0f} MiB"
 
 
+#: walks remembered (cleared when full): models × contexts × pressure steps seen recently
+_WALK_MEMO = 256
+
+
+class _Walk(NamedTuple):
+    """Where the level walk ended: the context and KV type to use, the level, the KV bytes, and why."""
+
+    size: int
+    kv: str
+    level: str
+    used: int
+    fits: bool
+    reason: str
+
+
+def _explain(
+    size: int, kv: str, level: str, used: int, exact: bool, fits: bool, budget: int, note: str, parallel: int
+) -> str:
+    how = "exact" if exact else "conservative estimate (architecture unknown)"
+    slots = f" × {parallel} slots" if parallel > 1 else ""
+    relation = "≤" if fits else ">"
+    return (
+        f"level {level}: KV {fmt_bytes(used)} at {size} {kv}{slots} ({how}) {relation} budget "
+        f"{fmt_bytes(budget)} ({note})"
+    )
+
+
 class NoSwapGuardSettings(BaseModel):
     """``[plugins.noswap-guard]``"""
 
@@ -59,6 +86,11 @@ class NoSwapGuardPlugin:
 
     name = "noswap-guard"
     Settings = NoSwapGuardSettings
+
+    def __init__(self) -> None:
+        #: (model id, context, KV type, budget, note, slots, floor) -> (model, walk); the model is kept to
+        #: check identity (an id can be reused once a model's info is dropped)
+        self._walks: dict[tuple[Any, ...], tuple[Any, _Walk]] = {}
 
     def _settings(self, ctx: HookContext) -> NoSwapGuardSettings:
         settings = ctx.settings(NoSwapGuardSettings)
@@ -100,12 +132,35 @@ class NoSwapGuardPlugin:
         model_max = ctx.model.context_length if ctx.model is not None else None
         return min(current, snap_up((plan.prompt_tokens or 0) + reserve, model_max))
 
-    def _walk(self, ctx: HookContext, plan: Plan, current: int, kv: str) -> tuple[int, str, str, int, bool, bool]:
-        """First level that fits: (num_ctx, kv, level, bytes, exact, fits)."""
-        budget, _ = self.budget(ctx, plan)
+    def _walk(self, ctx: HookContext, plan: Plan, current: int, kv: str) -> _Walk:
+        """First level that fits, with its explanation. Pure arithmetic on (model, context, KV type, budget,
+        slots, floor), so remembered: consecutive requests to a model mostly ask the same question."""
+        budget, note = self.budget(ctx, plan)
         parallel = self._parallel(ctx, plan)
-        model_max = ctx.model.context_length if ctx.model is not None else None
         floor = self._floor(ctx, plan, current)
+        key = (id(ctx.model), current, kv, budget, note, parallel, floor)
+        found = self._walks.get(key)
+        if found is not None and found[0] is ctx.model:
+            return found[1]
+        size, level_kv, level, used, exact, fits = self._levels(ctx, current, kv, budget, parallel, floor)
+        walk = _Walk(
+            size,
+            level_kv,
+            level,
+            used,
+            fits,
+            _explain(size, level_kv, level, used, exact, fits, budget, note, parallel),
+        )
+        if len(self._walks) >= _WALK_MEMO:
+            self._walks.clear()
+        self._walks[key] = (ctx.model, walk)
+        return walk
+
+    def _levels(
+        self, ctx: HookContext, current: int, kv: str, budget: int, parallel: int, floor: int
+    ) -> tuple[int, str, str, int, bool, bool]:
+        """(num_ctx, kv, level, bytes, exact, fits) of the first level that fits."""
+        model_max = ctx.model.context_length if ctx.model is not None else None
         for level, factor, level_kv in LEVELS:
             if factor is None:
                 size = MIN_CTX
@@ -121,19 +176,6 @@ class NoSwapGuardPlugin:
         level_kv = smaller_kv_type("q8_0", kv)
         used, exact = kv_bytes_estimate(ctx.model, floor, level_kv, parallel=parallel)
         return floor, level_kv, "none", used, exact, False
-
-    def _explain(
-        self, ctx: HookContext, plan: Plan, size: int, kv: str, level: str, used: int, exact: bool, fits: bool
-    ) -> str:
-        budget, note = self.budget(ctx, plan)
-        how = "exact" if exact else "conservative estimate (architecture unknown)"
-        parallel = self._parallel(ctx, plan)
-        slots = f" × {parallel} slots" if parallel > 1 else ""
-        relation = "≤" if fits else ">"
-        return (
-            f"level {level}: KV {fmt_bytes(used)} at {size} {kv}{slots} ({how}) {relation} budget "
-            f"{fmt_bytes(budget)} ({note})"
-        )
 
     def _flag_swap(self, ctx: HookContext, plan: Plan, used: int) -> None:
         budget, _ = self.budget(ctx, plan)
@@ -160,16 +202,16 @@ class NoSwapGuardPlugin:
             return None
         current = int(proposal.value)
         kv = self._kv_hint(ctx)
-        size, level_kv, level, used, exact, fits = self._walk(ctx, plan, current, kv)
-        reason = self._explain(ctx, plan, size, level_kv, level, used, exact, fits)
-        plan.record(self.name, "kv_bytes", None, used, reason)
-        if level_kv != kv:
-            ctx.stash[_REQUIRED_KV] = level_kv
-        if not fits:
-            self._flag_swap(ctx, plan, used)
+        walk = self._walk(ctx, plan, current, kv)
+        reason = walk.reason
+        plan.record(self.name, "kv_bytes", None, walk.used, reason)
+        if walk.kv != kv:
+            ctx.stash[_REQUIRED_KV] = walk.kv
+        if not walk.fits:
+            self._flag_swap(ctx, plan, walk.used)
             reason = "nothing fits; kept the smallest context that holds the prompt — " + reason
         # safety: the only kind of choice that may lower a context the client set explicitly
-        return Choice(size, reason, safety=True) if size != current else None
+        return Choice(walk.size, reason, safety=True) if walk.size != current else None
 
     @hookimpl  # not trylast: flash-attention and prefix-protect check the final KV type after this
     @fold_stage("guard")
@@ -181,18 +223,17 @@ class NoSwapGuardPlugin:
         actual = proposal.value if proposal is not None and proposal.value else "f16"
         required = ctx.stash.get(_REQUIRED_KV)
         kv = smaller_kv_type(actual, required) if required else actual
-        size, level_kv, level, used, exact, fits = self._walk(ctx, plan, plan.num_ctx, kv)
-        reason = self._explain(ctx, plan, size, level_kv, level, used, exact, fits)
-        if size != plan.num_ctx:
+        walk = self._walk(ctx, plan, plan.num_ctx, kv)
+        if walk.size != plan.num_ctx:
             plan.set(
                 self.name,
                 "num_ctx",
-                size,
-                f"the KV type {actual} does not fit at {plan.num_ctx}; {reason}",
+                walk.size,
+                f"the KV type {actual} does not fit at {plan.num_ctx}; {walk.reason}",
                 safety=True,
             )
-        if not fits and not plan.flags.get("swap_risk"):
-            self._flag_swap(ctx, plan, used)
-        if (proposal.value if proposal is not None else "f16") == level_kv:
+        if not walk.fits and not plan.flags.get("swap_risk"):
+            self._flag_swap(ctx, plan, walk.used)
+        if (proposal.value if proposal is not None else "f16") == walk.kv:
             return None
-        return Choice(level_kv, reason, safety=True)
+        return Choice(walk.kv, walk.reason, safety=True)

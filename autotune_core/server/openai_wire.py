@@ -8,7 +8,7 @@ validated a second time. Unknown top-level fields are kept in ``ChatRequest.extr
 from __future__ import annotations
 
 import base64
-import secrets
+import random
 import struct
 import time
 from typing import Any, Literal
@@ -249,7 +249,9 @@ def embeddings_request(data: dict[str, Any]) -> EmbeddingsBody:
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(12)}"
+    """A response id (``chatcmpl-…``): unique, not secret, so the cheap generator (``secrets`` asks the kernel
+    on every call: a system call per response)."""
+    return f"{prefix}-{random.getrandbits(96):024x}"
 
 
 def usage_dict(usage: Usage) -> dict[str, Any]:
@@ -267,7 +269,7 @@ def _tool_calls(calls: list[ToolCall], *, with_index: bool) -> list[dict[str, An
     out = []
     for position, call in enumerate(calls):
         item: dict[str, Any] = {
-            "id": call.id or f"call_{secrets.token_hex(6)}",
+            "id": call.id or f"call_{random.getrandbits(48):012x}",
             "type": "function",
             "function": {"name": call.name, "arguments": call.arguments or "{}"},
         }
