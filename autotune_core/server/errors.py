@@ -8,7 +8,6 @@ anything else is an upstream transport problem (502/504) or, as a last resort, a
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from typing import Any, Literal
@@ -16,6 +15,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import ValidationError
 
+from .. import jsonio
 from ..errors import AutotuneError, InvalidRequest, QueueFull, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("autotune.server")
@@ -120,8 +120,8 @@ def error_headers(error: AutotuneError) -> dict[str, str]:
 
 
 def dumps(data: Any) -> bytes:
-    """Compact JSON (the hot path's only encoder: stdlib, no extra dependency)."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact JSON (the hot path's encoder: :func:`autotune_core.jsonio.dumps`)."""
+    return jsonio.dumps(data)
 
 
 def with_warnings(out: dict[str, Any], warnings: list[str]) -> dict[str, Any]:

@@ -5,7 +5,6 @@ headers of the reply, and what is recorded once the answer is done."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .. import jsonio
 from ..backend import Backend
 from ..errors import AutotuneError, InvalidRequest
 from ..messages import ChatRequest, ChatResult, StreamChunk
@@ -39,10 +39,6 @@ def json_response(
     return JSONBytes(dumps(data), status_code=status, headers=headers, background=background)
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
     """The body as a JSON object, refusing more than ``limit`` bytes (by Content-Length and as streamed)."""
     declared = request.headers.get("content-length")
@@ -64,7 +60,7 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if not body.strip():
         raise InvalidRequest("empty request body; expected a JSON object", code="invalid_json")
     try:
-        data = json.loads(body, parse_constant=_no_constant)
+        data = jsonio.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"malformed JSON: {exc}", code="invalid_json") from None
     except RecursionError:

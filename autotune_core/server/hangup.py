@@ -37,22 +37,35 @@ async def unless_hung_up(receive: Receive, work: Coroutine[Any, Any, T]) -> T:
     """Run ``work``; if the client disconnects first, cancel it and raise :class:`ClientDisconnected`.
 
     Cancelling ``work`` runs its own cleanup (the queue line is left or the slot released, the upstream
-    connection closed, plugins get ``post_response``), exactly as for any other failure.
+    connection closed, plugins get ``post_response``), exactly as for any other failure. ``work`` runs in
+    the caller's task (one task per request, the watcher, instead of two): a hang-up cancels this task and is
+    told from any other cancellation by ``hung_up``.
     """
-    job = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_hangup(receive))
+    task = asyncio.current_task()
+    assert task is not None
+    hung_up = running = True
 
     def on_hangup(done: asyncio.Future[None]) -> None:
-        if not done.cancelled() and done.exception() is None:
-            job.cancel()
+        nonlocal hung_up
+        # a callback scheduled before the watcher was dropped can still run after ``work`` ended: ignore it
+        if running and not done.cancelled() and done.exception() is None:
+            hung_up = True
+            task.cancel()
 
+    hung_up = False
+    watch = asyncio.ensure_future(_hangup(receive))
     watch.add_done_callback(on_hangup)
     try:
-        return await job
+        result = await work
     except asyncio.CancelledError:
-        if job.cancelled() and watch.done() and not watch.cancelled():
+        if hung_up:
+            task.uncancel()
             raise ClientDisconnected("the client closed the connection before the answer") from None
         raise
     finally:
+        running = False
         watch.remove_done_callback(on_hangup)
         watch.cancel()
+    if hung_up:  # ``work`` swallowed the cancellation and finished anyway: undo our request
+        task.uncancel()
+    return result

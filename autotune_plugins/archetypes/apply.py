@@ -22,12 +22,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from autotune_core.archetypes import Archetype, Resolved, classify, profile_sets, resolve, section_for
-from autotune_core.context import Choice, HookContext, fold_stage
+from autotune_core.context import Choice, HookContext, StashKey, fold_stage
 from autotune_core.markers import hookimpl
 from autotune_core.messages import ChatRequest
 from autotune_core.plan import Plan
 
 PLUGIN_NAME = "auto-tune"
+_LOOKUP: StashKey[tuple[str, tuple[Archetype, dict[str, Resolved], dict[str, str]]]] = StashKey("auto-tune.lookup")
 #: plan knobs set in pre_request
 PRE_REQUEST_KNOBS = ("num_batch", "flash_attn", "parallel")
 #: names a client may use in ``options`` for each plan knob
@@ -57,7 +58,7 @@ class AutoTunePlugin:
 
     def __init__(self) -> None:
         self._archetypes: dict[int, Archetype] = {}
-        self._resolved: dict[tuple[Any, ...], dict[str, Resolved]] = {}
+        self._resolved: dict[tuple[Any, ...], tuple[dict[str, Resolved], dict[str, str]]] = {}
 
     def archetype(self, ctx: HookContext) -> Archetype:
         key = id(ctx.hardware)
@@ -68,6 +69,15 @@ class AutoTunePlugin:
 
     def resolved(self, ctx: HookContext, model: str) -> tuple[Archetype, dict[str, Resolved]]:
         """The resolved knobs for this machine, backend and model; cached (pure, no I/O)."""
+        archetype, values, _ = self._lookup(ctx, model)
+        return archetype, values
+
+    def _lookup(self, ctx: HookContext, model: str) -> tuple[Archetype, dict[str, Resolved], dict[str, str]]:
+        """(archetype, resolved knobs, each knob's origin as the trace says it). Four hooks ask per request:
+        remembered in the request's stash, and across requests per machine, backend, model and profile sets."""
+        memo = ctx.stash.get(_LOOKUP)
+        if memo is not None and memo[0] == model:
+            return memo[1]
         archetype = self.archetype(ctx)
         section = section_for(ctx.backend_name, ctx.capabilities.dialect)
         sets = ctx.host.archetype_sets
@@ -76,11 +86,14 @@ class AutoTunePlugin:
         if cached is None:
             typed, _errors = profile_sets(sets)
             skip = set(ctx.settings(PLUGIN_NAME).model_dump()["skip"])
-            cached = {k: v for k, v in resolve(typed, archetype, section=section, model=model).items() if k not in skip}
+            values = {k: v for k, v in resolve(typed, archetype, section=section, model=model).items() if k not in skip}
+            origins = {k: v.origin.describe(archetype.id) for k, v in values.items()}
             if len(self._resolved) > 256:
                 self._resolved.clear()
-            self._resolved[key] = cached
-        return archetype, cached
+            cached = self._resolved[key] = (values, origins)
+        found = (archetype, *cached)
+        ctx.stash[_LOOKUP] = (model, found)
+        return found
 
     @staticmethod
     def _client_set(request: ChatRequest, knob: str) -> bool:
@@ -88,11 +101,11 @@ class AutoTunePlugin:
 
     @hookimpl(tryfirst=True)
     def pre_request(self, ctx: HookContext, request: ChatRequest, plan: Plan) -> None:
-        archetype, values = self.resolved(ctx, request.model)
+        archetype, values, described = self._lookup(ctx, request.model)
         extras: dict[str, Any] = {}
         origins: dict[str, str] = {}
         for key, item in values.items():
-            origin = item.origin.describe(archetype.id)
+            origin = described[key]
             if key in PRE_REQUEST_KNOBS:
                 if not self._client_set(request, key):
                     value = item.value if key != "flash_attn" else bool(item.value)
@@ -116,14 +129,14 @@ class AutoTunePlugin:
     def choose_num_ctx(
         self, ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None
     ) -> Choice[Any] | None:
-        archetype, values = self.resolved(ctx, request.model)
+        _, values, described = self._lookup(ctx, request.model)
         item = values.get("num_ctx")
         if item is None or self._client_set(request, "num_ctx"):
             return None
         value = int(item.value)
         if ctx.model is not None and ctx.model.context_length:
             value = min(value, ctx.model.context_length)
-        return Choice(value, item.origin.describe(archetype.id))
+        return Choice(value, described["num_ctx"])
 
     @hookimpl(specname="choose_num_ctx")
     @fold_stage("adjust")
@@ -131,21 +144,21 @@ class AutoTunePlugin:
         self, ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None
     ) -> Choice[Any] | None:
         """``max_num_ctx``: lowers a larger proposal, never raises one (a second impl, adjust stage)."""
-        archetype, values = self.resolved(ctx, request.model)
+        _, values, described = self._lookup(ctx, request.model)
         item = values.get("max_num_ctx")
         if item is None or proposal is None or proposal.value is None or self._client_set(request, "num_ctx"):
             return None
         if int(proposal.value) <= int(item.value):
             return None
-        return Choice(int(item.value), "ceiling: " + item.origin.describe(archetype.id))
+        return Choice(int(item.value), "ceiling: " + described["max_num_ctx"])
 
     @hookimpl(tryfirst=True)
     @fold_stage("propose")
     def choose_kv_type(
         self, ctx: HookContext, request: ChatRequest, plan: Plan, proposal: Choice[Any] | None
     ) -> Choice[Any] | None:
-        archetype, values = self.resolved(ctx, request.model)
+        _, values, described = self._lookup(ctx, request.model)
         item = values.get("kv_type")
         if item is None or self._client_set(request, "kv_type"):
             return None
-        return Choice(str(item.value), item.origin.describe(archetype.id))
+        return Choice(str(item.value), described["kv_type"])

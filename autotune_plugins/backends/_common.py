@@ -10,6 +10,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from autotune_core import jsonio
 from autotune_core.backend import EmbeddingResult
 from autotune_core.errors import UpstreamError
 from autotune_core.messages import ChatRequest, Message, ToolCall, Usage
@@ -56,8 +57,8 @@ def error_text(body: bytes | str) -> str:
 def json_object(payload: bytes | str, label: str) -> dict[str, Any]:
     """A JSON object from the model server; anything else is the server's failure (502), not ours (500)."""
     try:
-        data = json.loads(payload)
-    except ValueError as exc:
+        data = jsonio.loads(payload)
+    except (ValueError, RecursionError) as exc:
         raise UpstreamError(f"{label} sent something that is not JSON: {payload[:200]!r}") from exc
     if not isinstance(data, dict):
         raise UpstreamError(f"{label} sent JSON that is not an object: {payload[:200]!r}")

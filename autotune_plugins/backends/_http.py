@@ -13,11 +13,11 @@ aiohttp is imported on first use: listing plugins should not pay for it.
 from __future__ import annotations
 
 import asyncio
-import json as jsonlib
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from autotune_core import jsonio
 from autotune_core.errors import BackendUnavailable, UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class UpstreamResponse:
         self.content = content
 
     def json(self) -> Any:
-        return jsonlib.loads(self.content)
+        return jsonio.loads(self.content)
 
 
 class StreamingResponse:
@@ -187,7 +187,7 @@ class UpstreamClient:
 
     async def request(self, method: str, path: str, *, json: Any = None) -> UpstreamResponse:
         """A whole request and answer; the body is read completely."""
-        body = jsonlib.dumps(json).encode() if json is not None else None
+        body = jsonio.dumps(json) if json is not None else None
         response = await self.send(method, path, body)
         try:
             content = await self._read_bounded(response)
@@ -213,7 +213,7 @@ class UpstreamClient:
 
     def stream(self, method: str, path: str, *, json: Any = None) -> _Stream:
         """``async with client.stream("POST", path, json=body) as response: async for line in ...``."""
-        return _Stream(self, method, path, jsonlib.dumps(json).encode() if json is not None else None)
+        return _Stream(self, method, path, jsonio.dumps(json) if json is not None else None)
 
     async def get_json(self, path: str) -> Any:
         """A probe: the JSON of a 200 answer, else None (never raises for transport or parse failures)."""

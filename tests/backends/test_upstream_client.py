@@ -72,7 +72,7 @@ async def test_a_silent_upstream_times_out() -> None:
 
 async def test_lines_arrive_whole_across_chunks_and_crlf() -> None:
     async def split(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        assert await read_request(reader) == b'{"stream": true}'
+        assert await read_request(reader) == b'{"stream":true}'  # compact JSON (jsonio.dumps)
         writer.write(chunked_head())
         for piece in (b'{"a": 1}\r\n{"b"', b": 2}\n", b"\n", b'{"c": 3}'):  # the last line has no newline
             writer.write(chunk(piece))
