@@ -24,6 +24,7 @@ from .auth import ApiKeyMiddleware
 from .errors import NotFoundRoute, classify, door_for_path, error_body, error_headers
 from .exchange import json_response
 from .guard import guard_middleware
+from .hot_routes import HotRoutes, hot_endpoints
 from .state import ServerState
 
 log = logging.getLogger("autotune.server")
@@ -177,6 +178,8 @@ def create_app(
     # outermost: Host/Origin refusals before any work; CORS headers on every answer, 401s included
     methods = {method for route in routes for method in (getattr(route, "methods", None) or ())}
     middleware.insert(0, guard_middleware(config, methods))
+    # innermost: the chat endpoints by exact path, past the router (after the guard and the key check)
+    middleware.append(Middleware(HotRoutes, endpoints=hot_endpoints(routes), on_error=handler))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
