@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -192,7 +191,8 @@ class RecallPlugin:
         query = query_of(request.messages)
         if not query:
             return
-        key = request.conversation_id or "q:" + hashlib.sha256(query.encode()).hexdigest()
+        # the query itself keys a stateless request (≤ 1,200 chars × 512 entries): no digest per request
+        key = request.conversation_id or "q:" + query
         if key in self._blocks:
             block = self._blocks[key]
             reason = "same memories as earlier in this conversation (stable prefix)"
