@@ -2,8 +2,9 @@
 
 One method per hook of ``hookspecs.py``, with the spec's argument names and types; each follows the calling
 rule its spec declares (:mod:`autotune_core.hookkinds`). ``tests/core/test_hook_facade.py`` checks the two
-against each other, so a new hook cannot be added to one and forgotten in the other. The dispatch itself is
-one loop (:meth:`Hooks._each`) shared by the sync and the async callers and by the folds.
+against each other, so a new hook cannot be added to one and forgotten in the other. Every caller walks the
+same cached list of the implementations that run (:meth:`PluginHost.runnable`) and calls each through
+:meth:`PluginHost.invoke` (arguments, failure isolation).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import hookspecs
 from .context import Choice
+from .errors import AutotuneError
 from .hookkinds import HookKind, kinds
 
 if TYPE_CHECKING:
@@ -150,10 +152,13 @@ class Hooks:
             self._stray_awaitable(impl, hook, result)
 
     async def _acall(self, hook: str, kwargs: dict[str, Any], skip: frozenset[str] = _NONE) -> list[Any]:
-        from .errors import AutotuneError
-
+        host = self._host
         results = []
-        for impl, result in self._each(hook, kwargs, skip):
+        for impl in host.runnable(hook, skip):  # the loop of _each, inlined: this runs for every request
+            try:
+                result = host.invoke(impl, hook, kwargs)
+            except Isolated:
+                continue
             if result is not None and inspect.isawaitable(result):  # most hooks are sync and return None
                 try:
                     result = await result
