@@ -34,7 +34,7 @@ from .exchange import (
     plan_headers,
     read_json,
 )
-from .hangup import ClientDisconnected, unless_hung_up
+from .hangup import WATCH_AFTER_S, ClientDisconnected, unless_hung_up
 from .queue import Slot
 from .state import ServerState
 from .streaming import open_stream, queued_stream
@@ -54,7 +54,8 @@ async def handle(state: ServerState, request: Request, dialect: Dialect) -> Resp
         return error_response(state, dialect.door, dialect.endpoint, exc)
     resolved = Resolved(chat, chat.model, backend, upstream_model, started)
     try:
-        return await unless_hung_up(request.receive, _serve(state, dialect, resolved, slot))
+        watch_after = WATCH_AFTER_S if slot.held else 0.0
+        return await unless_hung_up(request.receive, _serve(state, dialect, resolved, slot), watch_after=watch_after)
     except ClientDisconnected as exc:
         return error_response(state, dialect.door, dialect.endpoint, exc)
 

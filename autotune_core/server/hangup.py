@@ -33,17 +33,26 @@ async def _hangup(receive: Receive) -> None:
         pass
 
 
-async def unless_hung_up(receive: Receive, work: Coroutine[Any, Any, T]) -> T:
+#: a request that has its slot and is over sooner is not watched (the watcher would cost more than the work a
+#: hang-up saves); longer ones (a real generation) are watched from then on
+WATCH_AFTER_S = 0.05
+
+
+async def unless_hung_up(receive: Receive, work: Coroutine[Any, Any, T], *, watch_after: float = 0.0) -> T:
     """Run ``work``; if the client disconnects first, cancel it and raise :class:`ClientDisconnected`.
 
     Cancelling ``work`` runs its own cleanup (the queue line is left or the slot released, the upstream
     connection closed, plugins get ``post_response``), exactly as for any other failure. ``work`` runs in
-    the caller's task (one task per request, the watcher, instead of two): a hang-up cancels this task and is
-    told from any other cancellation by ``hung_up``.
+    the caller's task: a hang-up cancels this task and is told from any other cancellation by ``hung_up``.
+    The watcher starts after ``watch_after`` seconds (a timer until then, not a task): 0 for a request that
+    waits in line (a client that leaves it must not get a slot), :data:`WATCH_AFTER_S` for one that holds its
+    slot already.
     """
     task = asyncio.current_task()
     assert task is not None
-    hung_up = running = True
+    hung_up = False
+    running = True
+    watch: asyncio.Future[None] | None = None
 
     def on_hangup(done: asyncio.Future[None]) -> None:
         nonlocal hung_up
@@ -52,9 +61,15 @@ async def unless_hung_up(receive: Receive, work: Coroutine[Any, Any, T]) -> T:
             hung_up = True
             task.cancel()
 
-    hung_up = False
-    watch = asyncio.ensure_future(_hangup(receive))
-    watch.add_done_callback(on_hangup)
+    def start_watching() -> None:
+        nonlocal watch
+        if running:
+            watch = asyncio.ensure_future(_hangup(receive))
+            watch.add_done_callback(on_hangup)
+
+    timer = asyncio.get_running_loop().call_later(watch_after, start_watching) if watch_after > 0 else None
+    if timer is None:
+        start_watching()
     try:
         result = await work
     except asyncio.CancelledError:
@@ -64,8 +79,11 @@ async def unless_hung_up(receive: Receive, work: Coroutine[Any, Any, T]) -> T:
         raise
     finally:
         running = False
-        watch.remove_done_callback(on_hangup)
-        watch.cancel()
+        if timer is not None:
+            timer.cancel()
+        if watch is not None:
+            watch.remove_done_callback(on_hangup)
+            watch.cancel()
     if hung_up:  # ``work`` swallowed the cancellation and finished anyway: undo our request
         task.uncancel()
     return result
