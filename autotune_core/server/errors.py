@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .. import jsonio
 from ..errors import AutotuneError, InvalidRequest, QueueFull, UpstreamError, UpstreamTimeout
+
+M = TypeVar("M", bound=BaseModel)
 
 log = logging.getLogger("autotune.server")
 
@@ -63,6 +65,15 @@ class SchemaError(InvalidRequest):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+def validate(model: type[M], data: dict[str, Any]) -> M:
+    """``data`` as ``model`` (both doors' bodies, and the ChatRequest built from them), or a 400 naming the
+    first fields that are wrong."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise schema_error(exc) from None
 
 
 def schema_error(exc: ValidationError) -> SchemaError:

@@ -20,7 +20,7 @@ from ..durations import parse_duration
 from ..messages import ChatRequest
 from . import ollama_models as models
 from . import ollama_wire as wire
-from .errors import SchemaError
+from .errors import SchemaError, validate
 from .flow import Dialect, Encoder, error_response, handle, in_slot, ok, read_json
 from .state import ServerState
 
@@ -60,7 +60,7 @@ def routes(state: ServerState) -> list[Route]:
     async def embed(request: Request) -> Response:
         endpoint = "/api/embed"
         try:
-            body = wire.validate(wire.EmbedBody, await read_json(request, state.config.max_body_bytes))
+            body = validate(wire.EmbedBody, await read_json(request, state.config.max_body_bytes))
             inputs = [body.input] if isinstance(body.input, str) else list(body.input)
             if not inputs:
                 raise SchemaError("input: must not be empty", param="input")
@@ -85,7 +85,7 @@ def routes(state: ServerState) -> list[Route]:
     async def embeddings(request: Request) -> Response:
         endpoint = "/api/embeddings"
         try:
-            body = wire.validate(wire.LegacyEmbeddingsBody, await read_json(request, state.config.max_body_bytes))
+            body = validate(wire.LegacyEmbeddingsBody, await read_json(request, state.config.max_body_bytes))
             backend, upstream = await state.resolve(body.model)
             result = await in_slot(state, request, lambda: backend.embed(upstream, [body.prompt]))
             return ok(state, "ollama", endpoint, {"embedding": result.vectors[0] if result.vectors else []})

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from ..messages import ModelEntry
 from ..modelinfo import ModelInfo
 from . import ollama_wire as wire
+from .errors import validate
 from .exchange import error_response, ok, read_json
 from .state import ServerState
 
@@ -106,7 +107,7 @@ async def tags(state: ServerState, started_iso: str, request: Request) -> Respon
 
 async def show(state: ServerState, started_iso: str, request: Request) -> Response:
     try:
-        body = wire.validate(wire.ModelNameBody, await read_json(request, state.config.max_body_bytes))
+        body = validate(wire.ModelNameBody, await read_json(request, state.config.max_body_bytes))
         name = body.target()
         backend, upstream = await state.resolve(name)
         native = await backend.native_show(upstream, verbose=bool((body.model_extra or {}).get("verbose")))

@@ -11,10 +11,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..messages import ChatRequest, ChatResult, Message, StreamChunk, Timings, ToolCall, Usage
-from .errors import SchemaError, dumps, schema_error, with_warnings
+from ..messages import ChatRequest, ChatResult, StreamChunk, Timings, ToolCall, Usage
+from .errors import SchemaError, dumps, validate, with_warnings
 
 _ALLOW = ConfigDict(extra="allow")
 
@@ -118,13 +118,6 @@ class ModelNameBody(BaseModel):
         return chosen
 
 
-def validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise schema_error(exc) from None
-
-
 def _format(value: str | dict[str, Any] | None) -> dict[str, Any] | None:
     if value is None or value == "":
         return None
@@ -135,27 +128,28 @@ def _format(value: str | dict[str, Any] | None) -> dict[str, Any] | None:
     raise SchemaError('format: expected "json" or a JSON schema object', param="format")
 
 
-def _message(wire: WireMessage) -> Message:
+def _message(wire: WireMessage) -> dict[str, Any]:
+    """A Message's fields (validated with the ChatRequest)."""
     calls = [
-        ToolCall.model_construct(
-            id=None,
-            index=None,
-            name=call.function.name,
-            arguments=call.function.arguments
+        {
+            "id": None,
+            "index": None,
+            "name": call.function.name,
+            "arguments": call.function.arguments
             if isinstance(call.function.arguments, str)
             else dumps(call.function.arguments).decode(),
-        )
+        }
         for call in wire.tool_calls or []
     ]
-    return Message.model_construct(
-        role=wire.role,
-        content=wire.content or "",
-        images=list(wire.images or []),
-        tool_calls=calls,
-        tool_call_id=None,
-        name=wire.tool_name,
-        thinking=wire.thinking,
-    )
+    return {
+        "role": wire.role,
+        "content": wire.content or "",
+        "images": list(wire.images or []),
+        "tool_calls": calls,
+        "tool_call_id": None,
+        "name": wire.tool_name,
+        "thinking": wire.thinking,
+    }
 
 
 def _fields(body: _Base) -> dict[str, Any]:
@@ -200,7 +194,7 @@ def chat_request(data: dict[str, Any]) -> ChatRequest:
         tools=body.tools or [],
         extra=dict(body.model_extra or {}),
     )
-    return ChatRequest.model_construct(**fields)
+    return validate(ChatRequest, fields)
 
 
 def generate_request(data: dict[str, Any]) -> ChatRequest:
@@ -212,7 +206,7 @@ def generate_request(data: dict[str, Any]) -> ChatRequest:
         if value is not None:
             extra[key] = value
     fields.update(kind="completion", prompt=body.prompt, raw=body.raw, extra=extra)
-    return ChatRequest.model_construct(**fields)
+    return validate(ChatRequest, fields)
 
 
 # -- responses ---------------------------------------------------------------------------------------------
