@@ -17,11 +17,11 @@ from typing import Any
 
 import orjson
 
-#: an integer literal orjson would turn into a float has more than 19 digits (64 bits hold at most 20, and those
-#: past 2**64 start at 18446744073709551616): found by mapping every digit to "0" and looking for 20 of them
+#: an integer literal orjson could turn into a float has 19 digits or more (below -2**63 from
+#: -9223372036854775809, above 2**64 - 1): found by mapping every digit to "0" and looking for 19 of them
 #: (two C passes; a regex scan took ~15 ns a byte, 1.5 ms for a 100 KB conversation)
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
-_TWENTY_DIGITS = b"0" * 20
+_LONG_NUMBER = b"0" * 19
 #: orjson reads any depth but writes at most 254 levels: a document with more brackets than that is read by the
 #: standard library, which refuses absurd nesting (RecursionError) as before and whose output ``dumps`` can write
 _MAX_BRACKETS = 254
@@ -35,25 +35,29 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def loads(data: bytes | str) -> Any:
-    """Decode strictly: NaN/Infinity refused (as orjson does); malformed input raises ``ValueError`` (or
-    ``RecursionError`` for absurd nesting) with the standard library's message."""
+def loads(data: bytes | str, *, constants: bool = False) -> Any:
+    """Decode; malformed input raises ``ValueError`` (or ``RecursionError`` for absurd nesting) with the standard
+    library's message. NaN/Infinity are refused unless ``constants`` (a model server's answer may carry
+    ``-Infinity`` logprobs, as Python's json writes them; a client's body may not)."""
     raw = data.encode() if isinstance(data, str) else data
     if (
         len(raw) <= _SMALL
         and raw.count(b"[") + raw.count(b"{") <= _MAX_BRACKETS
-        and _TWENTY_DIGITS not in raw.translate(_DIGITS_TO_ZERO)
+        and _LONG_NUMBER not in raw.translate(_DIGITS_TO_ZERO)
     ):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
-            pass  # the standard library's verdict and message (it also reads UTF-16/32)
-    return json.loads(data, parse_constant=_no_constant)
+            pass  # the standard library's verdict and message (it also reads UTF-16/32, and the constants)
+    return json.loads(data) if constants else json.loads(data, parse_constant=_no_constant)
 
 
 def dumps(data: Any) -> bytes:
-    """Compact UTF-8 JSON."""
+    """Compact UTF-8 JSON. (orjson writes NaN and ±Infinity as ``null``, where the standard library wrote
+    tokens that are not JSON.)"""
     try:
         return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
-    except TypeError:  # an integer beyond 64 bits, or a type only the standard library takes
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except TypeError:
+        # an integer beyond 64 bits, a lone surrogate ("\ud83d" from a client that cut an emoji in half), a type
+        # only the standard library takes: ASCII-escaped, so every string survives as it came
+        return json.dumps(data, separators=(",", ":")).encode("ascii")

@@ -4,8 +4,9 @@ Why: every request used to walk the route list (the Ollama door's ``/api/chat`` 
 two exception-handling wrappers, before reaching its handler: ~8 % of the proxy's time per request in the
 profile (docs/benchmarks.md). The few endpoints that carry the traffic are looked up by exact method and path
 instead; anything else (other paths, other methods, trailing slashes, 405s) goes on to the router as before.
-Errors are the same: an exception before the response starts gets the app's error handler, one after it
-propagates to the server-error middleware, exactly as Starlette does.
+Errors are the same: an exception before the response starts gets the app's error handler (and, unless it is an
+``HTTPException``, is then raised on for the server to log, as Starlette's server-error middleware does); one
+after it propagates.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -45,7 +47,7 @@ class HotRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self.endpoints.get(scope["path"]) if scope["type"] == "http" else None
-        if endpoint is None or scope["method"] != "POST":
+        if endpoint is None or scope["method"] != "POST" or scope.get("root_path"):  # mounted: the router decides
             await self.app(scope, receive, send)
             return
         started = False
@@ -65,3 +67,5 @@ class HotRoutes:
                 raise
             answer: Any = await self.on_error(request, exc)
             await answer(scope, receive, send)
+            if not isinstance(exc, HTTPException):
+                raise  # as Starlette's server-error middleware does: answered, then the server logs it

@@ -57,7 +57,7 @@ def error_text(body: bytes | str) -> str:
 def json_object(payload: bytes | str, label: str) -> dict[str, Any]:
     """A JSON object from the model server; anything else is the server's failure (502), not ours (500)."""
     try:
-        data = jsonio.loads(payload)
+        data = jsonio.loads(payload, constants=True)
     except (ValueError, RecursionError) as exc:
         raise UpstreamError(f"{label} sent something that is not JSON: {payload[:200]!r}") from exc
     if not isinstance(data, dict):

@@ -50,7 +50,7 @@ class UpstreamResponse:
         self.content = content
 
     def json(self) -> Any:
-        return jsonio.loads(self.content)
+        return jsonio.loads(self.content, constants=True)
 
 
 class StreamingResponse:

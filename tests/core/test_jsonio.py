@@ -39,3 +39,19 @@ def test_deep_nesting_is_the_stdlib_verdict_and_what_is_read_can_be_written() ->
 
 def test_non_string_keys_as_the_stdlib_writes_them() -> None:
     assert jsonio.loads(jsonio.dumps({1: "a", "b": None})) == {"1": "a", "b": None}
+
+
+def test_negative_integers_below_64_bits_stay_exact() -> None:
+    assert jsonio.loads(b'{"seed": -9999999999999999999}') == {"seed": -9999999999999999999}
+
+
+def test_a_lone_surrogate_is_written_escaped_as_before() -> None:
+    """A client that cut an emoji in half: the text goes upstream as it came (``\\ud83d``), never a 500."""
+    text = "cut \ud83d here"
+    assert jsonio.loads(jsonio.dumps({"content": text})) == {"content": text}
+
+
+def test_a_model_servers_infinity_is_read_but_a_clients_is_refused() -> None:
+    assert jsonio.loads(b'{"logprob": -Infinity}', constants=True) == {"logprob": float("-inf")}
+    with pytest.raises(ValueError, match="Infinity"):
+        jsonio.loads(b'{"logprob": -Infinity}')

@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -59,15 +60,51 @@ def _app(endpoint: Any) -> tuple[Starlette, list[Exception]]:
     return HotRoutes(app, endpoints=hot_endpoints(routes), on_error=on_error), seen  # type: ignore[return-value]
 
 
-async def test_an_error_before_the_answer_starts_gets_the_error_handler() -> None:
+async def test_an_error_before_the_answer_starts_gets_the_error_handler_then_is_raised_for_the_log() -> None:
+    """As Starlette's server-error middleware: the client gets the handler's answer, the server the traceback."""
+
     async def broken(request: Request) -> Response:
         raise RuntimeError("boom")
 
     app, seen = _app(broken)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
+    raised: list[BaseException] = []
+
+    async def recording(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await app(scope, receive, send)
+        except RuntimeError as exc:
+            raised.append(exc)
+
+    transport = httpx.ASGITransport(app=recording)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         response = await client.post("/api/chat", json={})
     assert response.status_code == 500 and response.json() == {"error": "RuntimeError"}
     assert [type(exc) for exc in seen] == [RuntimeError]
+    assert [str(exc) for exc in raised] == ["boom"]
+
+
+async def test_an_http_exception_is_answered_and_not_raised() -> None:
+    async def refused(request: Request) -> Response:
+        raise HTTPException(status_code=418)
+
+    app, seen = _app(refused)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
+        response = await client.post("/api/chat", json={})
+    assert response.status_code == 500 and [type(exc) for exc in seen] == [HTTPException]
+
+
+async def test_a_mounted_app_leaves_the_hot_paths_to_the_router() -> None:
+    async def endpoint(request: Request) -> Response:
+        return Response("hot")
+
+    async def router(scope: Any, receive: Any, send: Any) -> None:
+        await Response("router")(scope, receive, send)
+
+    hot = HotRoutes(router, endpoints={"/api/chat": endpoint}, on_error=None)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hot, root_path="/x"), base_url="http://h") as c:
+        assert (await c.post("/api/chat")).text == "router"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hot), base_url="http://h") as c:
+        assert (await c.post("/api/chat")).text == "hot"
 
 
 async def test_an_error_after_the_answer_started_propagates() -> None:
