@@ -90,9 +90,6 @@ class HookContext:
     def settings(self, of: type[S] | str) -> S | BaseModel:
         """A plugin's validated settings: ``ctx.settings(MySettings)`` returns that model, typed; a plugin name
         returns its settings as a plain ``BaseModel``."""
-        found = self.host.settings_by_model.get(of)  # type: ignore[arg-type]  # a name is simply not found
-        if found is not None:
-            return found
         if isinstance(of, str):
             return self.host.plugin_settings(of)
         return self.host.settings_of(of)

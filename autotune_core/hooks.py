@@ -152,13 +152,8 @@ class Hooks:
             self._stray_awaitable(impl, hook, result)
 
     async def _acall(self, hook: str, kwargs: dict[str, Any], skip: frozenset[str] = _NONE) -> list[Any]:
-        host = self._host
         results = []
-        for impl in host.runnable(hook, skip):  # the loop of _each, inlined: this runs for every request
-            try:
-                result = host.invoke(impl, hook, kwargs)
-            except Isolated:
-                continue
+        for impl, result in self._each(hook, kwargs, skip):
             if result is not None and inspect.isawaitable(result):  # most hooks are sync and return None
                 try:
                     result = await result

@@ -157,10 +157,8 @@ class PluginHost:
         self.archetype_sets: list[tuple[str, Any]] = []
         self._backends: dict[str, Backend] = {}
         self._settings_cache: dict[str, BaseModel] = {}
-        self._settings_owner: dict[type[BaseModel], str] = {}
-        #: settings model -> its validated settings, filled by :meth:`settings_of` (read, never written, by
-        #: ``HookContext.settings``: plugins ask for their settings ~20 times a request)
-        self.settings_by_model: dict[type[BaseModel], BaseModel] = {}
+        #: settings model -> its validated settings, filled by :meth:`settings_of` (plugins ask ~20 times a request)
+        self._settings_by_model: dict[type[BaseModel], BaseModel] = {}
         self._impl_cache: dict[str, list[_Impl]] = {}
         #: (hook, skip) -> the implementations that run: filled on first use, cleared with ``_impl_cache``
         self._run_cache: dict[tuple[str, frozenset[str]], tuple[_Impl, ...]] = {}
@@ -377,29 +375,18 @@ class PluginHost:
     def invoke(self, impl: HookImpl, hook: str, kwargs: dict[str, Any]) -> Any:
         """Call one implementation with the arguments it asks for. A failure other than a deliberate
         refusal (:class:`AutotuneError`) is counted and raised as :class:`~autotune_core.hooks.Isolated`."""
-        if self.trace_hooks:
-            return self._invoke_traced(impl, hook, kwargs)
+        started = time.perf_counter() if self.trace_hooks else 0.0
         try:
             # pluggy checked at registration that every name is one of the spec's, and the facade passes them all
-            return impl.function(*impl.pick(kwargs))
-        except AutotuneError:
-            raise
-        except Exception as exc:
-            self.record_failure(impl.plugin, hook, exc)
-            raise Isolated from exc
-
-    def _invoke_traced(self, impl: HookImpl, hook: str, kwargs: dict[str, Any]) -> Any:
-        """``AUTOTUNE_TRACE_PLUGINS=1``: each call with its time and result on stderr."""
-        started = time.perf_counter()
-        try:
             result = impl.function(*impl.pick(kwargs))
         except AutotuneError:
             raise
         except Exception as exc:
             self.record_failure(impl.plugin, hook, exc)
             raise Isolated from exc
-        took = (time.perf_counter() - started) * 1000
-        print(f"autotune: {hook} -> {impl.plugin} ({took:.3f} ms) = {result!r}"[:300], file=sys.stderr)
+        if self.trace_hooks:
+            took = (time.perf_counter() - started) * 1000
+            print(f"autotune: {hook} -> {impl.plugin} ({took:.3f} ms) = {result!r}"[:300], file=sys.stderr)
         return result
 
     def record_failure(self, plugin: str, hook: str, exc: BaseException) -> None:
@@ -499,26 +486,23 @@ class PluginHost:
 
     def settings_of(self, model: type[S]) -> S:
         """The validated settings whose model is ``model`` (``ctx.settings(CtxSizingSettings)``), typed.
-        Called in hooks on every request, so the owner of each model is remembered."""
-        found = self.settings_by_model.get(model)
+        Called in hooks on every request, so each model's settings are remembered ."""
+        found = self._settings_by_model.get(model)
         if found is not None:
             return found  # type: ignore[return-value]
-        owner = self._settings_owner.get(model)
+        owner = next(
+            (
+                name
+                for name, record in self.records.items()
+                if record.enabled and getattr(self.pm.get_plugin(name), "Settings", None) is model
+            ),
+            None,
+        )
         if owner is None:
-            owner = next(
-                (
-                    name
-                    for name, record in self.records.items()
-                    if record.enabled and getattr(self.pm.get_plugin(name), "Settings", None) is model
-                ),
-                None,
-            )
-            if owner is None:
-                raise PluginError(f"no enabled plugin declares Settings = {model.__name__}")
-            self._settings_owner[model] = owner
+            raise PluginError(f"no enabled plugin declares Settings = {model.__name__}")
         settings = self.plugin_settings(owner)
         assert isinstance(settings, model)
-        self.settings_by_model[model] = settings
+        self._settings_by_model[model] = settings
         return settings
 
     def enabled(self, name: str) -> bool:

@@ -67,14 +67,10 @@ class AutoTunePlugin:
             found = self._archetypes[key] = classify(ctx.hardware)
         return found
 
-    def resolved(self, ctx: HookContext, model: str) -> tuple[Archetype, dict[str, Resolved]]:
-        """The resolved knobs for this machine, backend and model; cached (pure, no I/O)."""
-        archetype, values, _ = self._lookup(ctx, model)
-        return archetype, values
-
     def _lookup(self, ctx: HookContext, model: str) -> tuple[Archetype, dict[str, Resolved], dict[str, str]]:
-        """(archetype, resolved knobs, each knob's origin as the trace says it). Four hooks ask per request:
-        remembered in the request's stash, and across requests per machine, backend, model and profile sets."""
+        """(archetype, resolved knobs, each knob's origin as the trace says it) for this machine, backend and
+        model (pure, no I/O). Four hooks ask per request: remembered in the request's stash, and across
+        requests per machine, backend, model and profile sets."""
         memo = ctx.stash.get(_LOOKUP)
         if memo is not None and memo[0] == model:
             return memo[1]
