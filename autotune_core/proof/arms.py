@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -298,6 +299,14 @@ class ArmSet:
     #: arms share one model server (then every block is preceded by a warm-up of that arm)
     shared_server: bool
     notes: list[str] = field(default_factory=list)
+    #: the run's own folder (recall's empty memory store): removed by close()
+    scratch: Path | None = None
+
+    async def close(self) -> None:
+        for arm in self.arms:
+            await arm.close()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def backend_plugins(host: PluginHost) -> list[str]:
@@ -320,7 +329,8 @@ async def build_arms(model: str | None, backend: str | None, env: dict[str, str]
     settings = load_settings(env=merged)
     # recall would search the user's own memories and add them to the autotune arm's prompts: a proof of
     # tuning must send both arms the same prompts, and must not read (or write) anyone's conversations
-    memory = Path(tempfile.mkdtemp(prefix="autotune-proof-")) / "memory.db"
+    scratch = Path(tempfile.mkdtemp(prefix="autotune-proof-"))
+    memory = scratch / "memory.db"
     settings.plugins.settings.setdefault("recall", {})["path"] = str(memory)
     tuned_host = PluginHost(config=settings, env=merged)
     chosen = model or await pick_default(Pipeline(tuned_host))
@@ -341,5 +351,11 @@ async def build_arms(model: str | None, backend: str | None, env: dict[str, str]
     elif not shared:
         notes.append(f"no direct arm: {tuned.backend_name} runs inside autotune (there is no server to call)")
     return ArmSet(
-        arms=arms, model=tuned.model, backend=tuned.backend_name, info=tuned.info, shared_server=shared, notes=notes
+        arms=arms,
+        model=tuned.model,
+        backend=tuned.backend_name,
+        info=tuned.info,
+        shared_server=shared,
+        notes=notes,
+        scratch=scratch,
     )

@@ -204,8 +204,7 @@ async def run_proof(cfg: ProofConfig, progress: Progress | None = None) -> Proof
                         sampler.watch(None, [])
     finally:
         sampler.stop()
-        for arm in arms:
-            await arm.close()
+        await armset.close()
     for name, peak in sampler.peaks.items():
         totals[name].peak_rss = peak
     info = armset.info.model_dump() if armset.info is not None else {}

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -48,8 +49,12 @@ def _config(fake: Any, **kw: Any) -> ProofConfig:
     return ProofConfig(model="llama3.2:1b", backend="ollama", quick=True, env=env, **kw)
 
 
-def test_proof_against_fake_ollama_sees_the_plain_arms_silent_cut(fake_ollama: Any) -> None:
+def test_proof_against_fake_ollama_sees_the_plain_arms_silent_cut(
+    fake_ollama: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     result = asyncio.run(run_proof(_config(fake_ollama)))
+    assert list(tmp_path.glob("autotune-proof-*")) == []  # its empty memory store is gone with the run
     findings = {f.name: f for f in analyse(result)}
     assert set(result.arms) == {"autotune", "plain", "direct"}
     assert result.default_ctx == fake_ollama.default_num_ctx == 4096  # measured from the plain arm's load

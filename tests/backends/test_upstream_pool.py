@@ -1,0 +1,303 @@
+"""The upstream client's connections: keep-alive reuse, the stale-connection retry (and where it must not
+happen), bodies that end with the connection, the pool bound, a bounded read-ahead, hang-ups, malformed
+answers, a base path and headers, TLS, and uvloop (the server's loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_upstream_client import Handler, chunk, chunked_head, read_request, serve
+
+from autotune_core.errors import BackendUnavailable, UpstreamError, UpstreamTimeout
+from autotune_plugins.backends import _http
+from autotune_plugins.backends._http import UpstreamClient
+
+OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{"ok": true}'
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.connections = 0
+        self.open = 0
+        self.most_open = 0
+
+
+def keep_alive_server(counter: Counter, answer: bytes = OK, delay: float = 0.0) -> Handler:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        counter.connections += 1
+        counter.open += 1
+        counter.most_open = max(counter.most_open, counter.open)
+        try:
+            for _ in range(100):
+                try:
+                    await read_request(reader)
+                except asyncio.IncompleteReadError:
+                    return
+                if delay:
+                    await asyncio.sleep(delay)
+                writer.write(answer)
+                await writer.drain()
+        finally:
+            counter.open -= 1
+
+    return handler
+
+
+async def test_sequential_requests_share_one_kept_alive_connection() -> None:
+    counter = Counter()
+    server, url = await serve(keep_alive_server(counter))
+    async with server, UpstreamClient(url, 2.0) as client:
+        for _ in range(5):
+            assert (await client.request("POST", "/api/chat", json={"n": 1})).json() == {"ok": True}
+    assert counter.connections == 1
+
+
+async def test_a_connection_the_server_closed_while_idle_is_retried_once_on_a_fresh_one() -> None:
+    """The server read the second request on the old connection and closed it without a byte back: what a
+    server timing out an idle keep-alive looks like from our side when the request crosses its close."""
+    seen: list[bytes] = []
+
+    async def closes_after_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        writer.write(OK)
+        await writer.drain()
+        if len(seen) == 1:  # the first connection: read the next request, then hang up silently
+            seen.append(await read_request(reader))
+
+    server, url = await serve(closes_after_one)
+    async with server, UpstreamClient(url, 2.0) as client:
+        await client.request("POST", "/api/chat", json={"n": 1})
+        assert (await client.request("POST", "/api/chat", json={"n": 2})).json() == {"ok": True}
+    assert seen == [b'{"n":1}', b'{"n":2}', b'{"n":2}']  # the second request, sent again on a new connection
+
+
+async def test_a_fresh_connection_closed_without_an_answer_is_an_error_not_a_retry() -> None:
+    attempts = 0
+
+    async def hangs_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        await read_request(reader)
+
+    server, url = await serve(hangs_up)
+    async with server, UpstreamClient(url, 2.0, label="Ollama") as client:
+        with pytest.raises(UpstreamError, match=r"Ollama at .* failed: the connection closed"):
+            await client.request("POST", "/api/chat", json={})
+    assert attempts == 1  # the model may have seen it: never sent twice
+
+
+async def test_a_reused_connection_dying_mid_answer_is_not_retried() -> None:
+    attempts = 0
+
+    async def dies_on_the_second(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await read_request(reader)
+        attempts += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")  # headers and a byte, then gone
+        await writer.drain()
+
+    server, url = await serve(dies_on_the_second)
+    async with server, UpstreamClient(url, 2.0) as client:
+        await client.request("POST", "/api/chat", json={})
+        with pytest.raises(UpstreamError, match="before the answer was complete"):
+            await client.request("POST", "/api/chat", json={})
+    assert attempts == 1
+
+
+async def test_a_body_that_ends_with_the_connection_is_complete() -> None:
+    async def http10(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{"old": "style"}')
+        await writer.drain()
+
+    server, url = await serve(http10)
+    async with server, UpstreamClient(url, 2.0) as client:
+        assert (await client.request("GET", "/api/version")).json() == {"old": "style"}
+        assert (await client.request("GET", "/api/version")).json() == {"old": "style"}  # a new connection
+
+
+async def test_connection_close_is_honoured() -> None:
+    counter = Counter()
+    answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 12\r\n\r\n" + b'{"ok": true}'
+    server, url = await serve(keep_alive_server(counter, answer))
+    async with server, UpstreamClient(url, 2.0) as client:
+        for _ in range(3):
+            assert (await client.request("GET", "/")).status_code == 200
+    assert counter.connections == 3
+
+
+async def test_the_pool_never_opens_more_than_its_limit() -> None:
+    counter = Counter()
+    server, url = await serve(keep_alive_server(counter, delay=0.05))
+    async with server, UpstreamClient(url, 2.0, limit=2) as client:
+        answers = await asyncio.gather(*(client.request("POST", "/api/chat", json={}) for _ in range(7)))
+    assert [a.status_code for a in answers] == [200] * 7
+    assert counter.most_open == 2
+    assert counter.connections == 2
+
+
+async def test_waiting_for_a_busy_pool_is_bounded() -> None:
+    async def trickles(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(chunked_head())
+        for _ in range(8):  # never silent for the client's 0.3 s, so the connection stays busy for 0.8 s
+            writer.write(chunk(b'{"n": 0}\n'))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    server, url = await serve(trickles)
+    async with server, UpstreamClient(url, 0.3, limit=1) as client:
+        async with client.stream("POST", "/", json={}) as busy:
+            with pytest.raises(UpstreamTimeout, match="all 1 connections busy"):
+                await client.request("POST", "/api/chat", json={})
+            assert len([line async for line in busy.aiter_lines()]) == 8  # the busy one was not disturbed
+
+
+async def test_a_slow_reader_bounds_what_is_read_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_http, "READ_AHEAD_BYTES", 64 * 1024)
+    line = b"x" * 1023 + b"\n"
+
+    async def firehose(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(chunked_head())
+        for _ in range(64):
+            writer.write(chunk(line * 64))  # 64 KB a chunk, 4 MB in all
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    server, url = await serve(firehose)
+    async with server, UpstreamClient(url, 2.0) as client, client.stream("POST", "/", json={}) as response:
+        await asyncio.sleep(0.3)  # the upstream could send it all by now; we must not have buffered it all
+        conn = response._conn
+        assert conn.buffered <= 64 * 1024 + 256 * 1024  # the read-ahead plus at most one socket read
+        count = 0
+        async for got in response.aiter_lines():
+            assert got == line[:-1].decode()
+            count += 1
+    assert count == 64 * 64
+
+
+async def test_a_cancelled_request_drops_its_connection() -> None:
+    """A client hanging up cancels the call; its half-answered connection must never serve the next one."""
+    counter = Counter()
+    server, url = await serve(keep_alive_server(counter, delay=0.3))
+    async with server, UpstreamClient(url, 2.0) as client:
+        task = asyncio.create_task(client.request("POST", "/api/chat", json={}))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await client.request("POST", "/api/chat", json={})).json() == {"ok": True}
+    assert counter.connections == 2
+
+
+async def test_silence_in_the_middle_of_a_stream_times_out() -> None:
+    async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(chunked_head() + chunk(b'{"n": 0}\n'))
+        await writer.drain()
+        await asyncio.sleep(3)
+
+    server, url = await serve(stalls)
+    async with server, UpstreamClient(url, 0.3) as client, client.stream("POST", "/", json={}) as response:
+        lines = []
+        with pytest.raises(UpstreamTimeout, match="timed out"):
+            async for got in response.aiter_lines():
+                lines.append(got)
+    assert lines == ['{"n": 0}']
+
+
+async def test_a_malformed_answer_is_an_upstream_error() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"SPDY/9 what\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    server, url = await serve(garbage)
+    async with server, UpstreamClient(url, 2.0, label="Ollama") as client:
+        with pytest.raises(UpstreamError, match="malformed answer"):
+            await client.request("GET", "/")
+
+
+async def test_the_base_path_and_headers_are_sent() -> None:
+    heads: list[bytes] = []
+
+    async def records(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(OK)
+        await writer.drain()
+
+    server, url = await serve(records)
+    async with server, UpstreamClient(url + "/v1/", 2.0, headers={"Authorization": "Bearer k"}) as client:
+        await client.request("GET", "/models")
+    lines = heads[0].decode().split("\r\n")
+    assert lines[0] == "GET /v1/models HTTP/1.1"
+    assert f"Host: {url.removeprefix('http://')}" in lines
+    assert "Authorization: Bearer k" in lines
+    assert not any(line.lower().startswith("content-length") for line in lines)  # no body, no length
+
+
+def test_header_injection_and_other_schemes_are_refused() -> None:
+    with pytest.raises(ValueError, match="line break"):
+        UpstreamClient("http://127.0.0.1:1", 1.0, headers={"Authorization": "Bearer k\r\nX-Evil: 1"})
+    with pytest.raises(ValueError, match="http:// or https://"):
+        UpstreamClient("unix:///tmp/sock", 1.0)
+
+
+def test_the_client_works_on_uvloop() -> None:
+    """The proxy runs on uvloop, whose transports are not asyncio's classes."""
+    uvloop = pytest.importorskip("uvloop")
+    counter = Counter()
+
+    async def main() -> list[object]:
+        server, url = await serve(keep_alive_server(counter))
+        async with server, UpstreamClient(url, 2.0) as client:
+            return [(await client.request("GET", "/")).json() for _ in range(3)]
+
+    assert uvloop.run(main()) == [{"ok": True}] * 3
+    assert counter.connections == 1
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    request = "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1"
+    subprocess.run(
+        ["openssl", *request.split(), "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return key, cert
+
+
+async def test_https_verifies_the_certificate(self_signed: tuple[Path, Path]) -> None:
+    key, cert = self_signed
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    counter = Counter()
+    server = await asyncio.start_server(keep_alive_server(counter), "127.0.0.1", 0, ssl=server_tls)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server:
+        async with UpstreamClient(url, 2.0) as client:  # the system store does not know our certificate
+            with pytest.raises(BackendUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+                await client.request("GET", "/")
+        trusting = UpstreamClient(url, 2.0)
+        trusting._tls = ssl.create_default_context(cafile=str(cert))
+        async with trusting:
+            assert [(await trusting.request("GET", "/")).json() for _ in range(2)] == [{"ok": True}] * 2
+    assert counter.connections == 1  # one kept-alive connection (the refused handshake never got this far)
