@@ -490,14 +490,22 @@ class UpstreamClient:
 
     @base_url.setter
     def base_url(self, value: str) -> None:
-        """Parse once what every request needs: where to connect and the fixed part of the request head."""
+        """Parse once what every request needs: where to connect and the fixed part of the request head.
+
+        ``host:port`` without a scheme means http (as Ollama's own OLLAMA_HOST does); a URL we cannot use
+        is reported by every request (a 502 naming the setting), not raised while a backend is built."""
         self._base_url = value.rstrip("/")
-        parts = urlsplit(self._base_url)
+        self.invalid: str | None = None
+        parts = urlsplit(self._base_url if "://" in self._base_url else "http://" + self._base_url)
+        try:
+            port = parts.port
+        except ValueError as exc:
+            port, self.invalid = None, str(exc)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{self.label}: expected an http:// or https:// URL, got {value!r}")
+            self.invalid = "expected an http:// or https:// URL"
         self.scheme = parts.scheme
-        self.host = parts.hostname
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.host = parts.hostname or ""
+        self.port = port or (443 if parts.scheme == "https" else 80)
         self._prefix = parts.path.rstrip("/")
         fixed = {"Host": parts.netloc.rpartition("@")[2], "User-Agent": "autotune", **self.headers}
         for name, text in fixed.items():
@@ -542,6 +550,8 @@ class UpstreamClient:
 
     async def send(self, method: str, path: str, body: bytes | None, limit: int | None) -> _Connection:
         """Send a request and return once the status line and headers are in (body unread)."""
+        if self.invalid is not None:
+            raise BackendUnavailable(f"{self.label} at {self.base_url!r} is not reachable: {self.invalid}")
         request = self._request_head(method, path, body)
         pool = self._current_pool()
         conn = await pool.acquire()

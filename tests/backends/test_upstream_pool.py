@@ -5,6 +5,7 @@ answers, a base path and headers, TLS, and uvloop (the server's loop)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import ssl
 import subprocess
@@ -156,11 +157,10 @@ async def test_waiting_for_a_busy_pool_is_bounded() -> None:
         await writer.drain()
 
     server, url = await serve(trickles)
-    async with server, UpstreamClient(url, 0.3, limit=1) as client:
-        async with client.stream("POST", "/", json={}) as busy:
-            with pytest.raises(UpstreamTimeout, match="all 1 connections busy"):
-                await client.request("POST", "/api/chat", json={})
-            assert len([line async for line in busy.aiter_lines()]) == 8  # the busy one was not disturbed
+    async with server, UpstreamClient(url, 0.3, limit=1) as client, client.stream("POST", "/", json={}) as busy:
+        with pytest.raises(UpstreamTimeout, match="all 1 connections busy"):
+            await client.request("POST", "/api/chat", json={})
+        assert len([line async for line in busy.aiter_lines()]) == 8  # the busy one was not disturbed
 
 
 async def test_a_slow_reader_bounds_what_is_read_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,11 +249,26 @@ async def test_the_base_path_and_headers_are_sent() -> None:
     assert not any(line.lower().startswith("content-length") for line in lines)  # no body, no length
 
 
-def test_header_injection_and_other_schemes_are_refused() -> None:
+def test_header_injection_is_refused() -> None:
     with pytest.raises(ValueError, match="line break"):
         UpstreamClient("http://127.0.0.1:1", 1.0, headers={"Authorization": "Bearer k\r\nX-Evil: 1"})
-    with pytest.raises(ValueError, match="http:// or https://"):
-        UpstreamClient("unix:///tmp/sock", 1.0)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"), [("unix:///tmp/sock", "http:// or https://"), ("http://127.0.0.1:99999", "out of range")]
+)
+async def test_an_unusable_url_is_reported_by_each_request(url: str, why: str) -> None:
+    async with UpstreamClient(url, 1.0, label="Ollama") as client:
+        with pytest.raises(BackendUnavailable, match=f"Ollama at '{re.escape(url)}' is not reachable: .*{why}"):
+            await client.request("GET", "/api/version")
+        assert await client.get_json("/api/version") is None
+
+
+async def test_host_and_port_without_a_scheme_mean_http() -> None:
+    counter = Counter()
+    server, url = await serve(keep_alive_server(counter))
+    async with server, UpstreamClient(url.removeprefix("http://"), 2.0) as client:
+        assert (await client.request("GET", "/")).json() == {"ok": True}
 
 
 def test_the_client_works_on_uvloop() -> None:
