@@ -108,9 +108,6 @@ class Direct:
 
 DIRECT = Direct()
 
-#: most texts one request's identity map holds (a bound for callers that never call ``ids``)
-_SEEN_LIMIT = 16_384
-
 
 class _Entry:
     """The results for one (role, content), filled in as they are asked for."""
@@ -146,9 +143,6 @@ class Memo(Direct):
         self._uids = itertools.count()
         #: the last entry asked for: a message's steps are asked for one after another
         self._last: tuple[str, str, _Entry] | None = None
-        #: this request's texts by identity (reset by :meth:`ids`, which every request calls first): its
-        #: later walks over the same messages skip hashing the text, the lock and the LRU bookkeeping
-        self._seen: dict[int, tuple[str, str, _Entry]] = {}
         #: facts folds by the uids of the messages they cover, newest first
         self._folds: deque[tuple[tuple[int, ...], Fold]] = deque(maxlen=max(1, max_folds))
         self._lock = threading.Lock()  # hooks run on the event loop, but the CLI may plan from threads
@@ -168,40 +162,30 @@ class Memo(Direct):
             self._entries.clear()
             self._chars = 0
             self._last = None
-            self._seen = {}
             self._folds.clear()
 
     def _entry(self, role: str, content: str) -> _Entry:
         last = self._last
         if last is not None and last[1] is content and last[0] == role:
             return last[2]
-        seen = self._seen.get(id(content))
-        if seen is not None and seen[1] is content and seen[0] == role:
-            self._last = seen
-            return seen[2]
         key = (role, content)
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
                 self.hits += 1
-                self._remember(role, content, entry)
+                self._last = (role, content, entry)
                 return entry
             self.misses += 1
             entry = _Entry(next(self._uids))
             if self.max_entries and len(content) <= self.max_chars:
-                self._remember(role, content, entry)
+                self._last = (role, content, entry)
                 self._entries[key] = entry
                 self._chars += len(content)
                 while len(self._entries) > self.max_entries or self._chars > self.max_chars:
                     (_, old), _ = self._entries.popitem(last=False)
                     self._chars -= len(old)
             return entry
-
-    def _remember(self, role: str, content: str, entry: _Entry) -> None:
-        self._last = found = (role, content, entry)
-        if len(self._seen) < _SEEN_LIMIT:
-            self._seen[id(content)] = found  # holds the text, so its id cannot be reused while it is here
 
     def score(self, role: str, content: str) -> float:
         entry = self._entry(role, content)
@@ -251,14 +235,10 @@ class Memo(Direct):
         return copy
 
     def ids(self, messages: list[Message]) -> list[int] | None:
-        self._seen = {}  # a new request: forget the last one's texts (only they were held here)
-        return self._uid_list(messages)
-
-    def _uid_list(self, messages: list[Message]) -> list[int]:
         return [self._entry(m.role, m.content).uid for m in messages]
 
     def resume(self, messages: list[Message], upto: int, ids: list[int] | None) -> tuple[Fold, int, Any]:
-        uids = ids[:upto] if ids is not None and len(ids) >= upto else self._uid_list(messages[:upto])
+        uids = ids[:upto] if ids is not None and len(ids) >= upto else self.ids(messages[:upto]) or []
         best: tuple[tuple[int, ...], Fold] | None = None
         with self._lock:
             folds = list(self._folds)

@@ -86,22 +86,6 @@ def test_the_memo_is_bounded_by_entries_and_by_characters() -> None:
     assert same(run(growing(12)[-1], off), run(growing(12)[-1])) and len(off) == 0
 
 
-def test_a_request_looks_each_text_up_once_and_roles_stay_apart() -> None:
-    """After ``ids`` (every request's first walk) the same text objects skip the LRU: the walks of one
-    request cost a dict probe each, and the answers are the reference ones."""
-    memo = Memo()
-    messages = growing(12)[-1]
-    memo.ids(messages)
-    hits, misses = memo.hits, memo.misses
-    for m in messages:
-        assert memo.score(m.role, m.content) == Memo(max_entries=0).score(m.role, m.content)
-        assert memo.protected(m.role, m.content) == Memo(max_entries=0).protected(m.role, m.content)
-    assert (memo.hits, memo.misses) == (hits, misses)
-    text = messages[1].content
-    assert memo.skeleton("tool", text) == Memo(max_entries=0).skeleton("tool", text)  # same object, other role
-    assert memo.misses == misses + 1
-
-
 def test_an_edited_earlier_message_is_not_served_stale() -> None:
     memo = Memo()
     messages = growing(16)[-1]
