@@ -2,8 +2,9 @@
 turn, as a curve (turns → ms). Deterministic material, no model; run ``python bench/conversation_cost.py``.
 
 The conversation is tests/adaptive/adaptive_corpus.py's coding chat, grown to 200 turns, sent as a client
-sends it: request N is the system prompt, turns 1..N-1 and the new user message N (balanced profile, 8192
-context, so from turn ~9 on the compressor works at its EMERGENCY tier). Columns:
+sends it: request N is the system prompt, turns 1..N-1 and the new user message N, parsed from JSON afresh
+as the server parses every request (balanced profile, 8192 context, so from turn ~9 on the compressor
+works at its EMERGENCY tier). Columns:
 
 - compressor, uncached: the hook with remembering off (``remembered_messages = 0``): every request redoes
   the regex work for the whole history (the behaviour before the cache);
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import statistics
 import sys
 import tempfile
@@ -66,6 +68,13 @@ def host_with(
     )
 
 
+def as_parsed(messages: list[Message]) -> list[Message]:
+    """The messages as the server sees them: parsed from the request's JSON, new objects every request (a
+    cache that only worked for the very same objects would look free here and cost in a server)."""
+    wire = json.dumps([m.model_dump(mode="json", exclude_none=True) for m in messages])
+    return [Message.model_validate(m) for m in json.loads(wire)]
+
+
 async def compressor_ms(
     host: PluginHost, plugin: ContextCompressorPlugin, messages: list[Message]
 ) -> tuple[float, list[Message]]:
@@ -94,7 +103,8 @@ async def walk(turns: int, data: str) -> dict[str, dict[int, float]]:
         store.add_turn(conv, user, reply, embedding=vector, embedding_model="fake/nomic-embed-text")
     full = host_with(data=data, entrypoints=True)
     pipeline = Pipeline(full)
-    for n, messages in enumerate(requests(turns), start=1):
+    for n, sent in enumerate(requests(turns), start=1):
+        messages = as_parsed(sent)
         took, _ = await compressor_ms(c_host, compressor, messages)
         out["cached"][n] = took
         request = ChatRequest(model=LLAMA_1B.name, messages=messages, conversation_id="bench-conv")
