@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -137,6 +139,7 @@ def main() -> None:
         run_upstream(args.upstream, args.slots, args.step_ms / 1000, args.tokens)
         return
     home = Path(tempfile.mkdtemp(prefix="autotune-sim-"))
+    atexit.register(shutil.rmtree, home, True)  # the scratch home goes with the run
     up = free_port()
     fixed_limits = [int(n) for n in args.fixed.split(",") if n.strip()] or [args.slots, 2 * args.slots]
     arms: dict[str, str | None] = {"slot-aware": None, **{f"fixed {n}": str(n) for n in fixed_limits}}

@@ -19,9 +19,11 @@ Then the warm arm: ``PluginHost()`` built repeatedly in this process (modules al
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -73,6 +75,7 @@ def main() -> None:
     args = parser.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="autotune-bench-")
+    atexit.register(shutil.rmtree, tmp, True)  # the scratch home goes with the run
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOTUNE_")}
     env.update(
         {

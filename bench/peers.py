@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -106,6 +108,7 @@ def main() -> None:
         check=True,
     ).stdout.strip()
     home = Path(tempfile.mkdtemp(prefix="autotune-peers-"))
+    atexit.register(shutil.rmtree, home, True)  # the scratch home goes with the run
     ports = {"direct": free_port(), "pass-through": free_port(), "autotune": free_port(), "LiteLLM": free_port()}
     env = {
         **os.environ,

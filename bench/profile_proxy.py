@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import collections
 import os
 import shutil
@@ -103,6 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     up_port, proxy_port = free_port(), free_port()
     home = Path(tempfile.mkdtemp(prefix="autotune-profile-"))
+    atexit.register(shutil.rmtree, home, True)  # the scratch home goes with the run
     env = {
         **os.environ,
         "AUTOTUNE_CONFIG": str(home / "config.toml"),

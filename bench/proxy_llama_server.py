@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -116,6 +118,7 @@ def main() -> None:
     if args.quick:
         args.pairs, args.seconds, args.rounds = 10, 4.0, 2
     home = Path(tempfile.mkdtemp(prefix="autotune-bench-"))
+    atexit.register(shutil.rmtree, home, True)  # the scratch home goes with the run
     llama_port = free_port()
     ports = {"proxy": free_port(), **({"fixed": free_port()} if args.fixed else {})}
     llama = start_llama_server(llama_port, home, args.threads)

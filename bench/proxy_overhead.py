@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -421,6 +423,7 @@ def main() -> None:
 
     up_port, proxy_port, bare_port = free_port(), free_port(), free_port()
     home = Path(tempfile.mkdtemp(prefix="autotune-bench-"))
+    atexit.register(shutil.rmtree, home, True)  # the scratch home goes with the run
     env = {
         **os.environ,
         "AUTOTUNE_CONFIG": str(home / "config.toml"),

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -107,6 +109,7 @@ def main() -> None:
     parser.add_argument("--minimal-stack", action="store_true", help="only the core and the Ollama backend")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="autotune-bench-"))
+    atexit.register(shutil.rmtree, home, True)  # the scratch home goes with the run
     os.environ.update(
         {
             "AUTOTUNE_CONFIG": str(home / "config.toml"),
