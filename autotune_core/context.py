@@ -13,6 +13,7 @@ from .hardware import HardwareSnapshot, Pressure
 from .hookkinds import STAGES
 from .modelinfo import ModelInfo
 from .profiles import Profile
+from .tokens import estimate_tokens
 
 if TYPE_CHECKING:
     from .host import PluginHost
@@ -97,8 +98,6 @@ class HookContext:
     def tokens(self, text: str) -> int:
         if self.count_tokens is not None:
             return self.count_tokens(text)
-        from .tokens import estimate_tokens
-
         return estimate_tokens(text)
 
 
