@@ -13,8 +13,10 @@ What it guarantees, each tested in ``tests/backends/test_upstream_client.py``:
   ``BackendUnavailable``, anything else → ``UpstreamError``), so a backend never sees a socket exception;
 - ``timeout`` bounds connecting (at most 5 s) and each wait for bytes, not the whole answer: a long generation
   that keeps streaming is fine, a silent upstream is not;
-- a kept-alive connection the server closed while it sat idle is retried once on a fresh connection (only
-  when nothing came back within a second: the server never saw the request);
+- a kept-alive connection the server closed while it sat idle is never used: the pool drops connections
+  idle for ``IDLE_S`` (below the common 5 s server keep-alive) and checks the socket before reusing one;
+  only a GET is sent again when a reused connection still turns out dead, never a POST (the model may
+  already be generating for it);
 - memory is bounded: whole answers, error bodies, stream lines and the read-ahead of a slow reader;
 - leaving a stream early closes its connection, which is how the model server learns to stop generating;
 - ``https://`` base URLs use TLS with the system's certificate store; no proxy variables are read.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import ssl
 from collections import deque
@@ -45,16 +48,32 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 MAX_ERROR_BYTES = 64 * 1024
 #: most bytes of a whole (non-streamed) answer: far above any chat answer, bounded against a broken upstream
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-#: a pooled connection idle longer than this is closed rather than reused (servers drop idle keep-alives)
-IDLE_S = 15.0
+#: a pooled connection idle longer than this is closed rather than reused: below the 5 s after which uvicorn and
+#: llama-server (cpp-httplib) drop an idle keep-alive, so we never write into one they are closing
+IDLE_S = 4.0
 #: bytes read ahead of a slow stream reader before the socket stops being read (the upstream then waits)
 READ_AHEAD_BYTES = 256 * 1024
 #: a reused connection that closes this soon after the request, with no byte back, was already dead
 STALE_WINDOW_S = 1.0
+#: methods sent again on a fresh connection when a reused one was dead (the idempotent ones we use)
+RETRIED_METHODS = frozenset({"GET"})
 
 
 class _Stale(UpstreamError):
-    """A reused keep-alive connection the server had already closed: safe to send again once."""
+    """A reused keep-alive connection that closed with no byte back: the server was closing it, or it read the
+    request and died; only an idempotent request may be sent again."""
+
+
+def _readable(fd: int) -> bool:
+    """Whether an idle socket has something to read: the server's close (EOF) or bytes nobody asked for."""
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+            return bool(poller.poll(0))
+        return bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True  # cannot tell: treat it as dead (a fresh connection costs far less than a failed request)
 
 
 class _Connection(asyncio.Protocol):
@@ -72,6 +91,7 @@ class _Connection(asyncio.Protocol):
         "complete",
         "delimited",
         "error",
+        "fd",
         "got_bytes",
         "headers_done",
         "idle_since",
@@ -91,6 +111,7 @@ class _Connection(asyncio.Protocol):
         self._pool = pool
         self._loop = pool.loop
         self.transport: asyncio.Transport | None = None
+        self.fd = -1
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.reused = False
@@ -167,6 +188,7 @@ class _Connection(asyncio.Protocol):
         self.buffered = 0
         if self.paused and not self.closed and self.transport is not None:
             self.paused = False
+            self.last_read = self._loop.time()  # the silence is measured from now, not from before the pause
             self.transport.resume_reading()
         return data
 
@@ -204,8 +226,10 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         sock = self.transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock is not None:
+            self.fd = sock.fileno()
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         if not self.active:  # bytes nobody asked for: the connection's state is unknown, drop it
@@ -226,7 +250,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.active and not self.complete:
-            if self.headers_done and not self.delimited:  # a body that ends with the connection (HTTP/1.0 style)
+            if exc is None and self.headers_done and not self.delimited:  # a body that ends with a clean close
                 self.complete = True
                 self._wake()
             else:
@@ -265,7 +289,7 @@ class _Connection(asyncio.Protocol):
             return
         self.chunks.append(body)
         self.buffered += len(body)
-        if self.buffered > READ_AHEAD_BYTES and not self.paused and self.transport is not None:
+        if self.limit is None and self.buffered > READ_AHEAD_BYTES and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
         self._wake()
@@ -280,13 +304,20 @@ class _Connection(asyncio.Protocol):
 
 
 class _Pool:
-    """The keep-alive connections of one client on one event loop, at most ``limit`` open."""
+    """The keep-alive connections of one client on one event loop, at most ``limit`` open.
+
+    Waiting for a free connection is a plain future per waiter with our own timer (not ``asyncio.wait_for``,
+    which on 3.11 can swallow a cancellation and on 3.12 can drop a result handed over as it times out: a
+    leaked connection or a request sent for a client that left). A handed-over connection or wake-up that
+    arrives as its waiter gives up is passed on to the next one.
+    """
 
     def __init__(self, client: UpstreamClient, loop: asyncio.AbstractEventLoop) -> None:
         self.client = client
         self.loop = loop
         self.idle: list[_Connection] = []
         self.open: set[_Connection] = set()
+        self.closed = False
         self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
 
     async def acquire(self, fresh: bool = False) -> _Connection:
@@ -294,10 +325,13 @@ class _Pool:
             conn = self._idle_connection()
             if conn is not None:
                 return conn
+        deadline = self.loop.time() + self.client.timeout
         while len(self.open) >= self.client.limit:
-            handed = await self._wait_for_turn()
+            handed = await self._wait_for_turn(deadline)
             if handed is not None and not handed.closed:
                 return handed
+        if self.closed:
+            raise self._closed_error()
         return await self._connect()
 
     def _idle_connection(self) -> _Connection | None:
@@ -306,46 +340,65 @@ class _Pool:
             conn = self.idle.pop()
             if conn.closed:
                 continue
-            if now - conn.idle_since > IDLE_S:
+            if now - conn.idle_since > IDLE_S or _readable(conn.fd):  # old, or the server closed it already
                 conn.close()
                 continue
             conn.reused = True
             return conn
         return None
 
-    async def _wait_for_turn(self) -> _Connection | None:
+    def _closed_error(self) -> BackendUnavailable:
+        return BackendUnavailable(f"{self.client.label} at {self.client.base_url}: the client was closed")
+
+    async def _wait_for_turn(self, deadline: float) -> _Connection | None:
+        if self.closed:
+            raise self._closed_error()
+        client = self.client
         waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
         self._waiters.append(waiter)
+
+        def expire() -> None:
+            if not waiter.done():
+                busy = f"all {client.limit} connections busy"
+                waiter.set_exception(UpstreamTimeout(f"{client.label} at {client.base_url} timed out ({busy})"))
+
+        timer = self.loop.call_at(deadline, expire)
         try:
-            return await asyncio.wait_for(waiter, self.client.timeout)
-        except TimeoutError:
-            client = self.client
-            raise UpstreamTimeout(
-                f"{client.label} at {client.base_url} timed out (all {client.limit} connections busy)"
-            ) from None
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and (handed := waiter.result()) is not None:
-                self.release(handed)  # handed to us as we were cancelled: pass it on
+            return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                handed = waiter.result()  # handed to us as we gave up: pass it on
+                if handed is not None:
+                    self.release(handed)
+                else:
+                    self._wake_one()
             raise
         finally:
+            timer.cancel()
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+
+    def _wake_one(self, conn: _Connection | None = None) -> bool:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return True
+        return False
 
     async def _connect(self) -> _Connection:
         client = self.client
         conn = _Connection(self)
         self.open.add(conn)
         try:
-            await asyncio.wait_for(
-                self.loop.create_connection(
+            async with asyncio.timeout(min(5.0, client.timeout)):  # unlike wait_for, never swallows a cancel
+                await self.loop.create_connection(
                     lambda: conn,
                     client.host,
                     client.port,
                     ssl=client.tls(),
                     server_hostname=client.host if client.scheme == "https" else None,
-                ),
-                min(5.0, client.timeout),
-            )
+                )
         except BaseException as exc:
             conn.close()
             if isinstance(exc, TimeoutError):
@@ -358,19 +411,16 @@ class _Pool:
     def release(self, conn: _Connection) -> None:
         """The exchange on ``conn`` is over: keep the connection if it can carry another, else close it."""
         conn.end()
-        if conn.closed or not conn.complete or not conn.keep_alive or conn.error is not None:
+        if self.closed or conn.closed or not conn.complete or not conn.keep_alive or conn.error is not None:
             conn.close()
             return
         conn.chunks = []
         if conn.paused and conn.transport is not None:
             conn.paused = False
             conn.transport.resume_reading()
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                conn.reused = True
-                waiter.set_result(conn)
-                return
+        conn.reused = True
+        if self._wake_one(conn):
+            return
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
 
@@ -378,11 +428,7 @@ class _Pool:
         """``conn`` is closed: its place may be taken by a waiter's new connection."""
         if conn in self.open:
             self.open.discard(conn)
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
-                    return
+            self._wake_one()
 
     def drop_idle(self) -> None:
         idle, self.idle = self.idle, []
@@ -390,6 +436,14 @@ class _Pool:
             conn.close()
 
     def close(self) -> None:
+        """Close every connection and turn away every waiter (a closed pool never opens another)."""
+        self.closed = True
+        error = self._closed_error()
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                with contextlib.suppress(RuntimeError):  # its loop is gone (a library user's earlier asyncio.run)
+                    waiter.set_exception(error)
         self.idle = []
         for conn in list(self.open):
             conn.close()
@@ -431,19 +485,25 @@ class StreamingResponse:
         return self.content
 
     async def aiter_lines(self) -> AsyncIterator[str]:
-        """Lines split on ``\\n`` (``\\r\\n`` tolerated), as they arrive; a trailing partial line is yielded."""
-        pending = b""
+        """Lines split on ``\n`` (``\r\n`` tolerated), as they arrive; a trailing partial line is yielded."""
+        partial: list[bytes] = []  # the pieces of a line still open (joined once, not grown byte by byte)
+        size = 0
         while data := await self._conn.read_some():
-            pending += data
             if b"\n" not in data:
-                if len(pending) > MAX_LINE_BYTES:
+                partial.append(data)
+                size += len(data)
+                if size > MAX_LINE_BYTES:
                     raise UpstreamError(f"{self._client.label} sent a line longer than {MAX_LINE_BYTES} bytes")
                 continue
-            *lines, pending = pending.split(b"\n")
+            if partial:
+                partial.append(data)
+                data = b"".join(partial)
+            *lines, rest = data.split(b"\n")
             for line in lines:
                 yield line.rstrip(b"\r").decode("utf-8", "replace")
-        if pending:
-            yield pending.rstrip(b"\r").decode("utf-8", "replace")
+            partial, size = ([rest], len(rest)) if rest else ([], 0)
+        if partial:
+            yield b"".join(partial).rstrip(b"\r").decode("utf-8", "replace")
 
 
 class _Stream:
@@ -561,7 +621,7 @@ class UpstreamClient:
                 await conn.until_headers()
             except _Stale:
                 conn.close()
-                if attempt == 2:
+                if attempt == 2 or method not in RETRIED_METHODS:
                     raise
                 pool.drop_idle()  # the server restarted or timed them all out: none of them is alive either
                 conn = await pool.acquire(fresh=True)

@@ -7,9 +7,14 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import socket
 import ssl
+import struct
 import subprocess
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_upstream_client import Handler, chunk, chunked_head, read_request, serve
@@ -58,23 +63,77 @@ async def test_sequential_requests_share_one_kept_alive_connection() -> None:
     assert counter.connections == 1
 
 
-async def test_a_connection_the_server_closed_while_idle_is_retried_once_on_a_fresh_one() -> None:
-    """The server read the second request on the old connection and closed it without a byte back: what a
-    server timing out an idle keep-alive looks like from our side when the request crosses its close."""
-    seen: list[bytes] = []
+async def read_method(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            await reader.readexactly(int(line.split(b":", 1)[1]))
+    return head.split(b" ")[0]
 
-    async def closes_after_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen.append(await read_request(reader))
+
+def closes_after_one(seen: list[bytes]) -> Handler:
+    """The first connection answers one request, reads the next and hangs up silently: from our side, what a
+    server closing an idle keep-alive as the request crosses it looks like, or one that died reading it."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_method(reader))
         writer.write(OK)
         await writer.drain()
-        if len(seen) == 1:  # the first connection: read the next request, then hang up silently
-            seen.append(await read_request(reader))
+        if len(seen) == 1:
+            seen.append(await read_method(reader))
 
-    server, url = await serve(closes_after_one)
+    return handler
+
+
+async def test_a_get_on_a_dead_reused_connection_is_sent_again_on_a_fresh_one() -> None:
+    seen: list[bytes] = []
+    server, url = await serve(closes_after_one(seen))
     async with server, UpstreamClient(url, 2.0) as client:
+        await client.request("GET", "/api/tags")
+        assert (await client.request("GET", "/api/tags")).json() == {"ok": True}
+    assert seen == [b"GET", b"GET", b"GET"]  # the second request, sent again on a new connection
+
+
+async def test_a_post_on_a_dead_reused_connection_is_never_sent_twice() -> None:
+    """The server may have read it and be generating: sending it again could run the model twice."""
+    seen: list[bytes] = []
+    server, url = await serve(closes_after_one(seen))
+    async with server, UpstreamClient(url, 2.0, label="Ollama") as client:
         await client.request("POST", "/api/chat", json={"n": 1})
-        assert (await client.request("POST", "/api/chat", json={"n": 2})).json() == {"ok": True}
-    assert seen == [b'{"n":1}', b'{"n":2}', b'{"n":2}']  # the second request, sent again on a new connection
+        with pytest.raises(UpstreamError, match="failed: the connection closed"):
+            await client.request("POST", "/api/chat", json={"n": 2})
+    assert seen == [b"POST", b"POST"]
+
+
+def test_a_connection_the_server_closed_while_the_loop_was_busy_is_not_reused() -> None:
+    """The close is in the kernel but the event loop has not seen it yet: the socket check before reuse
+    catches it, so the request goes out once, on a fresh connection."""
+    requests: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve_two_connections() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                requests.append(conn.recv(65536))
+                conn.sendall(OK)  # then close at once: a server dropping the kept-alive connection
+
+    thread = threading.Thread(target=serve_two_connections, daemon=True)
+    thread.start()
+
+    async def main() -> list[Any]:
+        async with UpstreamClient(f"http://127.0.0.1:{port}", 2.0) as client:
+            first = (await client.request("POST", "/api/chat", json={"n": 1})).json()
+            time.sleep(0.3)  # the loop is busy elsewhere while the server's FIN arrives
+            return [first, (await client.request("POST", "/api/chat", json={"n": 2})).json()]
+
+    try:
+        assert asyncio.run(main()) == [{"ok": True}] * 2
+    finally:
+        listener.close()
+        thread.join(5)
+    assert len(requests) == 2 and requests[1].endswith(b'{"n":2}')
 
 
 async def test_a_fresh_connection_closed_without_an_answer_is_an_error_not_a_retry() -> None:
@@ -316,3 +375,113 @@ async def test_https_verifies_the_certificate(self_signed: tuple[Path, Path]) ->
         async with trusting:
             assert [(await trusting.request("GET", "/")).json() for _ in range(2)] == [{"ok": True}] * 2
     assert counter.connections == 1  # one kept-alive connection (the refused handshake never got this far)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_whole_answer_far_above_the_read_ahead_is_read(chunked: bool) -> None:
+    """A whole answer is bounded by MAX_RESPONSE_BYTES, not paused at the stream read-ahead (``/api/show``
+    with a tokenizer's vocabulary is megabytes)."""
+    payload = b'{"v": "' + b"x" * 3_000_000 + b'"}'
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        if chunked:
+            writer.write(
+                chunked_head() + b"".join(chunk(payload[i : i + 65536]) for i in range(0, len(payload), 65536))
+            )
+            writer.write(b"0\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload))
+        await writer.drain()
+        await asyncio.sleep(2)
+
+    server, url = await serve(big)
+    async with server, UpstreamClient(url, 1.0) as client:
+        response = await asyncio.wait_for(client.request("POST", "/api/show", json={}), 5)
+    assert response.content == payload
+
+
+async def test_the_silence_clock_restarts_when_a_slow_reader_catches_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_http, "READ_AHEAD_BYTES", 1024)
+
+    async def burst_then_pause(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(chunked_head() + chunk(b"y" * 4095 + b"\n"))
+        await writer.drain()
+        await asyncio.sleep(0.9)  # silent for 0.9 s: under the 0.6 s timeout counted from when we read again?
+        writer.write(chunk(b"end\n") + b"0\r\n\r\n")
+        await writer.drain()
+
+    server, url = await serve(burst_then_pause)
+    async with server, UpstreamClient(url, 0.6) as client, client.stream("POST", "/", json={}) as response:
+        await asyncio.sleep(0.5)  # a slow reader: the socket is paused meanwhile
+        lines = []
+        async for line in response.aiter_lines():
+            lines.append(line)
+    assert lines == ["y" * 4095, "end"]  # 0.4 s of silence after catching up: not a timeout
+
+
+async def test_a_reset_in_a_close_delimited_body_is_an_error_not_an_answer() -> None:
+    async def resets(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"trunc')
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        writer.transport.abort()
+
+    server, url = await serve(resets)
+    async with server, UpstreamClient(url, 2.0) as client:
+        with pytest.raises(UpstreamError, match="before the answer was complete"):
+            await client.request("GET", "/")
+
+
+async def test_closing_the_client_turns_its_waiters_away() -> None:
+    async def trickles(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(chunked_head())
+        for _ in range(20):
+            writer.write(chunk(b"{}\n"))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    server, url = await serve(trickles)
+    async with server:
+        client = UpstreamClient(url, 5.0, limit=1)
+        async with client.stream("POST", "/", json={}):
+            waiter = asyncio.create_task(client.request("POST", "/", json={}))
+            await asyncio.sleep(0.05)
+            pool = client._pool
+            await client.aclose()
+            with pytest.raises(BackendUnavailable, match="the client was closed"):
+                await waiter
+        assert pool is not None and not pool.open and not pool.idle
+
+
+async def test_a_waiter_giving_up_as_it_is_woken_passes_the_turn_on() -> None:
+    counter = Counter()
+    answers = keep_alive_server(counter)
+
+    async def first_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if counter.connections == 0:
+            counter.connections += 1
+            await read_request(reader)
+            writer.write(chunked_head() + chunk(b"{}\n"))
+            await writer.drain()
+            await asyncio.sleep(3)
+            return
+        await answers(reader, writer)
+
+    server, url = await serve(first_streams)
+    async with server, UpstreamClient(url, 2.0, limit=1) as client:
+        async with client.stream("POST", "/", json={}):
+            b = asyncio.create_task(client.request("POST", "/", json={}))
+            c = asyncio.create_task(client.request("POST", "/", json={}))
+            await asyncio.sleep(0.05)  # both wait for the one connection
+        # leaving the stream early closed its connection and woke b; b gives up before it runs
+        b.cancel()
+        started = time.monotonic()
+        assert (await c).status_code == 200
+        assert time.monotonic() - started < 1  # c got the turn at once, not after its 2 s timeout
+        with pytest.raises(asyncio.CancelledError):
+            await b
