@@ -34,8 +34,8 @@ OVERHEAD = Path(__file__).with_name("proxy_overhead.py")
 LAYERS: tuple[tuple[str, str], ...] = (
     ("json (stdlib)", "/json/"),
     ("pydantic", "pydantic"),
-    ("aiohttp (upstream client)", "aiohttp"),
-    ("upstream client wrapper", "autotune_plugins/backends/_http.py"),
+    ("aiohttp (the bench's pass-through; autotune before 2026-12-03)", "aiohttp"),
+    ("upstream client (backends/_http.py)", "autotune_plugins/backends/_http.py"),
     ("Ollama backend", "autotune_plugins/backends/ollama.py"),
     ("backends: shared", "autotune_plugins/backends/_common.py"),
     ("plugins (hooks)", "/plugins/"),

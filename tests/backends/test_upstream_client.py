@@ -1,4 +1,4 @@
-"""The backends' upstream client (aiohttp): failures become the core's typed errors, lines arrive whole,
+"""The backends' upstream client: failures become the core's typed errors, lines arrive whole,
 memory stays bounded, leaving a stream early hangs up, and a session never outlives its event loop."""
 
 from __future__ import annotations
