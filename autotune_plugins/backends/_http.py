@@ -150,13 +150,25 @@ class _Connection(asyncio.Protocol):
             self._timer = None
 
     def close(self) -> None:
+        if self.active and not self.complete:  # someone may be waiting on this exchange: tell them why it ends
+            client = self._pool.client
+            self._fail(UpstreamError(f"{client.label} at {client.base_url}: the client was closed"))
         self.end()
         if not self.closed:
             self.closed = True
             if self.transport is not None:
-                with contextlib.suppress(RuntimeError):  # its loop is gone (a library user's earlier asyncio.run)
+                try:
                     self.transport.close()
+                except RuntimeError:  # its loop is gone (a library user's earlier asyncio.run): close the socket
+                    sock = getattr(self.transport, "_sock", None)
+                    if sock is not None:
+                        with contextlib.suppress(OSError):
+                            sock.close()
         self._pool.forget(self)
+
+    def dead(self) -> bool:
+        """Closed, closing, or readable while idle (the server's close is in, the loop has not seen it yet)."""
+        return self.closed or self.transport is None or self.transport.is_closing() or _readable(self.fd)
 
     async def until_headers(self) -> None:
         while not self.headers_done:
@@ -226,6 +238,9 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        if self.closed:  # its pool was closed while it connected
+            self.transport.close()
+            return
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
             self.fd = sock.fileno()
@@ -322,18 +337,21 @@ class _Pool:
         self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
 
     async def acquire(self, fresh: bool = False) -> _Connection:
-        if not fresh:
-            conn = self._idle_connection()
-            if conn is not None:
-                return conn
         deadline = self.loop.time() + self.client.timeout
-        while len(self.open) >= self.client.limit:
+        while True:
+            if not fresh:  # every pass: a connection may have gone idle while we waited for a turn
+                conn = self._idle_connection()
+                if conn is not None:
+                    return conn
+            if self.closed:
+                raise self._closed_error()
+            if len(self.open) < self.client.limit:
+                return await self._connect()
             handed = await self._wait_for_turn(deadline)
-            if handed is not None and not handed.closed:
-                return handed
-        if self.closed:
-            raise self._closed_error()
-        return await self._connect()
+            if handed is not None:
+                if not handed.dead():
+                    return handed
+                handed.close()
 
     def _idle_connection(self) -> _Connection | None:
         now = self.loop.time()
@@ -341,7 +359,7 @@ class _Pool:
             conn = self.idle.pop()
             if conn.closed:
                 continue
-            if now - conn.idle_since > IDLE_S or _readable(conn.fd):  # old, or the server closed it already
+            if now - conn.idle_since > IDLE_S or conn.dead():  # old, or the server closed it already
                 conn.close()
                 continue
             conn.reused = True
@@ -407,6 +425,9 @@ class _Pool:
             if isinstance(exc, OSError):  # refused, unreachable, unknown host, a TLS handshake that failed
                 raise BackendUnavailable(f"{client.label} at {client.base_url} is not reachable: {exc}") from exc
             raise
+        if conn.closed or self.closed:  # the pool was closed while we connected
+            conn.close()
+            raise self._closed_error()
         return conn
 
     def release(self, conn: _Connection) -> None:

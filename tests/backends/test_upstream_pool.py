@@ -5,6 +5,7 @@ answers, a base path and headers, TLS, and uvloop (the server's loop)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import socket
@@ -485,3 +486,98 @@ async def test_a_waiter_giving_up_as_it_is_woken_passes_the_turn_on() -> None:
         assert time.monotonic() - started < 1  # c got the turn at once, not after its 2 s timeout
         with pytest.raises(asyncio.CancelledError):
             await b
+
+
+async def test_closing_the_client_ends_its_exchanges_in_flight() -> None:
+    """A request and a stream mid-answer fail at once (not after their timeout, and never hang)."""
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(chunked_head() + chunk(b"{}\n"))
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    server, url = await serve(slow)
+    async with server:
+        client = UpstreamClient(url, 30.0)
+        whole = asyncio.create_task(client.request("POST", "/api/show", json={}))
+
+        async def streamed() -> list[str]:
+            async with client.stream("POST", "/api/chat", json={}) as response:
+                return [line async for line in response.aiter_lines()]
+
+        stream = asyncio.create_task(streamed())
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await client.aclose()
+        for task in (whole, stream):
+            with pytest.raises(UpstreamError, match="the client was closed"):
+                await asyncio.wait_for(task, 2)
+        assert time.monotonic() - started < 1
+
+
+async def test_closing_the_client_while_it_connects_sends_nothing() -> None:
+    heads: list[bytes] = []
+
+    async def records(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            heads.append(await reader.readuntil(b"\r\n\r\n"))
+
+    server, url = await serve(records)
+    async with server:
+        client = UpstreamClient(url, 2.0)
+        task = asyncio.create_task(client.request("GET", "/x"))
+        for _ in range(2):
+            await asyncio.sleep(0)  # the request is inside create_connection now
+        pool = client._pool
+        await client.aclose()
+        with pytest.raises(BackendUnavailable, match="the client was closed"):
+            await task
+        await asyncio.sleep(0.2)
+    assert heads == []  # the connection was closed unused
+    assert pool is not None and not pool.open
+
+
+async def test_a_woken_waiter_takes_a_connection_that_went_idle_meanwhile() -> None:
+    """Its turn (a freed place) was taken by a newcomer, but another connection went idle before it ran: it
+    must take that one rather than wait for a turn nobody will give."""
+
+    async def server_side(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if b"/long" in head:
+                    writer.write(chunked_head())
+                    for _ in range(15):
+                        writer.write(chunk(b"ab\n"))
+                        await asyncio.sleep(0.2)
+                    writer.write(b"0\r\n\r\n")
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server, url = await serve(server_side)
+    async with server, UpstreamClient(url, 1.0, limit=2) as client:
+        done, opened = asyncio.Event(), asyncio.Event()
+
+        async def short_then_idle() -> None:
+            async with client.stream("GET", "/b") as response:
+                await response.aread()
+                await done.wait()  # released (to idle) only when the long one is left
+
+        async def long_left_then_again() -> None:
+            async with client.stream("GET", "/long"):
+                await opened.wait()
+                done.set()
+            async with client.stream("GET", "/long") as response:  # takes the freed place at once
+                async for _ in response.aiter_lines():
+                    pass
+
+        async def waiter() -> bytes:
+            await asyncio.sleep(0.1)
+            return (await client.request("GET", "/w")).content
+
+        tasks = [asyncio.create_task(f()) for f in (short_then_idle, long_left_then_again, waiter)]
+        await asyncio.sleep(0.3)
+        opened.set()
+        results = await asyncio.gather(*tasks)
+    assert results[2] == b"ok"
