@@ -29,13 +29,18 @@ async def serve(handler: Handler) -> tuple[asyncio.Server, str]:
     return server, f"http://127.0.0.1:{port}"
 
 
-async def read_request(reader: asyncio.StreamReader) -> bytes:
+async def read_exchange(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One request: its head and its body."""
     head = await reader.readuntil(b"\r\n\r\n")
     length = 0
     for line in head.split(b"\r\n"):
         if line.lower().startswith(b"content-length:"):
             length = int(line.split(b":", 1)[1])
-    return await reader.readexactly(length) if length else b""
+    return head, await reader.readexactly(length) if length else b""
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    return (await read_exchange(reader))[1]
 
 
 def chunked_head() -> bytes:

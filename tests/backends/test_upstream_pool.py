@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_upstream_client import Handler, chunk, chunked_head, read_request, serve
+from test_upstream_client import Handler, chunk, chunked_head, read_exchange, read_request, serve
 
 from autotune_core.errors import BackendUnavailable, UpstreamError, UpstreamTimeout
 from autotune_plugins.backends import _http
@@ -65,11 +65,36 @@ async def test_sequential_requests_share_one_kept_alive_connection() -> None:
 
 
 async def read_method(reader: asyncio.StreamReader) -> bytes:
-    head = await reader.readuntil(b"\r\n\r\n")
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            await reader.readexactly(int(line.split(b":", 1)[1]))
-    return head.split(b" ")[0]
+    return (await read_exchange(reader))[0].split(b" ")[0]
+
+
+def line_then_silence(line: bytes, seconds: float) -> Handler:
+    """Start a streamed answer with one line, then say nothing for ``seconds``."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(chunked_head() + chunk(line))
+        await writer.drain()
+        await asyncio.sleep(seconds)
+
+    return handler
+
+
+def trickle(line: bytes, count: int, *, end: bool) -> Handler:
+    """A streamed answer of ``count`` lines, one every 0.1 s (never silent long), ended or left open."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(chunked_head())
+        for _ in range(count):
+            writer.write(chunk(line))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        if end:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    return handler
 
 
 def closes_after_one(seen: list[bytes]) -> Handler:
@@ -206,17 +231,8 @@ async def test_the_pool_never_opens_more_than_its_limit() -> None:
 
 
 async def test_waiting_for_a_busy_pool_is_bounded() -> None:
-    async def trickles(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(chunked_head())
-        for _ in range(8):  # never silent for the client's 0.3 s, so the connection stays busy for 0.8 s
-            writer.write(chunk(b'{"n": 0}\n'))
-            await writer.drain()
-            await asyncio.sleep(0.1)
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
-
-    server, url = await serve(trickles)
+    # never silent for the client's 0.3 s, so the connection stays busy for 0.8 s
+    server, url = await serve(trickle(b'{"n": 0}\n', 8, end=True))
     async with server, UpstreamClient(url, 0.3, limit=1) as client, client.stream("POST", "/", json={}) as busy:
         with pytest.raises(UpstreamTimeout, match="all 1 connections busy"):
             await client.request("POST", "/api/chat", json={})
@@ -263,13 +279,7 @@ async def test_a_cancelled_request_drops_its_connection() -> None:
 
 
 async def test_silence_in_the_middle_of_a_stream_times_out() -> None:
-    async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(chunked_head() + chunk(b'{"n": 0}\n'))
-        await writer.drain()
-        await asyncio.sleep(3)
-
-    server, url = await serve(stalls)
+    server, url = await serve(line_then_silence(b'{"n": 0}\n', 3))
     async with server, UpstreamClient(url, 0.3) as client, client.stream("POST", "/", json={}) as response:
         lines = []
         with pytest.raises(UpstreamTimeout, match="timed out"):
@@ -438,15 +448,7 @@ async def test_a_reset_in_a_close_delimited_body_is_an_error_not_an_answer() -> 
 
 
 async def test_closing_the_client_turns_its_waiters_away() -> None:
-    async def trickles(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(chunked_head())
-        for _ in range(20):
-            writer.write(chunk(b"{}\n"))
-            await writer.drain()
-            await asyncio.sleep(0.1)
-
-    server, url = await serve(trickles)
+    server, url = await serve(trickle(b"{}\n", 20, end=False))
     async with server:
         client = UpstreamClient(url, 5.0, limit=1)
         async with client.stream("POST", "/", json={}):
@@ -461,15 +463,12 @@ async def test_closing_the_client_turns_its_waiters_away() -> None:
 
 async def test_a_waiter_giving_up_as_it_is_woken_passes_the_turn_on() -> None:
     counter = Counter()
-    answers = keep_alive_server(counter)
+    answers, streams = keep_alive_server(counter), line_then_silence(b"{}\n", 3)
 
     async def first_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if counter.connections == 0:
             counter.connections += 1
-            await read_request(reader)
-            writer.write(chunked_head() + chunk(b"{}\n"))
-            await writer.drain()
-            await asyncio.sleep(3)
+            await streams(reader, writer)
             return
         await answers(reader, writer)
 
@@ -491,13 +490,7 @@ async def test_a_waiter_giving_up_as_it_is_woken_passes_the_turn_on() -> None:
 async def test_closing_the_client_ends_its_exchanges_in_flight() -> None:
     """A request and a stream mid-answer fail at once (not after their timeout, and never hang)."""
 
-    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(chunked_head() + chunk(b"{}\n"))
-        await writer.drain()
-        await asyncio.sleep(5)
-
-    server, url = await serve(slow)
+    server, url = await serve(line_then_silence(b"{}\n", 5))
     async with server:
         client = UpstreamClient(url, 30.0)
         whole = asyncio.create_task(client.request("POST", "/api/show", json={}))
