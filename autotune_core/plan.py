@@ -198,12 +198,12 @@ class Plan(BaseModel):
 
     def compact_trace(self, limit: int = 1024) -> str:
         """A header-safe summary: the final value of each knob and the chain that led to it."""
-        chains: dict[str, list[str]] = {knob: [] for knob in _COMPACT_KNOBS}
+        chains: dict[str, list[str]] = {}
         for entry in self.trace:  # one pass: this runs for every response
-            chain = chains.get(entry.knob)
-            if chain is not None:
-                chain.append(f"{entry.plugin}~{entry.proposed}" if entry.kept else f"{entry.plugin}>{entry.new}")
-        text = ";".join(f"{knob}=" + ",".join(chain) for knob, chain in chains.items() if chain)
+            if entry.knob in _COMPACT_SET:
+                step = f"{entry.plugin}~{entry.proposed}" if entry.kept else f"{entry.plugin}>{entry.new}"
+                chains.setdefault(entry.knob, []).append(step)
+        text = ";".join(f"{knob}=" + ",".join(chains[knob]) for knob in _COMPACT_KNOBS if knob in chains)
         if not text.isascii() or not text.isprintable():
             text = "".join(ch for ch in text if 32 <= ord(ch) < 127)
         return text[:limit]
@@ -221,3 +221,4 @@ _COMPACT_KNOBS = (
     "flash_attn",
     "messages",
 )
+_COMPACT_SET = frozenset(_COMPACT_KNOBS)

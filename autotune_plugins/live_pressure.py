@@ -80,8 +80,11 @@ class LivePressurePlugin:
             else 0
         )
         level = max(level, by_percent)
+        swapping = pressure.swap_growth_bytes_per_s >= settings.swap_growth_bytes_per_s
+        if level == 0 and not swapping:
+            return "normal", ""  # the common case, asked twice a request: no reason to format
         why = f"memory {percent:.0f}%"
-        if pressure.swap_growth_bytes_per_s >= settings.swap_growth_bytes_per_s:
+        if swapping:
             level = min(3, level + 1)
             why += f", swapping {pressure.swap_growth_bytes_per_s / 2**20:.0f} MiB/s"
         return TIERS[level], why

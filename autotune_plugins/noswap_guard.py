@@ -91,6 +91,8 @@ class NoSwapGuardPlugin:
         #: (model id, context, KV type, budget, note, slots, floor) -> (model, walk); the model is kept to
         #: check identity (an id can be reused once a model's info is dropped)
         self._walks: dict[tuple[Any, ...], tuple[Any, _Walk]] = {}
+        #: (discrete GPU, unified memory, margin GiB, weights bytes) -> how the budget was worked out
+        self._notes: dict[tuple[Any, ...], str] = {}
 
     def _settings(self, ctx: HookContext) -> NoSwapGuardSettings:
         settings = ctx.settings(NoSwapGuardSettings)
@@ -110,15 +112,21 @@ class NoSwapGuardPlugin:
         base = hardware.memory_budget_bytes(margin)
         gpu = hardware.primary_gpu
         discrete = gpu is not None and not gpu.integrated and not hardware.unified_memory
-        note = "free VRAM" if discrete else "unified memory" if hardware.unified_memory else "available RAM"
         if not discrete and ctx.pressure.available_bytes > 0:
             base = min(base, max(0, ctx.pressure.available_bytes - margin))
-        note += f" − {settings.safety_margin_gib:g} GiB margin"
-        if plan.model not in ctx.loaded:
-            weights = weights_bytes(ctx.model)
+        weights = weights_bytes(ctx.model) if plan.model not in ctx.loaded else 0
+        if weights:
+            base -= weights
+        key = (discrete, hardware.unified_memory, settings.safety_margin_gib, weights)
+        note = self._notes.get(key)
+        if note is None:  # the same few words on every request to a model: formatted once
+            note = "free VRAM" if discrete else "unified memory" if hardware.unified_memory else "available RAM"
+            note += f" − {settings.safety_margin_gib:g} GiB margin"
             if weights:
-                base -= weights
                 note += f" − weights {fmt_bytes(weights)} (not loaded yet)"
+            if len(self._notes) >= _WALK_MEMO:
+                self._notes.clear()
+            self._notes[key] = note
         return base, note
 
     def _parallel(self, ctx: HookContext, plan: Plan) -> int:

@@ -38,7 +38,7 @@ LAYERS: tuple[tuple[str, str], ...] = (
     ("upstream client (backends/_http.py)", "autotune_plugins/backends/_http.py"),
     ("Ollama backend", "autotune_plugins/backends/ollama.py"),
     ("backends: shared", "autotune_plugins/backends/_common.py"),
-    ("plugins (hooks)", "/plugins/"),
+    ("plugins (hooks)", "autotune_plugins/"),
     ("pluggy (hook dispatch)", "pluggy"),
     ("core: host", "autotune_core/host.py"),
     ("core: pipeline", "autotune_core/pipeline.py"),

@@ -8,6 +8,14 @@ process; the minimum over rounds, since this VM's speed drifts by ±20 % over mi
     python bench/request_cpu.py                     # default stack, OpenAI door
     python bench/request_cpu.py --door ollama --minimal-stack
     PYTHONPATH=/path/to/other/checkout python bench/request_cpu.py   # run from outside the checkout: A/B
+    python bench/request_cpu.py --instructions      # instructions per request under valgrind (deterministic)
+
+CPU time on this VM drifts by ±10 % even for two copies of the same code run at the same moment on its two
+cores, which hides a change of a few per cent. ``--instructions`` counts the machine instructions the
+measured requests execute instead (valgrind's callgrind, instrumentation switched on only around them,
+``PYTHONHASHSEED=0``): the same code gives the same count to 0.01 %, so an A/B of a small cut is exact. It
+needs ``valgrind`` (``apt install valgrind``) and takes ~15 s; it is a count, not a time (a cache miss costs
+more than an add), so confirm a real cut with the timed rounds or ``proxy_overhead.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ import argparse
 import asyncio
 import atexit
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -92,6 +102,12 @@ async def measure(args: argparse.Namespace) -> list[float]:
     async with app.router.lifespan_context(app):
         for _ in range(300):  # warm-up: model info, caches
             await one(app, path, body)
+        if args.callgrind:  # inside valgrind (see --instructions): count only the measured requests
+            _callgrind("on")
+            for _ in range(args.requests):
+                await one(app, path, body)
+            _callgrind("off")
+            return []
         rounds = []
         for _ in range(args.rounds):
             started = time.process_time()
@@ -101,13 +117,61 @@ async def measure(args: argparse.Namespace) -> list[float]:
     return rounds
 
 
+def _callgrind(state: str) -> None:
+    subprocess.run(["callgrind_control", "--instr=" + state, str(os.getpid())], capture_output=True, check=True)
+
+
+def count_instructions(args: argparse.Namespace) -> float:
+    """This script again under callgrind, instrumented only around ``--requests`` requests: instructions per
+    request (in thousands)."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind on PATH (apt install valgrind)")
+    with tempfile.TemporaryDirectory(prefix="autotune-callgrind-") as scratch:
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={scratch}/callgrind.out",
+            sys.executable,
+            __file__,
+            "--callgrind",
+            "--door",
+            args.door,
+            "--requests",
+            str(args.requests),
+            *(["--minimal-stack"] if args.minimal_stack else []),
+        ]
+        done = subprocess.run(
+            command, env={**os.environ, "PYTHONHASHSEED": "0"}, capture_output=True, text=True, check=False
+        )
+    found = re.findall(r"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or not found:
+        raise SystemExit(f"callgrind run failed ({done.returncode}): {done.stderr[-800:]}")
+    return int(found[-1]) / args.requests / 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--door", choices=("openai", "ollama"), default="openai")
     parser.add_argument("--requests", type=int, default=2000, help="per round")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--minimal-stack", action="store_true", help="only the core and the Ollama backend")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions per request under valgrind instead"
+    )
+    parser.add_argument("--callgrind", action="store_true", help=argparse.SUPPRESS)  # the run inside valgrind
     args = parser.parse_args()
+    if args.instructions:
+        if "--requests" not in sys.argv:
+            args.requests = 300  # ~50x slower under valgrind; the count is exact anyway
+        import autotune_core
+
+        stack = "core + ollama backend" if args.minimal_stack else "default stack"
+        print(
+            f"{Path(autotune_core.__file__).parent.parent}: {stack}, {args.door} door: "
+            f"{count_instructions(args):.1f} k instructions per request (callgrind, {args.requests} requests)"
+        )
+        return
     home = Path(tempfile.mkdtemp(prefix="autotune-bench-"))
     atexit.register(shutil.rmtree, home, True)  # the scratch home goes with the run
     os.environ.update(
@@ -129,6 +193,8 @@ def main() -> None:
         rounds = uvloop.run(measure(args))
     except ImportError:
         rounds = asyncio.run(measure(args))
+    if args.callgrind:
+        return
     rounds.sort()
     stack = "core + ollama backend" if args.minimal_stack else "default stack"
     print(

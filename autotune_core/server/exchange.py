@@ -204,7 +204,8 @@ def record_result(state: ServerState, prepared: Prepared, result: ChatResult) ->
     metrics.tokens.inc({"kind": "completion"}, result.usage.completion_tokens)
     if plan.num_ctx is not None:
         metrics.num_ctx.set(plan.num_ctx, {"model": model})
-    if plan.kv_type is not None:
+    if plan.kv_type is not None and metrics.kv_type.get({"model": model, "kv_type": plan.kv_type}) != 1:
+        # one series per model: rebuilt only when the model's type changed, not on every request
         metrics.kv_type.replace(
             [
                 (dict(labels), value)

@@ -212,8 +212,17 @@ def generate_request(data: dict[str, Any]) -> ChatRequest:
 # -- responses ---------------------------------------------------------------------------------------------
 
 
+_SECOND: list[Any] = [None, ""]  # the current second and its formatted prefix
+
+
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    """``created_at`` as Ollama writes it (microseconds, ``Z``). Every response and stream chunk carries one,
+    so the date part is formatted once a second."""
+    now = time.time()
+    second = int(now)
+    if _SECOND[0] != second:
+        _SECOND[:] = [second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")]
+    return f"{_SECOND[1]}.{int((now - second) * 1_000_000):06d}Z"
 
 
 def _ns(ms: float | None) -> int:
