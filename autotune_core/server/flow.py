@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from ..errors import UpstreamTimeout
 from ..pipeline import Prepared
+from .deadline import within
 from .errors import dumps
 from .exchange import (
     Dialect,
@@ -112,8 +113,8 @@ async def _complete(
     """A whole answer: Pipeline.run under the upstream timeout; post_response runs after the answer went out."""
     sent = time.perf_counter()
     try:
-        async with asyncio.timeout(state.config.upstream_timeout):
-            result = await state.pipeline.run(prepared, finish=False)  # on failure it runs post_response itself
+        # on failure Pipeline.run runs post_response itself
+        result = await within(state.config.upstream_timeout, state.pipeline.run(prepared, finish=False))
     except Exception as exc:
         slot.release()
         if isinstance(exc, TimeoutError):

@@ -33,7 +33,11 @@ def _fmt_value(value: float) -> str:
 
 
 def _key(labels: dict[str, str] | None) -> Labels:
-    return tuple(sorted((labels or {}).items()))
+    if not labels:
+        return ()
+    if len(labels) == 1:  # most per-request series have one label: nothing to sort
+        return tuple(labels.items())
+    return tuple(sorted(labels.items()))
 
 
 class _Metric:

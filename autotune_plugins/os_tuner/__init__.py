@@ -12,12 +12,11 @@ after ``max_hold_seconds``, and on shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -193,20 +192,35 @@ def process_state() -> TunerState:
     return _PROCESS_STATE
 
 
-@dataclass
 class Lease:
-    token: int
-    state: TunerState
-    linger: float = 0.0
-    finalizer: weakref.finalize[Any, Any] | None = None
-    timer: asyncio.TimerHandle | None = None
+    """One request's hold on the tuning. Released by post_response; if that never comes (a request refused
+    after planning, a library caller that drops its plan), by the garbage collector when the request's
+    context goes (the lease lives only in its stash), and in any case after ``max_hold_seconds``.
+
+    ``__del__`` rather than ``weakref.finalize(ctx, ...)``: the same backstop without a finalizer object
+    registered and detached on every request (~12 k of ~1,540 k instructions a request)."""
+
+    __slots__ = ("linger", "released", "state", "timer", "token")
+
+    def __init__(self, token: int, state: TunerState, linger: float = 0.0) -> None:
+        self.token = token
+        self.state = state
+        self.linger = linger
+        self.timer: asyncio.TimerHandle | None = None
+        self.released = False
 
     def release(self) -> bool:
+        if self.released:
+            return False
+        self.released = True
         if self.timer is not None:
             self.timer.cancel()
-        if self.finalizer is not None:
-            self.finalizer.detach()
         return self.state.release(self.token, self.linger)
+
+    def __del__(self) -> None:
+        if not self.released:
+            with contextlib.suppress(Exception):  # at interpreter exit anything may be half gone
+                self.state.release(self.token, self.linger)
 
 
 LEASE: StashKey[Lease] = StashKey("os-tuner.lease")
@@ -276,7 +290,6 @@ class OSTunerPlugin:
             self._loop = None
         token, first = self.state.acquire(lambda: self._build(settings), id(self))
         lease = Lease(token, self.state, settings.linger_seconds)
-        lease.finalizer = weakref.finalize(ctx, self.state.release, token, settings.linger_seconds)
         if self._loop is not None:
             lease.timer = self._loop.call_later(settings.max_hold_seconds, self.state.release, token)
         ctx.stash[LEASE] = lease
