@@ -172,27 +172,47 @@ class Backend(abc.ABC):
 _UNSUPPORTED = KnobSupport(scope=KnobScope.UNSUPPORTED)
 
 
+#: (knob, scope as written in plan.applied, whether it is sent, how to set it otherwise), per Capabilities
+_Row = tuple[str, str, bool, KnobScope, str]
+_TABLES: dict[int, tuple[Capabilities, dict[str, KnobSupport], tuple[_Row, ...]]] = {}
+
+
+def _table(caps: Capabilities) -> tuple[_Row, ...]:
+    """Each knob's support, read once per Capabilities object (backends return the same one per request)."""
+    found = _TABLES.get(id(caps))
+    if found is not None and found[0] is caps and found[1] is caps.knobs:
+        return found[2]
+    rows = []
+    for knob in KNOBS:
+        support = caps.knobs.get(knob) or _UNSUPPORTED
+        sent = support.scope in (KnobScope.PER_REQUEST, KnobScope.AT_LOAD)
+        rows.append((knob, support.scope.value, sent, support.scope, support.how))
+    if len(_TABLES) >= 64:
+        _TABLES.clear()
+    table = tuple(rows)
+    _TABLES[id(caps)] = (caps, caps.knobs, table)
+    return table
+
+
 def reconcile_plan(plan: Plan, caps: Capabilities, *, backend: str) -> None:
     """Record in the trace how each decided knob will really be applied by this backend.
 
     Knobs the backend cannot honour are cleared from the plan (so nobody sends them) and, where
     a server setting could achieve the same, turned into advice.
     """
-    for knob in KNOBS:
+    for knob, applied, sent, scope, how in _table(caps):
         value = getattr(plan, knob, None)
         if value is None:
             continue
-        support = caps.knobs.get(knob) or _UNSUPPORTED
-        if support.scope in (KnobScope.PER_REQUEST, KnobScope.AT_LOAD):
-            plan.applied[knob] = support.scope.value
+        plan.applied[knob] = applied
+        if sent:
             continue
-        plan.applied[knob] = support.scope.value
-        if support.scope is KnobScope.SERVER_ENV:
-            hint = support.how or f"the {backend} server's start-up flags"
+        if scope is KnobScope.SERVER_ENV:
+            hint = how or f"the {backend} server's start-up flags"
             plan.advise(f"{knob}={value} cannot be set per request on {backend}; set {hint}", knob=knob)
-        elif support.how:  # unsupported through the API, but the user may have another way
-            plan.advise(f"{knob}={value} cannot be set through {backend}'s API; {support.how}", knob=knob)
-        plan.record("core", knob, value, None, f"{backend} cannot honour {knob} ({support.scope.value}); not sent")
+        elif how:  # unsupported through the API, but the user may have another way
+            plan.advise(f"{knob}={value} cannot be set through {backend}'s API; {how}", knob=knob)
+        plan.record("core", knob, value, None, f"{backend} cannot honour {knob} ({applied}); not sent")
         setattr(plan, knob, None)
 
 
