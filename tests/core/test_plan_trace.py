@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from autotune_core.plan import Plan
 
 
@@ -26,3 +30,36 @@ def test_compact_trace_is_header_safe_and_bounded() -> None:
     text = plan.compact_trace(limit=100)
     assert len(text) == 100 and text.isascii() and text.isprintable()
     assert Plan(model="m").compact_trace() == ""
+
+
+def test_plan_dumps_and_copies_as_the_pydantic_model_did() -> None:
+    """Plan is a slots dataclass for speed; its pydantic-style API keeps working for ``autotune plan --json``,
+    plugins and tests."""
+    from autotune_core.messages import Message
+    from autotune_core.precedence import Pin
+
+    plan = Plan(model="m", messages=[Message(role="user", content="hi")], num_ctx=4096)
+    plan.record("ctx-sizing", "num_ctx", None, 4096, "why")
+    plan.pins["max_tokens"] = Pin(knob="max_tokens", value=16, source="client", origin="max_tokens")
+    plan.flags["swap_risk"] = True
+    dumped = plan.model_dump(exclude={"messages"})
+    assert "messages" not in dumped and dumped["num_ctx"] == 4096 and dumped["flags"] == {"swap_risk": True}
+    assert dumped["trace"][0] == {
+        "plugin": "ctx-sizing",
+        "knob": "num_ctx",
+        "old": None,
+        "new": 4096,
+        "reason": "why",
+        "proposed": None,
+        "kept": False,
+    }
+    assert dumped["pins"]["max_tokens"]["source"] == "client"
+    assert json.loads(plan.model_dump_json())["messages"] == [
+        {**Message(role="user", content="hi").model_dump(mode="json")}
+    ]
+    shallow = plan.model_copy(update={"num_ctx": 512})
+    assert shallow.num_ctx == 512 and plan.num_ctx == 4096 and shallow.trace is plan.trace  # pydantic's rule
+    deep = plan.model_copy(deep=True)
+    assert deep == plan and deep.trace is not plan.trace and deep.messages[0] is not plan.messages[0]
+    with pytest.raises(AttributeError):
+        plan.no_such_knob = 1  # type: ignore[attr-defined]
