@@ -11,9 +11,8 @@ model) hands the client's knobs to the plugins instead; per-model config values 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
-
-from pydantic import BaseModel, ConfigDict
 
 from .durations import parse_duration
 from .modelinfo import kv_type_bytes, smaller_kv_type
@@ -39,10 +38,10 @@ KNOBS: tuple[str, ...] = ("num_ctx", "num_batch", "num_keep", "num_thread", "kee
 LOWERABLE: frozenset[str] = frozenset({"num_ctx", "num_batch", "kv_type", "max_tokens"})
 
 
-class Pin(BaseModel):
-    """A knob fixed before planning: its value, who fixed it, and how they wrote it."""
-
-    model_config = ConfigDict(frozen=True)
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """A knob fixed before planning: its value, who fixed it, and how they wrote it. A frozen dataclass (one
+    per explicit client value on every request; pydantic still dumps it with the plan)."""
 
     knob: str
     value: Any
