@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from pydantic import BaseModel
 
@@ -56,10 +56,10 @@ class Stash:
         self._data[key] = value
 
     def __getitem__(self, key: StashKey[T]) -> T:
-        return cast(T, self._data[key])
+        return self._data[key]  # type: ignore[no-any-return]  # typed by the key (no cast() call: hot path)
 
     def get(self, key: StashKey[T], default: T | None = None) -> T | None:
-        return cast("T | None", self._data.get(key, default))
+        return self._data.get(key, default)  # type: ignore[no-any-return]
 
     def __contains__(self, key: object) -> bool:
         return key in self._data

@@ -7,6 +7,7 @@ default only when absent), and prompt tokens are the backend tokenizer's count w
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -55,7 +56,13 @@ def is_thinking(ctx: HookContext, request: ChatRequest, markers: list[str]) -> t
         return True, f"request.think={request.think}"
     if ctx.model is not None and "thinking" in ctx.model.capabilities:
         return True, "model capability 'thinking'"
-    name = request.model.lower()
+    return _named_thinking(request.model, tuple(markers))
+
+
+@lru_cache(maxsize=256)
+def _named_thinking(model: str, markers: tuple[str, ...]) -> tuple[bool, str]:
+    """The model-name test, once per model (and marker list) rather than on every request."""
+    name = model.lower()
     for marker in markers:
         if marker.lower() in name:
             return True, f"model name contains {marker!r}"

@@ -93,7 +93,10 @@ class AutoTunePlugin:
 
     @staticmethod
     def _client_set(request: ChatRequest, knob: str) -> bool:
-        return any(name in request.options for name in CLIENT_NAMES.get(knob, (knob,)))
+        options = request.options
+        if not options:  # the common case: four hooks ask on every request
+            return False
+        return any(name in options for name in CLIENT_NAMES.get(knob, (knob,)))
 
     @hookimpl(tryfirst=True)
     def pre_request(self, ctx: HookContext, request: ChatRequest, plan: Plan) -> None:
