@@ -152,9 +152,15 @@ def _message(wire: WireMessage) -> dict[str, Any]:
     }
 
 
+_NO_OPTIONS = Options()  # read-only: the answer for a request without "options" (most of them)
+
+
 def _fields(body: _Base) -> dict[str, Any]:
-    options = body.options or Options()
-    raw_options = options.model_dump(exclude_none=True)
+    options = body.options
+    if options is None:
+        options, raw_options = _NO_OPTIONS, {}
+    else:
+        raw_options = options.model_dump(exclude_none=True)
     stop = options.stop
     return {
         "model": body.model,
