@@ -12,10 +12,13 @@ after ``max_hold_seconds``, and on shutdown.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
+import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -91,6 +94,10 @@ class TunerState:
         self.applies = 0
         self.restores = 0
         self.reuses = 0
+        # the at-exit backstop: leases still held (or a linger still running) when the process ends are
+        # restored before the interpreter shuts down; a weak reference, so a dropped state is not kept alive
+        ref = weakref.ref(self)
+        atexit.register(lambda: (state := ref()) is not None and state.restore_all())
 
     @property
     def active(self) -> int:
@@ -195,7 +202,7 @@ def process_state() -> TunerState:
 class Lease:
     """One request's hold on the tuning. Released by post_response; if that never comes (a request refused
     after planning, a library caller that drops its plan), by the garbage collector when the request's
-    context goes (the lease lives only in its stash), and in any case after ``max_hold_seconds``.
+    context goes (the lease lives only in its stash), in any case after ``max_hold_seconds``, and at exit.
 
     ``__del__`` rather than ``weakref.finalize(ctx, ...)``: the same backstop without a finalizer object
     registered and detached on every request (~12 k of ~1,540 k instructions a request)."""
@@ -218,8 +225,10 @@ class Lease:
         return self.state.release(self.token, self.linger)
 
     def __del__(self) -> None:
-        if not self.released:
-            with contextlib.suppress(Exception):  # at interpreter exit anything may be half gone
+        # not while the interpreter finalizes: a linger would start a timer thread, and Thread.start()
+        # never returns then (Python 3.11); the state's atexit hook has restored everything already
+        if not self.released and not sys.is_finalizing():
+            with contextlib.suppress(Exception):
                 self.state.release(self.token, self.linger)
 
 

@@ -328,3 +328,39 @@ async def test_hosts_in_one_process_share_one_state(sysfs: Path, server_proc: An
         await asyncio.sleep(0.02)
     assert state.restores == restores + 1 and gc.get_threshold() == threshold
     assert os.getpriority(os.PRIO_PROCESS, 0) == nice
+
+
+_EXIT_SCRIPT = """
+import sys
+from autotune_plugins.os_tuner import Lease, TunerState
+from autotune_plugins.os_tuner.knobs import Outcome
+
+class Marker:
+    name = "marker"
+    def apply(self):
+        return Outcome("marker", True, "applied")
+    def restore(self):
+        open(sys.argv[1], "w").write("restored")
+        return Outcome("marker", True, "restored")
+
+state = TunerState()
+token, _ = state.acquire(lambda: [Marker()])
+HELD = [Lease(token, state, float(sys.argv[2]))]  # still referenced when the interpreter exits
+"""
+
+
+@pytest.mark.parametrize("linger", [0.0, 2.0])
+def test_a_lease_still_held_at_exit_is_restored_and_the_process_ends(tmp_path: Path, linger: float) -> None:
+    """The at-exit backstop: no hang (a lease's __del__ during finalization would start a linger timer thread,
+    which never starts then on 3.11), and the knobs are restored."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "restored.txt"
+    script = tmp_path / "hold.py"
+    script.write_text(_EXIT_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(marker), str(linger)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert marker.read_text() == "restored"
