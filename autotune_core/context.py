@@ -59,7 +59,7 @@ class Stash:
         return self._data[key]  # type: ignore[no-any-return]  # typed by the key (no cast() call: hot path)
 
     def get(self, key: StashKey[T], default: T | None = None) -> T | None:
-        return self._data.get(key, default)  # type: ignore[no-any-return]
+        return self._data.get(key, default)
 
     def __contains__(self, key: object) -> bool:
         return key in self._data

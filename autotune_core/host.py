@@ -166,6 +166,7 @@ class PluginHost:
         self.pressure: Pressure | None = None
         self._concurrency_cap: tuple[int, str, str] | None = None
         self._concurrency_base: Callable[[], int] | None = None
+        self._in_flight: Callable[[], int] | None = None
         self.trace_hooks = self.env.get("AUTOTUNE_TRACE_PLUGINS", "") not in ("", "0", "false")
         stack_names = list(stack) if stack is not None else self.config.server.plugins
         self.stack: frozenset[str] | None = frozenset(stack_names) if stack_names is not None else None
@@ -443,9 +444,17 @@ class PluginHost:
         """The current cap (the queue reads it), or None for the config's ``max_concurrent``."""
         return self._concurrency_cap[0] if self._concurrency_cap is not None else None
 
-    def serve_concurrency(self, base: Callable[[], int] | None) -> None:
-        """The server says how many requests it lets through before any cap (its queue's limit)."""
+    def serve_concurrency(self, base: Callable[[], int] | None, in_flight: Callable[[], int] | None = None) -> None:
+        """The server says how many requests it lets through before any cap (its queue's limit), and how many
+        it is running now (its slots in use)."""
         self._concurrency_base = base
+        self._in_flight = in_flight
+
+    @property
+    def requests_in_flight(self) -> int | None:
+        """Requests the server is running right now, or None outside a server. Speed compared with a
+        baseline means little across concurrency: a batching model server shares its steps between them."""
+        return self._in_flight() if self._in_flight is not None else None
 
     @property
     def concurrency_base(self) -> int:

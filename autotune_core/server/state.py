@@ -69,7 +69,7 @@ class ServerState:
             slots=self.backend_slots,
             fixed="max_concurrent" in self.config.model_fields_set,
         )
-        self.host.serve_concurrency(lambda: self.queue.base)
+        self.host.serve_concurrency(lambda: self.queue.base, lambda: self.queue.active)
         self.metrics.queue_capacity.set(self.config.max_concurrent)
 
     # -- lifecycle ----------------------------------------------------------------------------------------

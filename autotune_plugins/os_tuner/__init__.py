@@ -74,6 +74,12 @@ class _Note:
         return None
 
 
+def _restore_at_exit(ref: weakref.ref[TunerState]) -> None:
+    state = ref()
+    if state is not None:
+        state.restore_all()
+
+
 class TunerState:
     """Process state shared by concurrent requests: first in applies, last out restores (maybe after a
     linger, timed on a daemon thread so it fires whatever happens to the event loop that asked).
@@ -96,8 +102,7 @@ class TunerState:
         self.reuses = 0
         # the at-exit backstop: leases still held (or a linger still running) when the process ends are
         # restored before the interpreter shuts down; a weak reference, so a dropped state is not kept alive
-        ref = weakref.ref(self)
-        atexit.register(lambda: (state := ref()) is not None and state.restore_all())
+        atexit.register(_restore_at_exit, weakref.ref(self))
 
     @property
     def active(self) -> int:

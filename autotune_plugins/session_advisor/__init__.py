@@ -154,6 +154,8 @@ class SessionAdvisorPlugin:
             result.timings.tokens_per_second(result.usage.completion_tokens),
             model=request.model,
             quantization=ctx.model.quantization if ctx.model else None,
+            # this request's slot is released before post_response runs: the others, plus this one
+            concurrency=(ctx.host.requests_in_flight or 0) + 1,
         )
 
     @hookimpl

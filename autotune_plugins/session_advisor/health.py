@@ -137,8 +137,9 @@ class Advisor:
         self.pending_unload = False
         self.quantization: str | None = None
         self.model: str | None = None
-        self._ttft: tuple[int, float] = (0, 0.0)
-        self._tps: tuple[int, float] = (0, 0.0)
+        #: concurrency level -> (answers seen, running mean)
+        self._ttft: dict[int, tuple[int, float]] = {}
+        self._tps: dict[int, tuple[int, float]] = {}
         self.ttft_ratio: float | None = None
         self.tps_ratio: float | None = None
 
@@ -151,20 +152,27 @@ class Advisor:
         *,
         model: str | None = None,
         quantization: str | None = None,
+        concurrency: int | None = None,
     ) -> None:
-        """Running means (weight min(n, 20)) are the baselines the next values are compared with."""
+        """Running means (weight min(n, 20)) are the baselines the next values are compared with, one per
+        concurrency level (1, 2, 3–4, 5–8, ...: requests running when the answer came). A batching model
+        server shares its steps between the requests it runs, so each one's tokens/s falls and its TTFT grows
+        with the load by design; against a baseline from one request at a time that read as a collapse, and
+        halving the concurrency then cost a quarter of llama-server's throughput at 8 clients
+        (docs/benchmarks.md). Like is compared with like: a slowdown at the same load is still seen."""
         self.model = model or self.model
         self.quantization = quantization or self.quantization
+        level = (max(1, concurrency or 1) - 1).bit_length()  # 1 | 2 | 3-4 | 5-8 | 9-16 ...
         if ttft_ms is not None and ttft_ms > 0:
-            n, mean = self._ttft
+            n, mean = self._ttft.get(level, (0, 0.0))
             self.ttft_ratio = ttft_ms / mean if n >= 5 and mean > 0 else None  # against the baseline before it
             w = min(n, 20)
-            self._ttft = (n + 1, (mean * w + ttft_ms) / (w + 1))
+            self._ttft[level] = (n + 1, (mean * w + ttft_ms) / (w + 1))
         if tokens_per_s is not None and tokens_per_s > 0:
-            n, mean = self._tps
+            n, mean = self._tps.get(level, (0, 0.0))
             self.tps_ratio = tokens_per_s / mean if n >= 5 and mean > 0 else None
             w = min(n, 20)
-            self._tps = (n + 1, (mean * w + tokens_per_s) / (w + 1))
+            self._tps[level] = (n + 1, (mean * w + tokens_per_s) / (w + 1))
 
     def _growth_mb_min(self, attr: str, now: float) -> float:
         window = [s for s in self.samples if now - s.timestamp <= 60]

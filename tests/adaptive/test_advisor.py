@@ -154,6 +154,50 @@ def test_performance_signals_need_a_baseline() -> None:
     assert advisor.state == "ACTION_NEEDED"
 
 
+def test_speed_under_more_concurrency_is_compared_with_its_own_baseline() -> None:
+    """A batching server at 8 requests gives each a quarter of the tokens/s and a longer TTFT: that is the
+    load, not a collapse, and must not make the advisor halve the concurrency (it cost a quarter of
+    llama-server's throughput). A slowdown at the same load is still an action."""
+    clock = Clock()
+    advisor = Advisor(clock=clock)
+    for _ in range(10):
+        advisor.observe_response(150.0, 60.0, concurrency=1)
+    for _ in range(10):
+        advisor.observe_response(600.0, 15.0, concurrency=8)
+        advisor.tick(Sample(ram_percent=40))
+        assert "throughput" not in advisor.signals or advisor.signals["throughput"][0] == "ok"
+        assert "ttft" not in advisor.signals or advisor.signals["ttft"][0] == "ok"
+        clock.now += 1
+    assert advisor.state == "OPTIMAL" and not advisor.applied
+    for _ in range(3):
+        advisor.observe_response(2000.0, 4.0, concurrency=7)  # same level (5-8), now really slower
+    advisor.tick(Sample(ram_percent=40))
+    assert advisor.signals["ttft"][0] == "action" and advisor.signals["throughput"][0] == "action"
+    advisor.observe_response(150.0, 60.0, concurrency=1)  # one at a time: its own baseline, unchanged
+    assert advisor.ttft_ratio == pytest.approx(1.0) and advisor.tps_ratio == pytest.approx(1.0)
+
+
+async def test_the_plugin_reports_the_servers_concurrency_with_each_answer() -> None:
+    host, plugin, _clock, _sampler = make()
+    seen: list[int | None] = []
+    host.serve_concurrency(lambda: 6, lambda: 3)
+    await plugin.tick_once()
+    assert plugin.advisor is not None
+    original = plugin.advisor.observe_response
+
+    def spy(*args: Any, **kwargs: Any) -> None:
+        seen.append(kwargs.get("concurrency"))
+        original(*args, **kwargs)
+
+    plugin.advisor.observe_response = spy  # type: ignore[method-assign]
+    pipeline = Pipeline(host)
+    request = ChatRequest(model="llama3.2:1b", messages=[Message(role="user", content="hi")])
+    await pipeline.run(await pipeline.plan(request, host.backend("fake"), LLAMA_1B))
+    assert seen == [4]  # the three others running, plus this one
+    assert host.requests_in_flight == 3
+    assert PluginHost(load_entrypoints=False).requests_in_flight is None  # outside a server: unknown
+
+
 async def test_ceiling_and_kv_are_applied_in_the_folds_never_below_the_prompt() -> None:
     host, plugin, clock, sampler = make()
     sampler.next = Sample(ram_percent=91.0)
