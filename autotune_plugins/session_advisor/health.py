@@ -8,6 +8,7 @@ Time comes from an injectable clock so tests never sleep.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable
@@ -104,6 +105,19 @@ class Knobs:
     advice: list[str] = field(default_factory=list)
 
 
+def _compare(baselines: dict[int, tuple[int, float]], recent: deque[float], level: int, value: float) -> float | None:
+    """This answer against its level's baseline (then folded into it); the median recent ratio, or None
+    before there is a baseline and three ratios."""
+    n, mean = baselines.get(level, (0, 0.0))
+    if n >= 5 and mean > 0:
+        recent.append(value / mean)  # against the baseline before it
+    w = min(n, 20)
+    baselines[level] = (n + 1, (mean * w + value) / (w + 1))
+    if len(recent) < 3:
+        return None
+    return statistics.median(recent)
+
+
 class Advisor:
     """Health, state machine and ordered actions with a cooldown and scale-up."""
 
@@ -140,6 +154,9 @@ class Advisor:
         #: concurrency level -> (answers seen, running mean)
         self._ttft: dict[int, tuple[int, float]] = {}
         self._tps: dict[int, tuple[int, float]] = {}
+        #: the last answers' ratios to their baselines
+        self._ttft_recent: deque[float] = deque(maxlen=5)
+        self._tps_recent: deque[float] = deque(maxlen=5)
         self.ttft_ratio: float | None = None
         self.tps_ratio: float | None = None
 
@@ -159,20 +176,16 @@ class Advisor:
         server shares its steps between the requests it runs, so each one's tokens/s falls and its TTFT grows
         with the load by design; against a baseline from one request at a time that read as a collapse, and
         halving the concurrency then cost a quarter of llama-server's throughput at 8 clients
-        (docs/benchmarks.md). Like is compared with like: a slowdown at the same load is still seen."""
+        (docs/benchmarks.md). Like is compared with like: a slowdown at the same load is still seen. The
+        signal is the median of the last five answers' ratios (at least three): one answer that waited in the
+        server's own queue is not a collapse."""
         self.model = model or self.model
         self.quantization = quantization or self.quantization
         level = (max(1, concurrency or 1) - 1).bit_length()  # 1 | 2 | 3-4 | 5-8 | 9-16 ...
         if ttft_ms is not None and ttft_ms > 0:
-            n, mean = self._ttft.get(level, (0, 0.0))
-            self.ttft_ratio = ttft_ms / mean if n >= 5 and mean > 0 else None  # against the baseline before it
-            w = min(n, 20)
-            self._ttft[level] = (n + 1, (mean * w + ttft_ms) / (w + 1))
+            self.ttft_ratio = _compare(self._ttft, self._ttft_recent, level, ttft_ms)
         if tokens_per_s is not None and tokens_per_s > 0:
-            n, mean = self._tps.get(level, (0, 0.0))
-            self.tps_ratio = tokens_per_s / mean if n >= 5 and mean > 0 else None
-            w = min(n, 20)
-            self._tps[level] = (n + 1, (mean * w + tokens_per_s) / (w + 1))
+            self.tps_ratio = _compare(self._tps, self._tps_recent, level, tokens_per_s)
 
     def _growth_mb_min(self, attr: str, now: float) -> float:
         window = [s for s in self.samples if now - s.timestamp <= 60]
