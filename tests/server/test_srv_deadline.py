@@ -14,6 +14,17 @@ async def _answer(delay: float, value: str = "ok") -> str:
     return value
 
 
+async def _handler(limit: float, outcome: list[str]) -> None:
+    """A request handler waiting on a slow upstream under ``within``: notes how it ended."""
+    try:
+        await within(limit, _answer(5.0))
+    except TimeoutError:
+        outcome.append("timeout")
+    except asyncio.CancelledError:
+        outcome.append("cancelled")
+        raise
+
+
 async def test_returns_the_result_in_time_and_leaves_no_cancellation() -> None:
     assert await within(1.0, _answer(0.0)) == "ok"
     task = asyncio.current_task()
@@ -42,17 +53,7 @@ async def test_the_timer_is_gone_after_a_fast_answer() -> None:
 async def test_someone_elses_cancellation_stays_a_cancellation() -> None:
     """A client that hangs up cancels the handler's task: that must not turn into a 504."""
     outcome: list[str] = []
-
-    async def handler() -> None:
-        try:
-            await within(10.0, _answer(5.0))
-        except TimeoutError:
-            outcome.append("timeout")
-        except asyncio.CancelledError:
-            outcome.append("cancelled")
-            raise
-
-    task = asyncio.ensure_future(handler())
+    task = asyncio.ensure_future(_handler(10.0, outcome))
     await asyncio.sleep(0.02)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -75,17 +76,7 @@ async def test_both_at_once_the_outer_cancellation_wins(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(loop, "call_later", capture)
     outcome: list[str] = []
-
-    async def handler() -> None:
-        try:
-            await within(60.0, _answer(5.0))
-        except TimeoutError:
-            outcome.append("timeout")
-        except asyncio.CancelledError:
-            outcome.append("cancelled")
-            raise
-
-    task = asyncio.ensure_future(handler())
+    task = asyncio.ensure_future(_handler(60.0, outcome))
     await asyncio.sleep(0)  # the handler is waiting inside within()
     assert expiries[0].__name__ == "expire"  # (the sleep inside the work has a timer too)
     expiries[0]()  # the limit passes ...
