@@ -35,6 +35,9 @@ MODEL_INFO_TTL = 300.0
 #: estimate (code, non-Latin text) the prompt sits far inside the smallest context such servers run (2048).
 #: The count costs one or two round trips to the server (~6 ms on llama-server), on every request.
 EXACT_COUNT_FROM_TOKENS = 512
+#: the pressure hooks see before the sampler's first sample (or with no sampler): one object, so plugins that
+#: remember work per pressure sample (noswap-guard's budget) see the same sample on every request
+_NO_SAMPLE = Pressure()
 
 
 class _Missing:
@@ -139,7 +142,7 @@ class Pipeline:
             backend_name=backend.name,
             profile=profile,
             model=info,
-            pressure=self.host.pressure or Pressure(),
+            pressure=self.host.pressure or _NO_SAMPLE,
         )
         skip = self.skip_for(request.model)
         await self.host.hooks.pre_request(ctx=ctx, request=request, plan=plan, skip=skip)

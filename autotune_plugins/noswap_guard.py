@@ -93,16 +93,34 @@ class NoSwapGuardPlugin:
         self._walks: dict[tuple[Any, ...], tuple[Any, _Walk]] = {}
         #: (discrete GPU, unified memory, margin GiB, weights bytes) -> how the budget was worked out
         self._notes: dict[tuple[Any, ...], str] = {}
+        #: the last budget and the objects it was worked out from (compared by identity)
+        self._last_budget: tuple[Any, Any, Any, Any, bool, tuple[int, str]] | None = None
 
     def _settings(self, ctx: HookContext) -> NoSwapGuardSettings:
         settings = ctx.settings(NoSwapGuardSettings)
         return settings
 
     def budget(self, ctx: HookContext, plan: Plan) -> tuple[int, str]:
-        """Bytes the KV cache may take, and how that was worked out (once per request)."""
+        """Bytes the KV cache may take, and how that was worked out (once per request; across requests while
+        the settings, hardware, pressure sample and model are the same objects: the sampler replaces its
+        sample every 250 ms, so consecutive requests mostly ask the same question)."""
         cached = ctx.stash.get(_BUDGET)
         if cached is None:
-            cached = ctx.stash[_BUDGET] = self._budget(ctx, plan)
+            settings, loaded = ctx.settings(NoSwapGuardSettings), plan.model in ctx.loaded
+            last = self._last_budget
+            if (
+                last is not None
+                and last[0] is settings
+                and last[1] is ctx.hardware
+                and last[2] is ctx.pressure
+                and last[3] is ctx.model
+                and last[4] == loaded
+            ):
+                cached = last[5]
+            else:
+                cached = self._budget(ctx, plan)
+                self._last_budget = (settings, ctx.hardware, ctx.pressure, ctx.model, loaded, cached)
+            ctx.stash[_BUDGET] = cached
         return cached
 
     def _budget(self, ctx: HookContext, plan: Plan) -> tuple[int, str]:
@@ -129,12 +147,8 @@ class NoSwapGuardPlugin:
             self._notes[key] = note
         return base, note
 
-    def _parallel(self, ctx: HookContext, plan: Plan) -> int:
-        return self._settings(ctx).parallel or plan.parallel or 1
-
-    def _floor(self, ctx: HookContext, plan: Plan, current: int) -> int:
-        """The smallest context that still holds the prompt and a minimum output."""
-        reserve = self._settings(ctx).min_output_reserve
+    def _floor(self, ctx: HookContext, plan: Plan, current: int, reserve: int) -> int:
+        """The smallest context that still holds the prompt and a minimum output (``reserve`` tokens)."""
         if plan.max_tokens:
             reserve = min(reserve, plan.max_tokens)
         model_max = ctx.model.context_length if ctx.model is not None else None
@@ -144,8 +158,9 @@ class NoSwapGuardPlugin:
         """First level that fits, with its explanation. Pure arithmetic on (model, context, KV type, budget,
         slots, floor), so remembered: consecutive requests to a model mostly ask the same question."""
         budget, note = self.budget(ctx, plan)
-        parallel = self._parallel(ctx, plan)
-        floor = self._floor(ctx, plan, current)
+        settings = self._settings(ctx)
+        parallel = settings.parallel or plan.parallel or 1
+        floor = self._floor(ctx, plan, current, settings.min_output_reserve)
         key = (id(ctx.model), current, kv, budget, note, parallel, floor)
         found = self._walks.get(key)
         if found is not None and found[0] is ctx.model:

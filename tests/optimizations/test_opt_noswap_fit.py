@@ -215,3 +215,25 @@ def test_fit_command_registered_and_reports(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(common, "_host", oom_host)
     out = CliRunner().invoke(cli, ["fit", "llama3.2:1b"])
     assert out.exit_code == 1 and "OOM" in out.output
+
+
+def test_budget_is_reused_only_while_its_inputs_are_the_same_objects() -> None:
+    """The budget is remembered across requests, keyed by the identity of what it was worked out from: a new
+    pressure sample, or the model becoming loaded (its weights no longer count), gives a new budget."""
+    from autotune_core.hardware import Pressure
+    from autotune_plugins.noswap_guard import NoSwapGuardPlugin
+
+    host = guarded(40)
+    guard = host.plugin("noswap-guard")
+    assert isinstance(guard, NoSwapGuardPlugin)
+    sample = Pressure(available_bytes=int(20 * GiB))
+    request = chat("hi")
+
+    def budget(pressure: Pressure, loaded: dict[str, int | None] | None = None) -> int:
+        ctx = context(host, model=LLAMA_8B, pressure=pressure, loaded=loaded)
+        return guard.budget(ctx, plan(host, request, info=LLAMA_8B).model_copy(update={"model": LLAMA_8B.name}))[0]
+
+    first = budget(sample)
+    assert budget(sample) == first  # the same sample: reused
+    assert budget(Pressure(available_bytes=int(10 * GiB))) == first - int(10 * GiB)  # a new sample: worked out again
+    assert budget(sample, loaded={LLAMA_8B.name: 4096}) == first + weights_bytes(LLAMA_8B)  # weights loaded now
