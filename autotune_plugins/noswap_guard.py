@@ -103,7 +103,9 @@ class NoSwapGuardPlugin:
     def budget(self, ctx: HookContext, plan: Plan) -> tuple[int, str]:
         """Bytes the KV cache may take, and how that was worked out (once per request; across requests while
         the settings, hardware, pressure sample and model are the same objects: the sampler replaces its
-        sample every 250 ms, so consecutive requests mostly ask the same question)."""
+        sample every 250 ms, so consecutive requests mostly ask the same question). Hooks treat those objects
+        as read-only (the core replaces a snapshot or sample, it never edits one); edited in place, the old
+        budget would stay."""
         cached = ctx.stash.get(_BUDGET)
         if cached is None:
             settings, loaded = ctx.settings(NoSwapGuardSettings), plan.model in ctx.loaded

@@ -217,23 +217,37 @@ def test_fit_command_registered_and_reports(monkeypatch: pytest.MonkeyPatch) -> 
     assert out.exit_code == 1 and "OOM" in out.output
 
 
-def test_budget_is_reused_only_while_its_inputs_are_the_same_objects() -> None:
-    """The budget is remembered across requests, keyed by the identity of what it was worked out from: a new
-    pressure sample, or the model becoming loaded (its weights no longer count), gives a new budget."""
+def test_budget_is_reused_only_while_its_inputs_are_the_same_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget is remembered across requests, keyed by the identity of what it was worked out from: the same
+    inputs are not worked out again; a new pressure sample, another model, a new hardware snapshot, or the model
+    becoming loaded (its weights no longer count) gives a new budget."""
     from autotune_core.hardware import Pressure
     from autotune_plugins.noswap_guard import NoSwapGuardPlugin
 
     host = guarded(40)
     guard = host.plugin("noswap-guard")
     assert isinstance(guard, NoSwapGuardPlugin)
+    planned = plan(host, chat("hi"), info=LLAMA_8B).model_copy(update={"model": LLAMA_8B.name})
+    worked_out = []
+    original = guard._budget
+    monkeypatch.setattr(guard, "_budget", lambda ctx, plan: worked_out.append(1) or original(ctx, plan))
     sample = Pressure(available_bytes=int(20 * GiB))
-    request = chat("hi")
 
-    def budget(pressure: Pressure, loaded: dict[str, int | None] | None = None) -> int:
-        ctx = context(host, model=LLAMA_8B, pressure=pressure, loaded=loaded)
-        return guard.budget(ctx, plan(host, request, info=LLAMA_8B).model_copy(update={"model": LLAMA_8B.name}))[0]
+    def budget(pressure: Pressure, loaded: dict[str, int | None] | None = None, model: ModelInfo = LLAMA_8B) -> int:
+        return guard.budget(context(host, model=model, pressure=pressure, loaded=loaded), planned)[0]
 
     first = budget(sample)
-    assert budget(sample) == first  # the same sample: reused
-    assert budget(Pressure(available_bytes=int(10 * GiB))) == first - int(10 * GiB)  # a new sample: worked out again
+    assert budget(sample) == first and len(worked_out) == 1  # the same inputs: reused, not worked out again
+    assert budget(Pressure(available_bytes=int(20 * GiB))) == first and len(worked_out) == 2  # a new sample object
+    assert budget(Pressure(available_bytes=int(10 * GiB))) == first - int(10 * GiB)
+    # each of the rest comes straight after a call with the same inputs but one, so only that one can miss
+    budget(sample)
     assert budget(sample, loaded={LLAMA_8B.name: 4096}) == first + weights_bytes(LLAMA_8B)  # weights loaded now
+    assert len(worked_out) == 5
+    budget(sample)
+    budget(sample, model=LLAMA_8B.model_copy())  # another model object
+    assert len(worked_out) == 7
+    budget(sample)
+    host.hardware = host.hardware.model_copy()
+    budget(sample)  # a new hardware snapshot
+    assert len(worked_out) == 9
