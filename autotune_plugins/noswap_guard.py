@@ -108,7 +108,7 @@ class NoSwapGuardPlugin:
         budget would stay."""
         cached = ctx.stash.get(_BUDGET)
         if cached is None:
-            settings, loaded = ctx.settings(NoSwapGuardSettings), plan.model in ctx.loaded
+            settings, loaded = self._settings(ctx), plan.model in ctx.loaded
             last = self._last_budget
             if (
                 last is not None
