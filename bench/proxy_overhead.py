@@ -38,6 +38,8 @@ from typing import Any
 MODEL = "bench:latest"
 #: the same model answering after a fixed service time (ms): throughput against an upstream that does work
 SERVICE_MS = (10, 50, 200)
+#: issue 17: throughput through autotune against a model server that takes this long per answer, of direct
+THROUGHPUT_TARGETS = {10: ">= 85%", 50: ">= 97%"}
 
 
 def timed_model(ms: int) -> str:
@@ -450,7 +452,9 @@ def main() -> None:
         ready_s = time.perf_counter() - spawned
         time.sleep(1.0)
         idle_rss = rss_mb(proxy.pid)
-        results = measure(args, {"direct": up_port, "bare": bare_port, "proxy": proxy_port}, proxy.pid)
+        results = measure(
+            args, {"direct": up_port, "bare": bare_port, "proxy": proxy_port}, {"proxy": proxy.pid, "bare": bare.pid}
+        )
         report(args, ready_s, idle_rss, rss_mb(proxy.pid), results)
     finally:
         for process in (proxy, bare, upstream):
@@ -468,8 +472,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(args: argparse.Namespace, ports: dict[str, int], proxy_pid: int) -> dict[str, Any]:
-    """``ports``: ``direct`` (the upstream), ``bare`` (the do-nothing pass-through) and ``proxy`` (autotune)."""
+def measure(args: argparse.Namespace, ports: dict[str, int], pids: dict[str, int]) -> dict[str, Any]:
+    """``ports``: ``direct`` (the upstream), ``bare`` (the do-nothing pass-through) and ``proxy`` (autotune);
+    ``pids``: the processes of ``proxy`` and ``bare``, whose CPU per request is counted."""
     direct, bare, proxied = Conn(ports["direct"]), Conn(ports["bare"]), Conn(ports["proxy"])
     out: dict[str, Any] = {}
     doors = {"ollama": "/api/chat", "openai": "/v1/chat/completions"}
@@ -539,22 +544,23 @@ def measure(args: argparse.Namespace, ports: dict[str, int], proxy_pid: int) -> 
     # throughput at concurrency 32, arms alternating twice; the server's CPU time per proxied request
     rates: dict[str, list[float]] = {"direct": [], "bare": [], "proxy": []}
     errors = 0
-    cpu_s = 0.0
-    served = 0
+    cpu_s = dict.fromkeys(pids, 0.0)
+    served = dict.fromkeys(pids, 0)
     for _ in range(2):
         for arm, port in ports.items():
-            before = cpu_seconds(proxy_pid)
+            before = cpu_seconds(pids[arm]) if arm in pids else 0.0
             started = time.perf_counter()
             rate, failed = asyncio.run(_throughput(port, b"/api/chat", chat_body(False, "ollama"), 32, args.seconds))
-            if arm == "proxy":
-                cpu_s += cpu_seconds(proxy_pid) - before
-                served += round(rate * (time.perf_counter() - started))
+            if arm in pids:
+                cpu_s[arm] += cpu_seconds(pids[arm]) - before
+                served[arm] += round(rate * (time.perf_counter() - started))
             rates[arm].append(rate)
             errors += failed
     out["throughput"] = {
         **{arm: statistics.mean(values) for arm, values in rates.items()},
         "errors": errors,
-        "cpu_ms": cpu_s * 1000 / max(1, served),
+        "cpu_ms": cpu_s["proxy"] * 1000 / max(1, served["proxy"]),
+        "bare_cpu_ms": cpu_s["bare"] * 1000 / max(1, served["bare"]),
     }
     for ms in SERVICE_MS:
         timed: dict[str, list[float]] = {"direct": [], "bare": [], "proxy": []}
@@ -593,8 +599,8 @@ def report(
 
     for door in ("ollama", "openai"):
         r = results[door]
-        row(f"non-stream c=1 p50 ms ({door} door)", r["direct_p50"], r["proxy_p50"], "<= 1")
-        row(f"non-stream c=1 p99 ms ({door} door)", r["direct_p99"], r["proxy_p99"], "<= 3")
+        row(f"non-stream c=1 p50 ms ({door} door)", r["direct_p50"], r["proxy_p50"], "<= 0.7")
+        row(f"non-stream c=1 p99 ms ({door} door)", r["direct_p99"], r["proxy_p99"], "<= 1.5")
         print(f"{'  X-Autotune-Overhead-Ms p50 (' + door + ')':<46}{'':>10}{r['header_p50']:>10.3f}")
     r = results["ollama"]
     row("  pass-through c=1 p50 ms", r["direct_p50"], r["bare_p50"], "")
@@ -605,12 +611,12 @@ def report(
     if "throughput" not in results:
         return
 
-    def rate_rows(label: str, t: dict[str, Any]) -> None:
+    def rate_rows(label: str, t: dict[str, Any], target: str) -> None:
         def share(part: float, whole: float) -> str:
             return f"{part / whole:.0%}" if whole else "nan"
 
         print(
-            f"{label:<46}{t['direct']:>10.0f}{t['proxy']:>10.0f}{share(t['proxy'], t['direct']):>10}{'>= 80%':>10}"
+            f"{label:<46}{t['direct']:>10.0f}{t['proxy']:>10.0f}{share(t['proxy'], t['direct']):>10}{target:>10}"
             + (f"  ({t['errors']} errors)" if t["errors"] else "")
         )
         print(
@@ -618,15 +624,19 @@ def report(
             f"{share(t['bare'], t['direct']):>10}{share(t['proxy'], t['bare']):>10}"
         )
 
-    rate_rows("throughput c=32 req/s, instant upstream", results["throughput"])
+    # issue 17's targets; the instant upstream measures the stack, not the proxy (the pass-through shows it)
+    rate_rows("throughput c=32 req/s, instant upstream", results["throughput"], "-")
     for ms in SERVICE_MS:
-        rate_rows(f"throughput c=32 req/s, {ms} ms upstream", results[f"throughput_{ms}"])
-    print(f"{'server CPU per proxied request ms (c=32)':<46}{'':>10}{results['throughput']['cpu_ms']:>10.3f}")
+        target = THROUGHPUT_TARGETS.get(ms, "-")
+        rate_rows(f"throughput c=32 req/s, {ms} ms upstream", results[f"throughput_{ms}"], target)
+    t = results["throughput"]
+    print(f"{'server CPU per proxied request ms (c=32)':<46}{'':>10}{t['cpu_ms']:>10.3f}{'':>10}{'<= 0.35':>10}")
+    print(f"{'  pass-through CPU per request ms (c=32)':<46}{'':>10}{t['bare_cpu_ms']:>10.3f}")
     print(
         f"{'server idle RSS MB (after load)':<46}{'':>10}{idle_rss:>10.1f}{'':>10}{'<= 80':>10}"
         f"   ({rss_after:.1f} after the run)"
     )
-    print(f"{'server ready s (spawn -> /health 200)':<46}{'':>10}{ready_s:>10.2f}{'':>10}{'<= 1.5':>10}")
+    print(f"{'server ready s (spawn -> /health 200)':<46}{'':>10}{ready_s:>10.2f}{'':>10}{'<= 1':>10}")
     for door in ("ollama", "openai"):
         r = results[door]
         print(f"ratio proxied/direct p50 ({door} door): {r['proxy_p50'] / r['direct_p50']:.2f}x")
